@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The project's one entry point for people and CI.
+#   ./dev.sh main     set up .venv, then run the main job on the shipped fixtures
+#   ./dev.sh test     set up .venv, then run the whole test suite
+#   ./dev.sh bench    set up .venv, then regenerate BENCHMARKS.md
+#   ./dev.sh fixtures set up .venv, then regenerate fixtures/ with the real tools
+# Each command creates or refreshes .venv itself: a fresh machine needs nothing else.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PY=${PYTHON:-python3}
+VENV=.venv
+
+ensure_venv() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "dev.sh: creating $VENV" >&2
+        "$PY" -m venv "$VENV"
+    fi
+    # Reinstall only when the dependency spec changed (a stamp keyed on pyproject.toml).
+    local stamp="$VENV/.etm-stamp" want
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        echo "dev.sh: installing etm-compat[dev] into $VENV" >&2
+        "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+        # torch is pinned to 2.13.0 (the CPU wheel on disk); executorch 1.5.1 works with it.
+        "$VENV/bin/python" -m pip install -q -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+        "$VENV/bin/python" -c "import etm_compat, etm_compat.adapters" || { echo "dev.sh: install failed" >&2; exit 1; }
+        echo "$want" > "$stamp"
+    fi
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+    main)
+        ensure_venv
+        exec "$VENV/bin/etm-compat" inspect fixtures/legacy "$@"
+        ;;
+    test)
+        ensure_venv
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    bench)
+        ensure_venv
+        exec "$VENV/bin/python" benchmarks/run.py "$@"
+        ;;
+    fixtures)
+        ensure_venv
+        exec "$VENV/bin/python" fixtures/make_fixtures.py "$@"
+        ;;
+    *)
+        echo "usage: ./dev.sh main|test|bench|fixtures [args...]" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,79 @@
+"""Format facts in one place: magic bytes, header offsets, member names, versions.
+
+Sources: executorch's ``program.fbs``/``_program.py`` and ``flat_tensor.fbs``/``serialize.py``
+(see docs/FORMAT.md and the research notes).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- .pte (ExecuTorch program FlatBuffer) -----------------------------------------------------
+PTE_IDENTIFIER: Final = b"ET12"
+PTE_IDENTIFIER_OFFSET: Final = 4
+PTE_EXTENDED_MAGIC: Final = b"eh00"
+PTE_EXTENDED_OFFSET: Final = 8
+#: The C++ runtime reads this many head bytes before anything else.
+PTE_HEAD_BYTES: Final = 64
+#: Extended header length before v1.0 (no segment_data_size) and since.
+PTE_EXTENDED_LENGTHS: Final = (24, 32)
+
+# EValue union type tags (program.fbs KernelTypes).
+EVALUE_NONE: Final = 0
+EVALUE_NULL: Final = 1
+EVALUE_INT: Final = 2
+EVALUE_BOOL: Final = 3
+EVALUE_DOUBLE: Final = 4
+EVALUE_TENSOR: Final = 5
+EVALUE_STRING: Final = 6
+EVALUE_INT_LIST: Final = 7
+EVALUE_DOUBLE_LIST: Final = 8
+EVALUE_BOOL_LIST: Final = 9
+
+# ExtraTensorInfo.location
+TENSOR_DATA_LOCATION_SEGMENT: Final = 0
+TENSOR_DATA_LOCATION_EXTERNAL: Final = 1
+
+# --- .ptd (ExecuTorch flat-tensor data) ------------------------------------------------------
+PTD_IDENTIFIER: Final = b"FT01"
+PTD_HEADER_MAGIC: Final = b"FH01"
+PTD_HEAD_BYTES: Final = 64
+
+# --- LLM runner metadata keys (extension/llm/runner/constants.h) -----------------------------
+KEY_MAX_SEQ_LEN: Final = "get_max_seq_len"
+KEY_MAX_CONTEXT_LEN: Final = "get_max_context_len"
+KEY_VOCAB_SIZE: Final = "get_vocab_size"
+KEY_BOS_ID: Final = "get_bos_id"
+KEY_EOS_IDS: Final = "get_eos_ids"
+KEY_USE_KV_CACHE: Final = "use_kv_cache"
+KEY_USE_SDPA_WITH_KV_CACHE: Final = "use_sdpa_with_kv_cache"
+KEY_ENABLE_DYNAMIC_SHAPE: Final = "enable_dynamic_shape"
+KEY_N_LAYERS: Final = "get_n_layers"
+#: Names written by export tools of v0.2/v0.3 that later runners no longer read.
+LEGACY_KEYS: Final = ("get_eos_id", "get_n_bos", "get_n_eos", "append_eos_to_prompt")
+#: Defaults that export_llama of v0.4-v1.0 wrote into every program unless overridden.
+LEGACY_DEFAULT_BOS_ID: Final = 1
+LEGACY_DEFAULT_EOS_IDS: Final = (2,)
+
+# --- tokenizer formats -----------------------------------------------------------------------
+TOKENIZER_FORMATS: Final = ("hf_json", "tekken", "sentencepiece", "tiktoken", "llama2c")
+#: How many bytes format sniffing reads before deciding.
+TOKENIZER_SNIFF_BYTES: Final = 64 * 1024
+
+# --- .etm archive -----------------------------------------------------------------------------
+ETM_SUFFIX: Final = ".etm"
+ETM_FORMAT: Final = "etm"
+ETM_FORMAT_VERSION: Final = 1
+ETM_SUPPORTED_VERSIONS: Final = (1,)
+MEMBER_METADATA: Final = "metadata.json"
+MEMBER_PROGRAM: Final = "model.pte"
+MEMBER_WEIGHTS_DIR: Final = "weights/"
+MEMBER_TOKENIZER_CONFIG: Final = "tokenizer_config.json"
+#: Archive member name of the tokenizer, by detected format.
+TOKENIZER_MEMBER_BY_FORMAT: Final = {
+    "hf_json": "tokenizer.json",
+    "tekken": "tekken.json",
+    "sentencepiece": "tokenizer.model",
+    "tiktoken": "tokenizer.model",
+    "llama2c": "tokenizer.bin",
+}

@@ -1,0 +1,6 @@
+from etm_compat.cli import main
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert "etm-compat" in capsys.readouterr().out
