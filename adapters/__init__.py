@@ -1,3 +1,25 @@
-"""Readers of legacy multi-file deployment layouts (installed as ``etm_compat.adapters``)."""
+"""Readers of legacy multi-file deployment layouts (installed as ``etm_compat.adapters``).
+
+Each module reads one layout behind the :class:`etm_compat.deployment.Adapter` protocol. The
+order of :func:`default_adapters` matters: the most specific layout is tried first.
+"""
 
 from __future__ import annotations
+
+from etm_compat.adapters.executorch_example import ExecutorchExampleAdapter
+from etm_compat.adapters.export_llm import ExportLlmAdapter
+from etm_compat.adapters.hf_style import HfStyleAdapter
+from etm_compat.deployment import Adapter
+
+
+def default_adapters() -> list[Adapter]:
+    """The built-in adapters, most specific first."""
+    return [ExportLlmAdapter(), HfStyleAdapter(), ExecutorchExampleAdapter()]
+
+
+__all__ = [
+    "ExecutorchExampleAdapter",
+    "ExportLlmAdapter",
+    "HfStyleAdapter",
+    "default_adapters",
+]

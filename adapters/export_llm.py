@@ -1,0 +1,23 @@
+"""export_llm outputs: the program beside the LlmConfig yaml it was exported with."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from etm_compat.adapters._common import find_export_config, has_program, list_files, read_folder
+from etm_compat.deployment import Deployment
+
+
+class ExportLlmAdapter:
+    """A folder holding ``*.pte`` and an export_llm config yaml (``base.model_class`` ...)."""
+
+    name = "export_llm"
+
+    def detect(self, folder: Path) -> bool:
+        return has_program(folder) and find_export_config(list_files(folder)) is not None
+
+    def read(self, folder: Path) -> Sequence[Deployment]:
+        config = find_export_config(list_files(folder))
+        extra = {"export_config": config} if config is not None else None
+        return read_folder(folder, self.name, extra_configs=extra)

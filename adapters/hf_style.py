@@ -1,0 +1,27 @@
+"""Hugging Face style folders: the program beside tokenizer_config / generation_config / config.json."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from etm_compat.adapters._common import find_configs, has_program, list_files, read_folder
+from etm_compat.deployment import Deployment
+
+#: Any of these beside a program makes the folder HF-style.
+HF_ROLES = ("tokenizer_config", "generation_config", "config", "chat_template")
+
+
+class HfStyleAdapter:
+    """A folder holding ``*.pte`` and HF configuration files."""
+
+    name = "hf_style"
+
+    def detect(self, folder: Path) -> bool:
+        if not has_program(folder):
+            return False
+        configs = find_configs(list_files(folder))
+        return any(role in configs for role in HF_ROLES)
+
+    def read(self, folder: Path) -> Sequence[Deployment]:
+        return read_folder(folder, self.name)

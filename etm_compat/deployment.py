@@ -1,0 +1,101 @@
+"""What one legacy deployment is made of, independent of the layout it was found in.
+
+Adapters (``etm_compat.adapters``) turn a folder into :class:`Deployment` records; everything
+downstream (inference, packing, diagnostics, the loader) takes those records, never a layout.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+#: Roles of the configuration files a deployment may carry besides program/tokenizer/weights.
+ConfigRole = Literal[
+    "tokenizer_config",  # HF tokenizer_config.json (bos/eos, chat_template)
+    "generation_config",  # HF generation_config.json (eos_token_id, sampling defaults)
+    "config",  # HF config.json (model_type, architectures, vocab_size)
+    "chat_template",  # chat_template.jinja or chat_template.json
+    "export_config",  # export_llm config yaml
+    "params",  # Meta params.json
+    "special_tokens_map",  # HF special_tokens_map.json
+]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One program and everything that belongs with it.
+
+    A folder with several ``.pte`` variants yields one deployment per program; they share the
+    tokenizer and the configuration files.
+    """
+
+    root: Path
+    program: Path
+    layout: str
+    tokenizer: Path | None = None
+    weights: tuple[Path, ...] = ()
+    configs: Mapping[ConfigRole, Path] = field(default_factory=dict)
+    #: Why the adapter chose what it chose, or what it could not find.
+    notes: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """A short display name: the folder, plus the program when it is not the only one."""
+        return f"{self.root.name}/{self.program.name}"
+
+    @property
+    def sources(self) -> tuple[Path, ...]:
+        """Every file this deployment is built from, program first."""
+        files: list[Path] = [self.program]
+        if self.tokenizer is not None:
+            files.append(self.tokenizer)
+        files.extend(self.weights)
+        files.extend(self.configs.values())
+        seen: set[Path] = set()
+        return tuple(p for p in files if not (p in seen or seen.add(p)))
+
+    def to_json(self) -> dict[str, object]:
+        def rel(p: Path) -> str:
+            return os.path.relpath(p, self.root)
+
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "program": rel(self.program),
+            "tokenizer": rel(self.tokenizer) if self.tokenizer else None,
+            "weights": [rel(p) for p in self.weights],
+            "configs": {role: rel(p) for role, p in self.configs.items()},
+            "notes": list(self.notes),
+        }
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """Reads one legacy layout. ``detect`` is cheap; ``read`` may read file heads."""
+
+    name: str
+
+    def detect(self, folder: Path) -> bool: ...
+
+    def read(self, folder: Path) -> Sequence[Deployment]: ...
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A folder (or file) that holds programs but could not become a deployment, and why."""
+
+    path: Path
+    reason: str
+
+
+def find_deployments(
+    folder: Path, adapters: Iterable[Adapter]
+) -> tuple[list[Deployment], list[Skipped]]:
+    """Read one folder with the first adapter that recognises it."""
+    for adapter in adapters:
+        if adapter.detect(folder):
+            return list(adapter.read(folder)), []
+    return [], []
