@@ -77,3 +77,13 @@ TOKENIZER_MEMBER_BY_FORMAT: Final = {
     "tiktoken": "tokenizer.model",
     "llama2c": "tokenizer.bin",
 }
+#: Member data alignment: programs and weight files on 16 KiB (mmap on 4 K and 16 K pages).
+ETM_ALIGN_MAPPED: Final = 16 * 1024
+#: Alignment of every other member's data.
+ETM_ALIGN_DEFAULT: Final = 64
+#: Upper bounds a reader enforces before trusting anything in an archive.
+ETM_MAX_METADATA_BYTES: Final = 4 * 1024 * 1024
+ETM_MAX_METADATA_DEPTH: Final = 32
+ETM_MAX_MEMBERS: Final = 256
+#: Names a tokenizer member may have (the runner's sniff order decides among them).
+MEMBER_TOKENIZER_NAMES: Final = ("tokenizer.json", "tekken.json", "tokenizer.model", "tokenizer.bin")
