@@ -59,6 +59,20 @@ LEGACY_DEFAULT_EOS_IDS: Final = (2,)
 TOKENIZER_FORMATS: Final = ("hf_json", "tekken", "sentencepiece", "tiktoken", "llama2c")
 #: How many bytes format sniffing reads before deciding.
 TOKENIZER_SNIFF_BYTES: Final = 64 * 1024
+#: Largest tokenizer file read whole (real ones reach ~20 MiB); larger is refused.
+TOKENIZER_MAX_BYTES: Final = 256 * 1024 * 1024
+#: Largest tokenizer_config.json / special_tokens_map.json read.
+TOKENIZER_CONFIG_MAX_BYTES: Final = 16 * 1024 * 1024
+#: Deepest JSON nesting accepted in tokenizer JSON files (real ones stay under 10).
+TOKENIZER_JSON_MAX_DEPTH: Final = 64
+#: Most vocabulary entries accepted in any tokenizer file.
+TOKENIZER_MAX_VOCAB: Final = 4 * 1024 * 1024
+#: TokenizerInfo keeps the ordinary vocabulary (for token_id) up to this many entries.
+TOKENIZER_VOCAB_LOOKUP_MAX: Final = 300_000
+#: Special tokens pytorch_tokenizers' Tiktoken appends when given none (Llama 3 defaults).
+TIKTOKEN_NUM_SPECIAL_TOKENS: Final = 256
+#: Longest llama2.c token record accepted (and largest max_token_length header).
+LLAMA2C_MAX_TOKEN_LENGTH: Final = 64 * 1024
 
 # --- .etm archive -----------------------------------------------------------------------------
 ETM_SUFFIX: Final = ".etm"
