@@ -101,3 +101,43 @@ ETM_MAX_METADATA_DEPTH: Final = 32
 ETM_MAX_MEMBERS: Final = 256
 #: Names a tokenizer member may have (the runner's sniff order decides among them).
 MEMBER_TOKENIZER_NAMES: Final = ("tokenizer.json", "tekken.json", "tokenizer.model", "tokenizer.bin")
+
+# --- .pte / .ptd reader facts (program.fbs, scalar_type.fbs, flat_tensor.fbs) ----------------
+EVALUE_TENSOR_LIST: Final = 10
+EVALUE_OPTIONAL_TENSOR_LIST: Final = 11
+#: Largest EValue union tag known (KernelTypes); a higher tag is an unknown union type.
+EVALUE_MAX_TAG: Final = 11
+#: FlatBuffer uoffsets are 32-bit: no program head or data table can exceed this.
+FLATBUFFER_MAX_BYTES: Final = 2**31 - 1
+#: Minimum length of the .pte eh00 header that carries program_size and segment_base_offset.
+PTE_EXTENDED_MIN_LENGTH: Final = 24
+#: .ptd FH01 header: magic(4) length(4) flatbuffer_offset(8) flatbuffer_size(8)
+#: segment_base_offset(8) segment_data_size(8).
+PTD_HEADER_LENGTH: Final = 40
+PTD_SUPPORTED_VERSIONS: Final = (0,)
+#: ExecuTorch ScalarType (scalar_type.fbs) value -> (enum name, bytes per element or None).
+SCALAR_TYPES: Final[dict[int, tuple[str, int | None]]] = {
+    0: ("BYTE", 1),
+    1: ("CHAR", 1),
+    2: ("SHORT", 2),
+    3: ("INT", 4),
+    4: ("LONG", 8),
+    5: ("HALF", 2),
+    6: ("FLOAT", 4),
+    7: ("DOUBLE", 8),
+    11: ("BOOL", 1),
+    12: ("QINT8", 1),
+    13: ("QUINT8", 1),
+    14: ("QINT32", 4),
+    15: ("BFLOAT16", 2),
+    16: ("QUINT4X2", 1),
+    17: ("QUINT2X4", 1),
+    22: ("BITS16", 2),
+    23: ("FLOAT8E5M2", 1),
+    24: ("FLOAT8E4M3FN", 1),
+    25: ("FLOAT8E5M2FNUZ", 1),
+    26: ("FLOAT8E4M3FNUZ", 1),
+    27: ("UINT16", 2),
+    28: ("UINT32", 4),
+    29: ("UINT64", 8),
+}
