@@ -1,0 +1,388 @@
+"""Write ``.etm`` archives: stored, aligned, deterministic, streaming, atomic.
+
+Layout (docs/FORMAT.md): ``metadata.json`` first, then the program, the tokenizer, its config
+and the weight files sorted by name; every member STORED; each member's data aligned through a
+zipalign-style extra field in its local header (16 KiB for ``.pte``/``.ptd``, 64 bytes for the
+rest); DOS time 1980-01-01 00:00, unix mode 0644, no comment, no host data; ZIP64 records only
+for sizes or offsets that do not fit 32 bits.
+
+Because a sha256 hex digest has a fixed length, the metadata is first written with placeholder
+digests; the members are then streamed once (CRC32 and sha256 in the same pass, the hash in a
+worker thread), and finally the real metadata is written into the same slot and the local
+headers' CRCs are patched. All of it goes to a temp file in the destination folder that replaces
+the destination only once complete and fsynced.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import struct
+import tempfile
+import zlib
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from etm_compat.archive_read import (
+    ALIGN_EXTRA_ID,
+    ALIGN_EXTRA_MIN,
+    CD_FORMAT,
+    CD_SIG,
+    DOS_DATE,
+    DOS_TIME,
+    EOCD64_FORMAT,
+    EOCD64_LOCATOR_FORMAT,
+    EOCD64_LOCATOR_SIG,
+    EOCD64_SIG,
+    EOCD_FORMAT,
+    EOCD_SIG,
+    EXTERNAL_ATTR,
+    LOCAL_FORMAT,
+    LOCAL_SIG,
+    MAX16,
+    MAX32,
+    VERSION_MADE_BY_UNIX,
+    ZIP64_EXTRA_ID,
+    check_member_name,
+    role_of,
+)
+from etm_compat.constants import (
+    ETM_ALIGN_DEFAULT,
+    ETM_ALIGN_MAPPED,
+    MEMBER_METADATA,
+    MEMBER_PROGRAM,
+    MEMBER_TOKENIZER_CONFIG,
+    MEMBER_TOKENIZER_NAMES,
+    MEMBER_WEIGHTS_DIR,
+)
+from etm_compat.errors import MetadataError, OutputError, UnreadableError, UsageError
+from etm_compat.metadata import SHA256_PLACEHOLDER, Role, serialize_metadata, validate_metadata
+
+#: Bytes per read while streaming a member (constant memory whatever the member size).
+CHUNK_BYTES = 8 * 1024 * 1024
+_ROLE_ORDER: dict[str, int] = {"program": 1, "tokenizer": 2, "tokenizer_config": 3, "weights": 4}
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """One file to pack: its archive ``name``, the ``source`` path, its ``role``.
+
+    ``keys`` lists the named-data keys a ``weights`` member provides (recorded in metadata).
+
+    >>> MemberSpec("model.pte", Path("legacy/model.pte"), "program").name
+    'model.pte'
+    """
+
+    name: str
+    source: Path
+    role: Role
+    keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WrittenMember:
+    name: str
+    role: Role
+    offset: int  # of the data, from the start of the archive
+    size: int
+    crc32: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ArchiveWriteResult:
+    """What :func:`write_archive` wrote: the path, total size, members and the final metadata."""
+
+    path: Path
+    size: int
+    members: tuple[WrittenMember, ...]
+    metadata: dict[str, Any] = field(repr=False)
+
+
+@dataclass
+class _Slot:
+    name: str
+    role: Role
+    source: Path | None
+    size: int
+    header_offset: int
+    local_header: bytes
+    data_offset: int
+    crc32: int = 0
+    sha256: str = SHA256_PLACEHOLDER
+
+
+def _alignment(name: str) -> int:
+    return ETM_ALIGN_MAPPED if name.endswith((".pte", ".ptd")) else ETM_ALIGN_DEFAULT
+
+
+def _local_header(name: bytes, size: int, crc: int, header_offset: int, align: int) -> bytes:
+    zip64 = size >= MAX32
+    extra = struct.pack("<HHQQ", ZIP64_EXTRA_ID, 16, size, size) if zip64 else b""
+    unpadded = header_offset + struct.calcsize(LOCAL_FORMAT) + len(name) + len(extra)
+    pad = -unpadded % align
+    while 0 < pad < ALIGN_EXTRA_MIN:
+        pad += align
+    if pad:
+        extra += struct.pack("<HHH", ALIGN_EXTRA_ID, pad - 4, align) + bytes(pad - ALIGN_EXTRA_MIN)
+    shown = MAX32 if zip64 else size
+    head = struct.pack(
+        LOCAL_FORMAT,
+        LOCAL_SIG,
+        45 if zip64 else 20,
+        0,
+        0,
+        DOS_TIME,
+        DOS_DATE,
+        crc,
+        shown,
+        shown,
+        len(name),
+        len(extra),
+    )
+    return head + name + extra
+
+
+def _central_entry(slot: _Slot) -> bytes:
+    name = slot.name.encode("ascii")
+    fields: list[int] = []
+    size_shown = slot.size
+    if slot.size >= MAX32:
+        fields += [slot.size, slot.size]
+        size_shown = MAX32
+    offset_shown = slot.header_offset
+    if slot.header_offset >= MAX32:
+        fields.append(slot.header_offset)
+        offset_shown = MAX32
+    extra = (
+        struct.pack(f"<HH{len(fields)}Q", ZIP64_EXTRA_ID, 8 * len(fields), *fields)
+        if fields
+        else b""
+    )
+    needed = 45 if fields else 20
+    head = struct.pack(
+        CD_FORMAT,
+        CD_SIG,
+        VERSION_MADE_BY_UNIX | needed,
+        needed,
+        0,
+        0,
+        DOS_TIME,
+        DOS_DATE,
+        slot.crc32,
+        size_shown,
+        size_shown,
+        len(name),
+        len(extra),
+        0,
+        0,
+        0,
+        EXTERNAL_ATTR,
+        offset_shown,
+    )
+    return head + name + extra
+
+
+def _end_records(count: int, cd_offset: int, cd_size: int) -> bytes:
+    out = b""
+    if count > MAX16 or cd_offset >= MAX32 or cd_size >= MAX32:
+        eocd64_offset = cd_offset + cd_size
+        out += struct.pack(
+            EOCD64_FORMAT,
+            EOCD64_SIG,
+            44,
+            VERSION_MADE_BY_UNIX | 45,
+            45,
+            0,
+            0,
+            count,
+            count,
+            cd_size,
+            cd_offset,
+        )
+        out += struct.pack(EOCD64_LOCATOR_FORMAT, EOCD64_LOCATOR_SIG, 0, eocd64_offset, 1)
+    n = min(count, MAX16)
+    out += struct.pack(
+        EOCD_FORMAT, EOCD_SIG, 0, 0, n, n, min(cd_size, MAX32), min(cd_offset, MAX32), 0
+    )
+    return out
+
+
+def _check_specs(members: Sequence[MemberSpec]) -> list[MemberSpec]:
+    problems: list[str] = []
+    seen: set[str] = set()
+    for spec in members:
+        problem = check_member_name(spec.name)
+        if problem is None and spec.name == MEMBER_METADATA:
+            problem = "metadata.json is written by the archive writer itself"
+        if problem is None and role_of(spec.name) != spec.role:
+            problem = f"role {spec.role!r} does not fit the name (expected {role_of(spec.name)!r})"
+        if spec.name in seen:
+            problem = "given twice"
+        seen.add(spec.name)
+        if problem:
+            problems.append(f"{spec.name!r}: {problem}")
+    if MEMBER_PROGRAM not in seen:
+        problems.append(f"no {MEMBER_PROGRAM!r} member")
+    if sum(1 for name in seen if name in MEMBER_TOKENIZER_NAMES) > 1:
+        problems.append("more than one tokenizer member")
+    if problems:
+        raise UsageError(
+            "cannot pack these members: " + "; ".join(problems),
+            hint=f"members are {MEMBER_PROGRAM}, one of {list(MEMBER_TOKENIZER_NAMES)}, "
+            f"{MEMBER_TOKENIZER_CONFIG} and {MEMBER_WEIGHTS_DIR}<name>.ptd",
+        )
+    return sorted(members, key=lambda s: (_ROLE_ORDER[s.role], s.name))
+
+
+def _stream(
+    src: BinaryIO, dst: BinaryIO, expected: int, pool: ThreadPoolExecutor
+) -> tuple[int, str]:
+    """Copy ``expected`` bytes, returning (crc32, sha256 hex); the hash runs beside the CRC+write."""
+    sha = hashlib.sha256()
+    crc = 0
+    total = 0
+    pending: Future[None] | None = None
+    while True:
+        chunk = src.read(CHUNK_BYTES)
+        if not chunk:
+            break
+        total += len(chunk)
+        if pending is not None:
+            pending.result()
+        pending = pool.submit(sha.update, chunk)
+        crc = zlib.crc32(chunk, crc)
+        dst.write(chunk)
+    if pending is not None:
+        pending.result()
+    if total != expected:
+        raise UnreadableError(
+            f"changed while being packed ({expected} bytes expected, {total} read)",
+            path=getattr(src, "name", None),
+            hint="pack again once it is stable",
+        )
+    return crc, sha.hexdigest()
+
+
+def write_archive(
+    dest: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, Any],
+    members: Sequence[MemberSpec],
+    overwrite: bool = False,
+) -> ArchiveWriteResult:
+    """Pack ``members`` and ``metadata`` into the ``.etm`` archive ``dest``, atomically.
+
+    The writer fills ``metadata["members"]`` (name, size, sha256, role) and
+    ``metadata["weights"]`` (member, keys) itself; the caller's mapping is not modified.
+    Raises :class:`OutputError` if ``dest`` exists and ``overwrite`` is false.
+
+    >>> write_archive("out/model.etm", metadata=meta,   # doctest: +SKIP
+    ...     members=[MemberSpec("model.pte", Path("legacy/model.pte"), "program")])
+    """
+    dest = Path(dest)
+    ordered = _check_specs(members)
+    if dest.exists() and not overwrite:
+        raise OutputError("already exists", path=dest, hint="choose another name or pass --force")
+    if not dest.parent.is_dir():
+        raise OutputError("destination folder does not exist", path=dest.parent)
+    meta: dict[str, Any] = copy.deepcopy(dict(metadata))
+    sizes: dict[str, int] = {}
+    for spec in ordered:
+        try:
+            sizes[spec.name] = os.stat(spec.source).st_size
+        except OSError as exc:
+            raise UnreadableError(f"cannot read: {exc.strerror}", path=spec.source) from None
+    meta["members"] = [
+        {"name": s.name, "size": sizes[s.name], "sha256": SHA256_PLACEHOLDER, "role": s.role}
+        for s in ordered
+    ]
+    meta["weights"] = [
+        {"member": s.name, "keys": list(s.keys)} for s in ordered if s.role == "weights"
+    ]
+    problems = validate_metadata(meta)
+    if problems:
+        raise MetadataError(
+            "metadata to pack is invalid: " + "; ".join(problems),
+            path=dest,
+            hint="this is a bug in the caller building the metadata",
+        )
+    placeholder = serialize_metadata(meta)
+
+    slots: list[_Slot] = []
+    pos = 0
+    entries: list[tuple[str, Role | None, Path | None, int]] = [
+        (MEMBER_METADATA, None, None, len(placeholder))
+    ]
+    entries += [(s.name, s.role, s.source, sizes[s.name]) for s in ordered]
+    for name, role, source, size in entries:
+        header = _local_header(name.encode("ascii"), size, 0, pos, _alignment(name))
+        slot = _Slot(name, role or "program", source, size, pos, header, pos + len(header))
+        slots.append(slot)
+        pos = slot.data_offset + size
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w+b") as out, ThreadPoolExecutor(max_workers=1) as pool:
+            out.write(slots[0].local_header + placeholder)
+            for slot in slots[1:]:
+                out.write(slot.local_header)
+                assert slot.source is not None
+                try:
+                    src = open(slot.source, "rb")  # noqa: SIM115 - closed right below
+                except OSError as exc:
+                    raise UnreadableError(
+                        f"cannot read: {exc.strerror}", path=slot.source
+                    ) from None
+                with src:
+                    slot.crc32, slot.sha256 = _stream(src, out, slot.size, pool)
+            for entry, slot in zip(meta["members"], slots[1:], strict=True):
+                entry["sha256"] = slot.sha256
+            final = serialize_metadata(meta)
+            if len(final) != len(placeholder):  # pragma: no cover - sha256 hex has a fixed length
+                raise AssertionError("metadata changed length")
+            slots[0].crc32 = zlib.crc32(final)
+            slots[0].sha256 = hashlib.sha256(final).hexdigest()
+            cd_offset = out.tell()
+            central = b"".join(_central_entry(slot) for slot in slots)
+            out.write(central + _end_records(len(slots), cd_offset, len(central)))
+            total = out.tell()
+            out.seek(slots[0].data_offset)
+            out.write(final)
+            for slot in slots:
+                out.seek(slot.header_offset + 14)
+                out.write(struct.pack("<I", slot.crc32))
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(dest.parent)
+    written = tuple(
+        WrittenMember(s.name, s.role, s.data_offset, s.size, s.crc32, s.sha256) for s in slots[1:]
+    )
+    return ArchiveWriteResult(dest, total, written, meta)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable; not every platform can open a directory, which is fine."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+__all__ = ["CHUNK_BYTES", "ArchiveWriteResult", "MemberSpec", "WrittenMember", "write_archive"]
