@@ -1,0 +1,67 @@
+"""Bounded reads of untrusted tokenizer files: size caps, JSON nesting depth."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+from typing import Any
+
+from etm_compat.constants import TOKENIZER_JSON_MAX_DEPTH, TOKENIZER_SNIFF_BYTES
+from etm_compat.errors import TokenizerFormatError, UnreadableError
+
+StrPath = str | os.PathLike[str]
+
+# A complete JSON string literal; removing them leaves only structure, numbers and literals.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_KEEP_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def read_head(path: StrPath, limit: int = TOKENIZER_SNIFF_BYTES) -> bytes:
+    """The first ``limit`` bytes of ``path`` (fewer if the file is shorter)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except OSError as exc:
+        raise UnreadableError(f"cannot read tokenizer file: {exc.strerror or exc}", path=path) from exc
+
+
+def read_bounded(path: StrPath, limit: int, *, what: str = "tokenizer file") -> bytes:
+    """All of ``path``, refusing files larger than ``limit`` bytes before reading them."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                raise TokenizerFormatError(
+                    f"{what} is {size} bytes, more than the {limit} bytes accepted",
+                    path=path,
+                    hint="this is not a tokenizer, or pass the right file",
+                )
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise UnreadableError(f"cannot read {what}: {exc.strerror or exc}", path=path) from exc
+    if len(data) > limit:  # the file grew while we read it
+        raise TokenizerFormatError(f"{what} is larger than {limit} bytes", path=path)
+    return data
+
+
+def json_depth(data: bytes) -> int:
+    """Deepest ``[``/``{`` nesting in JSON text, not counting brackets inside strings."""
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _KEEP_BRACKETS)
+    steps = (1 if b in b"[{" else -1 for b in brackets)
+    return max(itertools.accumulate(steps, initial=0))
+
+
+def load_json(data: bytes, path: StrPath, *, what: str = "tokenizer JSON") -> Any:
+    """Parse JSON bytes with a nesting limit; every failure is a :class:`TokenizerFormatError`."""
+    depth = json_depth(data)
+    if depth > TOKENIZER_JSON_MAX_DEPTH:
+        raise TokenizerFormatError(
+            f"{what} is nested {depth} levels deep, more than the {TOKENIZER_JSON_MAX_DEPTH} accepted",
+            path=path,
+        )
+    try:
+        return json.loads(data.decode("utf-8-sig"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digits
+        raise TokenizerFormatError(f"{what} is not valid JSON: {exc}", path=path) from exc
