@@ -1,23 +1,216 @@
-"""The command line: a thin layer over the library, with one error boundary."""
+"""The command line: a thin layer over the library, the same verbs, one error boundary.
+
+Exit codes (also in the README): 0 success; 1 findings at or above the failure level
+(diagnose/verify); 2 bad usage; 3 unreadable, malformed or unsupported input; 4 an output cannot
+be written; 5 the ExecuTorch runtime is missing or refused the program; 70 internal error (a bug);
+130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from etm_compat import __version__
-from etm_compat.errors import EXIT_INTERRUPTED, EXIT_USAGE, EtmError
+from etm_compat.errors import (
+    EXIT_FINDINGS,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    EtmError,
+    InputError,
+    UnreadableError,
+    UsageError,
+)
+
+
+def _console(args: argparse.Namespace) -> Any:
+    from rich.console import Console
+
+    # rich honours NO_COLOR itself; never colour when writing JSON.
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _emit_json(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _adapters() -> list[Any]:
+    from etm_compat.adapters import default_adapters
+
+    return list(default_adapters())
+
+
+def _read_text(path: str, what: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(4 * 1024 * 1024 + 1)
+    except OSError as exc:
+        raise UnreadableError(f"cannot read {what}: {exc.strerror}", path=path) from exc
+    if len(data) > 4 * 1024 * 1024:
+        raise InputError(f"{what} is larger than 4 MiB", path=path)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{what} is not UTF-8 text", path=path) from exc
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from etm_compat.inspection import inspect_path
+
+    info = inspect_path(args.path, _adapters())
+    if args.json:
+        _emit_json(info)
+    else:
+        from etm_compat.report import render_inspect
+
+        render_inspect(_console(args), info)
+    return EXIT_OK
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from etm_compat.pack import describe, pack, resolve_source
+
+    dest = Path(args.output)
+    if dest.exists() and not args.force:
+        from etm_compat.errors import OutputError
+
+        raise OutputError("output exists", path=dest, hint="pass --force to replace it")
+    deployment = resolve_source(args.source, _adapters(), tokenizer=args.tokenizer, ptds=args.ptd or ())
+    template = _read_text(args.chat_template, "chat template") if args.chat_template else None
+    view = describe(deployment, family=args.family, chat_template=template)
+    result = pack(view, dest, overwrite=args.force)
+    if args.json:
+        _emit_json(
+            {
+                "archive": str(result.archive),
+                "size": result.size,
+                "family": result.family,
+                "findings": [f.to_json() for f in result.findings],
+            }
+        )
+    else:
+        from etm_compat.report import render_findings, safe
+
+        console = _console(args)
+        console.print(f"wrote {safe(result.archive)} ({result.size:,} bytes, family {safe(result.family or 'unknown')})")
+        render_findings(console, [f.to_json() for f in result.findings])
+    return EXIT_OK
+
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    from etm_compat.archive import open_archive
+
+    with open_archive(args.archive) as archive:
+        written = archive.extract(args.output, force=args.force)
+    if args.json:
+        _emit_json({"written": [str(p) for p in written]})
+    else:
+        from etm_compat.report import safe
+
+        console = _console(args)
+        for path in written:
+            console.print(f"wrote {safe(path)}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from etm_compat.verify import verify
+
+    report = verify(args.archive, runtime=args.runtime)
+    if args.json:
+        _emit_json(report.to_json())
+    else:
+        from etm_compat.report import render_findings, safe
+
+        console = _console(args)
+        render_findings(console, [f.to_json() for f in report.findings], title=f"verify {safe(args.archive)}")
+        console.print("[green]OK[/green]" if report.ok else "[bold red]FAILED[/bold red]")
+    return EXIT_OK if report.ok else EXIT_FINDINGS
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from etm_compat.render import load_messages, render_prompt
+
+    messages = load_messages(_read_text(args.messages, "messages file"), path=args.messages)
+    prompt = render_prompt(
+        args.path,
+        messages,
+        adapters=_adapters(),
+        add_generation_prompt=not args.no_generation_prompt,
+        family=args.family,
+    )
+    if args.json:
+        _emit_json({"prompt": prompt})
+    else:
+        sys.stdout.write(prompt)
+        if not prompt.endswith("\n"):
+            sys.stdout.write("\n")
+    return EXIT_OK
+
+
+# --- parser -----------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="etm-compat", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="etm-compat",
+        description="Migrate ExecuTorch LLM deployments from loose files to single .etm archives.",
+    )
     parser.add_argument("--version", action="version", version=f"etm-compat {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--traceback", action="store_true", help="show the Python traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="describe a .pte, .ptd, tokenizer, .etm archive or folder")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("pack", help="pack a legacy folder or a .pte with its siblings into one .etm")
+    p.add_argument("source", help="a legacy deployment folder, or a .pte whose siblings are discovered")
+    p.add_argument("-o", "--output", required=True, help="the archive to write (.etm)")
+    p.add_argument("--tokenizer", help="use this tokenizer file instead of the one found")
+    p.add_argument("--ptd", action="append", help="use this .ptd (repeatable) instead of the ones found")
+    p.add_argument("--family", help="force the model family (see `etm-compat families`)")
+    p.add_argument("--chat-template", help="use this Jinja chat template file")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("unpack", help="restore the multi-file layout from an archive")
+    p.add_argument("archive")
+    p.add_argument("-o", "--output", required=True, help="folder to write into")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_unpack)
+
+    p = sub.add_parser("verify", help="check an archive's structure and hashes (and, with --runtime, load it)")
+    p.add_argument("archive")
+    p.add_argument("--runtime", action="store_true", help="load the program in executorch and the tokenizer in pytorch_tokenizers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("render", help="render a conversation with a deployment's chat template")
+    p.add_argument("path", help="an .etm archive or a legacy folder / .pte")
+    p.add_argument("--messages", required=True, help='JSON file: [{"role": ..., "content": ...}, ...]')
+    p.add_argument("--no-generation-prompt", action="store_true")
+    p.add_argument("--family", help="force the model family")
+    p.add_argument("--json", action="store_true", help='print {"prompt": ...}')
+    p.set_defaults(func=cmd_render)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; the console script and the tests both call this."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -30,8 +223,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.func(args)
         return result
     except EtmError as exc:
+        if args.traceback or os.environ.get("ETM_TRACEBACK"):
+            raise
         print(f"etm-compat: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("etm-compat: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:  # the boundary: a bug must still end in one line, not a traceback
+        if args.traceback or os.environ.get("ETM_TRACEBACK"):
+            raise
+        print(
+            f"etm-compat: internal error: {type(exc).__name__}: {exc} "
+            "(this is a bug in etm-compat; rerun with --traceback and report it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+__all__ = ["EXIT_USAGE", "UsageError", "build_parser", "main"]

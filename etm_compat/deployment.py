@@ -7,7 +7,7 @@ downstream (inference, packing, diagnostics, the loader) takes those records, ne
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -89,13 +89,3 @@ class Skipped:
 
     path: Path
     reason: str
-
-
-def find_deployments(
-    folder: Path, adapters: Iterable[Adapter]
-) -> tuple[list[Deployment], list[Skipped]]:
-    """Read one folder with the first adapter that recognises it."""
-    for adapter in adapters:
-        if adapter.detect(folder):
-            return list(adapter.read(folder)), []
-    return [], []

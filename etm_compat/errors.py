@@ -20,6 +20,7 @@ EXIT_USAGE: Final = 2  # bad command-line usage
 EXIT_BAD_INPUT: Final = 3  # an input file or folder is unreadable, malformed or unsupported
 EXIT_OUTPUT: Final = 4  # an output cannot be written (exists, not writable, ...)
 EXIT_RUNTIME: Final = 5  # the ExecuTorch runtime is missing or refused the program
+EXIT_INTERNAL: Final = 70  # a bug in etm-compat (EX_SOFTWARE); never expected
 EXIT_INTERRUPTED: Final = 130
 
 
@@ -141,6 +142,7 @@ class RuntimeUnavailableError(EtmError, RuntimeError):
 __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_FINDINGS",
+    "EXIT_INTERNAL",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_OUTPUT",

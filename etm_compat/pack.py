@@ -1,0 +1,230 @@
+"""From a legacy deployment to an ``.etm`` archive: read, infer, check, write.
+
+Data flows one way: the deployment's files are described by the readers, inference resolves the
+configuration, the checks produce findings, and the archive writer packs the original bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from etm_compat import __version__
+from etm_compat.archive import MemberSpec, write_archive
+from etm_compat.constants import (
+    MEMBER_PROGRAM,
+    MEMBER_TOKENIZER_CONFIG,
+    MEMBER_WEIGHTS_DIR,
+    TOKENIZER_MEMBER_BY_FORMAT,
+)
+from etm_compat.deployment import Adapter, Deployment
+from etm_compat.errors import InputError, UnreadableError, UsageError
+from etm_compat.findings import Finding
+from etm_compat.infer import Inference, infer
+from etm_compat.metadata import new_metadata
+from etm_compat.ptd import PtdInfo, read_ptd
+from etm_compat.pte import PteInfo, read_pte
+from etm_compat.scan import read_folder
+from etm_compat.tokenizers import TokenizerInfo, convert_llama2c_original, read_tokenizer
+
+HASH_CHUNK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    """Everything the readers and inference say about one deployment."""
+
+    deployment: Deployment
+    pte: PteInfo
+    tokenizer: TokenizerInfo
+    weights: tuple[PtdInfo, ...]
+    inference: Inference
+    findings: tuple[Finding, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class PackResult:
+    archive: Path
+    size: int
+    family: str | None
+    findings: tuple[Finding, ...]
+    metadata: dict[str, Any]
+
+
+def resolve_source(
+    source: str | os.PathLike[str],
+    adapters: Sequence[Adapter],
+    *,
+    tokenizer: str | os.PathLike[str] | None = None,
+    ptds: Sequence[str | os.PathLike[str]] = (),
+) -> Deployment:
+    """The one deployment a ``pack`` source names: a folder with one program, or a ``.pte`` file.
+
+    Explicit ``tokenizer``/``ptds`` replace what the adapters found beside the program.
+    """
+    path = Path(source)
+    if not path.exists():
+        raise UnreadableError("no such file or folder", path=path)
+    folder = path if path.is_dir() else path.parent
+    found, skipped = read_folder(folder, adapters)
+    if not found and skipped and tokenizer is None:
+        raise InputError(skipped[0].reason, path=skipped[0].path, hint="pass --tokenizer PATH")
+    if path.is_dir():
+        if len(found) > 1:
+            names = ", ".join(d.program.name for d in found)
+            raise UsageError(
+                f"folder holds several programs ({names})",
+                path=path,
+                hint="name one .pte as SOURCE, or use `etm-compat upgrade` for all of them",
+            )
+        if not found:
+            raise InputError("no ExecuTorch program (.pte with the ET12 identifier) in this folder", path=path)
+        chosen = found[0]
+    else:
+        matches = [d for d in found if d.program.resolve() == path.resolve()]
+        if matches:
+            chosen = matches[0]
+        else:
+            chosen = Deployment(root=folder, program=path, layout="file")
+    if tokenizer is not None:
+        chosen = replace(chosen, tokenizer=Path(tokenizer))
+    if ptds:
+        chosen = replace(chosen, weights=tuple(Path(p) for p in ptds))
+    if chosen.tokenizer is None:
+        raise InputError("no tokenizer file found beside the program", path=chosen.program, hint="pass --tokenizer PATH")
+    return chosen
+
+
+def describe(
+    deployment: Deployment,
+    *,
+    family: str | None = None,
+    chat_template: str | None = None,
+    check_runner: bool = True,
+) -> DeploymentView:
+    """Read every file of a deployment and infer its configuration (no writing)."""
+    pte = read_pte(deployment.program)
+    assert deployment.tokenizer is not None
+    config = deployment.configs.get("tokenizer_config")
+    tok = read_tokenizer(deployment.tokenizer, config_path=config, check_runner=check_runner)
+    weights = tuple(read_ptd(p) for p in deployment.weights)
+    inference = infer(
+        deployment,
+        pte=pte,
+        tokenizer=tok,
+        family_override=family,
+        chat_template_override=chat_template,
+    )
+    return DeploymentView(deployment, pte, tok, weights, inference, tuple(inference.findings))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _weights_member(ptd: Path, taken: set[str]) -> str:
+    stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in ptd.stem) or "weights"
+    name, n = f"{MEMBER_WEIGHTS_DIR}{stem}.ptd", 1
+    while name in taken:
+        n += 1
+        name = f"{MEMBER_WEIGHTS_DIR}{stem}_{n}.ptd"
+    taken.add(name)
+    return name
+
+
+def build_metadata(view: DeploymentView, *, tokenizer_member: str, converted_from: str | None) -> dict[str, Any]:
+    """The metadata.json content for a deployment (members and hashes are filled by the writer)."""
+    dep, pte, tok, inf = view.deployment, view.pte, view.tokenizer, view.inference
+    meta = new_metadata(tool_version=__version__)
+    fields = inf.metadata_fields()
+    meta.update({k: v for k, v in fields.items() if k in meta})
+    meta["program"] = {
+        "constant_methods": dict(pte.constant_methods),
+        "methods": list(pte.methods),
+        "backends": list(pte.backends),
+        "external_keys": list(pte.external_keys),
+        "size": pte.file_size,
+    }
+    eos_tokens: list[str | None] = []
+    for eos in inf.eos_ids:
+        text = next((t for t, i in tok.special_tokens.items() if i == eos), None)
+        eos_tokens.append(text)
+    meta["tokenizer"] = {
+        "member": tokenizer_member,
+        "format": tok.format,
+        "variant": tok.variant,
+        "vocab_size": tok.vocab_size,
+        "bos_id": inf.bos_id,
+        "bos_token": inf.bos_token,
+        "eos_ids": list(inf.eos_ids),
+        "eos_tokens": eos_tokens,
+        "converted_from": converted_from,
+    }
+    meta["diagnostics"] = [f.to_json() for f in view.findings]
+    sources = []
+    for path in dep.sources:
+        st = path.stat()
+        sources.append(
+            {
+                "path": os.path.relpath(path, dep.root),
+                "size": st.st_size,
+                "sha256": _sha256(path),
+                "mtime_ns": st.st_mtime_ns,
+            }
+        )
+    meta["provenance"]["sources"] = sources
+    return meta
+
+
+def pack(
+    view: DeploymentView,
+    dest: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+) -> PackResult:
+    """Write ``view``'s deployment as one archive at ``dest`` (atomically; sources untouched).
+
+    >>> from etm_compat.adapters import default_adapters
+    >>> dep = resolve_source("fixtures/legacy/et_example", default_adapters())  # doctest: +SKIP
+    >>> pack(describe(dep), "out/model.etm").archive  # doctest: +SKIP
+    """
+    dest_path = Path(dest)
+    dep, tok = view.deployment, view.tokenizer
+    assert dep.tokenizer is not None
+    with tempfile.TemporaryDirectory(prefix=".etm-pack-", dir=dest_path.parent or None) as scratch:
+        tokenizer_source, converted_from = dep.tokenizer, None
+        if tok.variant == "llama2c_original":
+            # The runner only loads the pytorch-tokenizers layout: convert, and record it.
+            tokenizer_source = Path(scratch) / "tokenizer.bin"
+            convert_llama2c_original(dep.tokenizer, tokenizer_source)
+            converted_from = "llama2c_original"
+        tokenizer_member = TOKENIZER_MEMBER_BY_FORMAT[tok.format]
+        members = [
+            MemberSpec(MEMBER_PROGRAM, dep.program, "program"),
+            MemberSpec(tokenizer_member, tokenizer_source, "tokenizer"),
+        ]
+        config = dep.configs.get("tokenizer_config")
+        if tok.format == "hf_json" and config is not None:
+            members.append(MemberSpec(MEMBER_TOKENIZER_CONFIG, config, "tokenizer_config"))
+        taken: set[str] = set()
+        for ptd_path, ptd in zip(dep.weights, view.weights):
+            members.append(MemberSpec(_weights_member(ptd_path, taken), ptd_path, "weights", tuple(sorted(ptd.keys))))
+        meta = build_metadata(view, tokenizer_member=tokenizer_member, converted_from=converted_from)
+        meta["weights"] = [{"member": m.name, "keys": list(m.keys)} for m in members if m.role == "weights"]
+        result = write_archive(dest_path, metadata=meta, members=members, overwrite=overwrite)
+    return PackResult(
+        archive=dest_path,
+        size=result.size,
+        family=view.inference.family_id,
+        findings=view.findings,
+        metadata=result.metadata,
+    )

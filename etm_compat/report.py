@@ -1,0 +1,201 @@
+"""Rendering for people: rich tables from the JSON-ready dicts the library returns.
+
+Everything printed here that came from a file goes through :func:`safe` first: control
+characters are escaped and rich markup is neutralised.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from etm_compat.errors import _escape
+
+SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def safe(value: object) -> str:
+    """Text from an untrusted file, made safe for a terminal and for rich markup."""
+    return escape(_escape(str(value)))
+
+
+def short(value: object, limit: int = 80) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return safe(text)
+
+
+def _kv_table(title: str, rows: Iterable[tuple[str, object]]) -> Table:
+    table = Table(title=safe(title), show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in rows:
+        table.add_row(safe(key), short(value, 100))
+    return table
+
+
+def render_pte(console: Console, info: Mapping[str, Any]) -> None:
+    console.print(
+        _kv_table(
+            f"program {info['path']}",
+            [
+                ("size", f"{info['file_size']:,} bytes (program head {info['program_size']:,})"),
+                ("methods", ", ".join(info["methods"]) or "-"),
+                ("backends", ", ".join(info["backends"]) or "-"),
+                ("external keys", f"{len(info['external_keys'])}"),
+                ("named data", f"{len(info['named_data_keys'])}"),
+                ("segments", f"{len(info['segments'])}"),
+            ],
+        )
+    )
+    table = Table(title="constant methods", title_justify="left")
+    table.add_column("name", style="bold")
+    table.add_column("value")
+    for name, value in info["constant_methods"].items():
+        table.add_row(safe(name), short(value))
+    console.print(table)
+
+
+def render_ptd(console: Console, info: Mapping[str, Any]) -> None:
+    table = Table(title=safe(f"weights {info['path']} ({info['layout']} layout)"), title_justify="left")
+    for col in ("key", "dtype", "shape", "bytes"):
+        table.add_column(col)
+    for t in info["tensors"]:
+        shape = "×".join(str(d) for d in t["shape"]) if t["shape"] is not None else "-"
+        table.add_row(safe(t["key"]), safe(t["dtype"] or "-"), shape, f"{t['nbytes']:,}")
+    console.print(table)
+
+
+def render_tokenizer(console: Console, info: Mapping[str, Any]) -> None:
+    runner = info.get("runner") or {}
+    loadable = runner.get("loadable")
+    verdict = "not checked" if loadable is None else ("loads" if loadable else f"FAILS: {runner.get('error')}")
+    console.print(
+        _kv_table(
+            f"tokenizer {info['path']}",
+            [
+                ("format", info["format"] + (f" ({info['variant']})" if info.get("variant") else "")),
+                ("vocab size", info["vocab_size"]),
+                ("bos", f"{info['bos_id']} {info['bos_token']!r}"),
+                ("eos", f"{info['eos_id']} {info['eos_token']!r}"),
+                ("special tokens", len(info.get("special_tokens") or {})),
+                ("ExecuTorch runner", verdict),
+            ],
+        )
+    )
+
+
+def render_inference(console: Console, inf: Mapping[str, Any]) -> None:
+    family = inf.get("family_id") or "unknown"
+    rows: list[tuple[str, object]] = [
+        ("family", f"{family} (confidence {inf.get('family_confidence')})"),
+        ("could also be", ", ".join(inf.get("family_alternatives") or []) or "-"),
+        ("chat template", inf.get("chat_template_source") or "none"),
+        ("bos", inf.get("bos_id")),
+        ("stop ids", inf.get("stop_token_ids")),
+        ("num_bos / num_eos", f"{inf.get('num_bos')} / {inf.get('num_eos')}"),
+        ("generation", inf.get("generation")),
+    ]
+    console.print(_kv_table("inference", rows))
+    evidence = inf.get("family_evidence") or []
+    if evidence:
+        table = Table(title="evidence", title_justify="left")
+        for col in ("source", "field", "value", "detail"):
+            table.add_column(col)
+        for ev in evidence:
+            table.add_row(safe(ev["source"]), safe(ev["field"]), short(ev["value"], 40), short(ev.get("detail") or "", 60))
+        console.print(table)
+
+
+def render_findings(console: Console, findings: Sequence[Mapping[str, Any]], *, title: str = "findings") -> None:
+    if not findings:
+        console.print(f"[green]{safe(title)}: none[/green]")
+        return
+    table = Table(title=safe(title), title_justify="left")
+    for col in ("severity", "code", "message", "hint"):
+        table.add_column(col)
+    for f in findings:
+        sev = str(f["severity"])
+        table.add_row(
+            f"[{SEVERITY_STYLE.get(sev, '')}]{safe(sev)}[/]",
+            safe(f["code"]),
+            safe(f["message"]),
+            safe(f.get("hint") or ""),
+        )
+    console.print(table)
+
+
+def render_folder(console: Console, info: Mapping[str, Any]) -> None:
+    deployments = info["deployments"]
+    summary = Table(title=safe(f"{info['path']}: {len(deployments)} deployment(s)"), title_justify="left")
+    for col in ("program", "layout", "tokenizer", "weights", "family", "findings"):
+        summary.add_column(col)
+    for d in deployments:
+        inf = d.get("inference") or {}
+        tok = d.get("tokenizer_info") or {}
+        findings = d.get("findings") or []
+        summary.add_row(
+            safe(d["name"]),
+            safe(d["layout"]),
+            safe(f"{d['tokenizer']} [{tok.get('format', '?')}]"),
+            safe(", ".join(d["weights"]) or "-"),
+            safe(d["error"] if "error" in d else f"{inf.get('family_id') or 'unknown'} ({inf.get('family_confidence')})"),
+            str(len(findings)),
+        )
+    console.print(summary)
+    for s in info.get("skipped", []):
+        console.print(f"[yellow]skipped[/yellow] {safe(s['path'])}: {safe(s['reason'])}")
+
+
+def render_archive(console: Console, info: Mapping[str, Any]) -> None:
+    meta = info["metadata"]
+    family = meta.get("family") or {}
+    gen = meta.get("generation") or {}
+    tok = meta.get("tokenizer") or {}
+    console.print(
+        _kv_table(
+            f"archive {info['path']}",
+            [
+                ("format", f"{meta.get('format')} v{meta.get('format_version')}"),
+                ("family", f"{family.get('id') or 'unknown'} ({family.get('confidence')})"),
+                ("tokenizer", f"{tok.get('member')} [{tok.get('format')}] vocab {tok.get('vocab_size')}"),
+                ("chat template", meta.get("chat_template_source") or "none"),
+                ("stop ids", gen.get("stop_token_ids")),
+                ("num_bos / num_eos", f"{gen.get('num_bos')} / {gen.get('num_eos')}"),
+                ("max_seq_len", gen.get("max_seq_len")),
+            ],
+        )
+    )
+    table = Table(title="members", title_justify="left")
+    for col in ("name", "offset", "size", "crc32"):
+        table.add_column(col)
+    for m in info["members"]:
+        table.add_row(safe(m["name"]), f"{m['offset']:,}", f"{m['size']:,}", f"{m['crc32']:08x}")
+    console.print(table)
+    render_findings(console, meta.get("diagnostics") or [], title="recorded diagnostics")
+
+
+def render_inspect(console: Console, info: Mapping[str, Any]) -> None:
+    """Render whatever ``inspect_path`` returned."""
+    kind = info["kind"]
+    if kind == "pte":
+        render_pte(console, info)
+    elif kind == "ptd":
+        render_ptd(console, info)
+    elif kind == "tokenizer":
+        render_tokenizer(console, info)
+    elif kind == "etm":
+        render_archive(console, info)
+    else:
+        render_folder(console, info)
+        for d in info["deployments"]:
+            if "inference" in d:
+                console.rule(safe(d["name"]))
+                render_inference(console, d["inference"])
+                render_findings(console, d.get("findings") or [])
