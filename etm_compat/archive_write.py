@@ -222,7 +222,7 @@ def _check_specs(members: Sequence[MemberSpec]) -> list[MemberSpec]:
         if problem is None and role_of(spec.name) != spec.role:
             problem = f"role {spec.role!r} does not fit the name (expected {role_of(spec.name)!r})"
         if spec.name in seen:
-            problem = "given twice"
+            problem = "given twice" if problem is None else f"{problem}; given twice"
         seen.add(spec.name)
         if problem:
             problems.append(f"{spec.name!r}: {problem}")

@@ -24,12 +24,21 @@ def full_metadata() -> dict[str, Any]:
         "id": "llama3",
         "confidence": "high",
         "evidence": [
-            {"source": "chat_template", "field": "template", "value": "<|start_header_id|>", "detail": None},
+            {
+                "source": "chat_template",
+                "field": "template",
+                "value": "<|start_header_id|>",
+                "detail": None,
+            },
             {"source": "pte", "field": "get_vocab_size", "value": 128256, "detail": "matches"},
         ],
     }
     meta["program"] = {
-        "constant_methods": {"get_max_seq_len": 128, "get_eos_ids": [128009, 128001], "use_kv_cache": True},
+        "constant_methods": {
+            "get_max_seq_len": 128,
+            "get_eos_ids": [128009, 128001],
+            "use_kv_cache": True,
+        },
         "methods": ["forward"],
         "backends": ["XnnpackBackend"],
         "external_keys": ["linear.weight"],
@@ -59,10 +68,21 @@ def full_metadata() -> dict[str, Any]:
         {"name": "weights/model.ptd", "size": 524, "sha256": "b" * 64, "role": "weights"},
     ]
     meta["diagnostics"] = [
-        {"code": "E101", "severity": "warning", "message": "bos differs", "hint": None, "paths": ["model.pte"]}
+        {
+            "code": "E101",
+            "severity": "warning",
+            "message": "bos differs",
+            "hint": None,
+            "paths": ["model.pte"],
+        }
     ]
     meta["provenance"]["sources"] = [
-        {"path": "legacy/model.pte", "size": 2304, "sha256": SHA_A, "mtime_ns": 1_700_000_000_000_000_000}
+        {
+            "path": "legacy/model.pte",
+            "size": 2304,
+            "sha256": SHA_A,
+            "mtime_ns": 1_700_000_000_000_000_000,
+        }
     ]
     return meta
 
@@ -83,7 +103,9 @@ def test_new_metadata_is_valid_for_both_checkers(schema: dict[str, Any]) -> None
     meta = new_metadata(tool_version="9.9")
     assert validate_metadata(meta) == []
     assert schema_errors(schema, meta) == []
-    assert meta["format"] == "etm" and meta["format_version"] == 1 and meta["min_reader_version"] == 1
+    assert (
+        meta["format"] == "etm" and meta["format_version"] == 1 and meta["min_reader_version"] == 1
+    )
     assert meta["provenance"]["tool_version"] == "9.9"
 
 
@@ -192,7 +214,10 @@ BAD_DOCUMENTS = {
     "array": (b"[1, 2]", "must hold an object"),
     "other_format": (b'{"format": "gguf"}', "expected 'etm'"),
     "deep": (b'{"format": "etm", "x": ' + b"[" * 200 + b"]" * 200 + b"}", "nests deeper"),
-    "invalid": (b'{"format": "etm", "format_version": 1, "min_reader_version": 1}', "missing required key 'family'"),
+    "invalid": (
+        b'{"format": "etm", "format_version": 1, "min_reader_version": 1}',
+        "missing required key 'family'",
+    ),
 }
 
 

@@ -1,0 +1,215 @@
+"""The .etm writer and reader on real fixtures: layout, determinism, standard tools, extract."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from etm_compat.archive import (
+    MemberSpec,
+    open_archive,
+    verify_archive,
+    write_archive,
+)
+from etm_compat.archive_write import _end_records, _local_header
+from etm_compat.errors import OutputError, UnreadableError, UsageError
+from etm_compat.metadata import new_metadata
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+PTE = FIXTURES / "programs" / "ext_weights.pte"
+PTD = FIXTURES / "programs" / "ext_weights.ptd"
+SP = FIXTURES / "tokenizers" / "sp.model"
+HF = FIXTURES / "tokenizers" / "hf_bpe"
+
+
+def need(*paths: Path) -> None:
+    for path in paths:
+        if not path.exists():
+            pytest.skip(
+                f"fixture {path.relative_to(FIXTURES.parent)} missing (run ./dev.sh fixtures)"
+            )
+
+
+def specs() -> list[MemberSpec]:
+    need(PTE, PTD, HF / "tokenizer.json", HF / "tokenizer_config.json")
+    return [
+        MemberSpec("weights/ext_weights.ptd", PTD, "weights", ("linear.weight", "linear.bias")),
+        MemberSpec("tokenizer_config.json", HF / "tokenizer_config.json", "tokenizer_config"),
+        MemberSpec("tokenizer.json", HF / "tokenizer.json", "tokenizer"),
+        MemberSpec("model.pte", PTE, "program"),
+    ]
+
+
+def pack(dest: Path, members: list[MemberSpec] | None = None, **kw: Any) -> Path:
+    meta = new_metadata(tool_version="0.1.0")
+    write_archive(dest, metadata=meta, members=members if members is not None else specs(), **kw)
+    return dest
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_layout_order_alignment_and_metadata(tmp_path: Path) -> None:
+    meta = new_metadata(tool_version="0.1.0")
+    result = write_archive(tmp_path / "m.etm", metadata=meta, members=specs())
+    assert meta["members"] == []  # the caller's mapping is left alone
+    with open_archive(result.path) as etm:
+        names = list(etm.members)
+        assert names == ["metadata.json", "model.pte", "tokenizer.json", "tokenizer_config.json",
+                         "weights/ext_weights.ptd"]  # fmt: skip
+        for name, info in etm.members.items():
+            want = 16384 if name.endswith((".pte", ".ptd")) else 64
+            assert info.offset % want == 0, name
+        assert etm.member_range("model.pte") == (
+            etm.members["model.pte"].offset,
+            PTE.stat().st_size,
+        )
+        assert bytes(etm.member_view("model.pte")) == PTE.read_bytes()
+        listed = {m["name"]: m for m in etm.metadata["members"]}
+        assert listed["model.pte"]["sha256"] == sha(PTE)
+        assert listed["weights/ext_weights.ptd"] == {
+            "name": "weights/ext_weights.ptd", "size": PTD.stat().st_size, "sha256": sha(PTD), "role": "weights",
+        }  # fmt: skip
+        assert etm.metadata["weights"] == [
+            {"member": "weights/ext_weights.ptd", "keys": ["linear.weight", "linear.bias"]}
+        ]
+        assert etm.verify() == []
+    assert verify_archive(result.path)["format"] == "etm"
+    raw = result.path.read_bytes()
+    assert raw[:4] == b"PK\x03\x04" and raw[30:43] == b"metadata.json"
+    assert result.size == len(raw)
+
+
+def test_deterministic_whatever_the_spec_order_and_times(tmp_path: Path) -> None:
+    a = pack(tmp_path / "a.etm")
+    src = tmp_path / "src"
+    src.mkdir()
+    copies = []
+    for spec in reversed(specs()):
+        copy = src / spec.source.name
+        shutil.copyfile(spec.source, copy)
+        os.utime(copy, ns=(1, 1))
+        copies.append(MemberSpec(spec.name, copy, spec.role, spec.keys))
+    b = pack(tmp_path / "b.etm", copies)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_write_then_extract_is_byte_identical(tmp_path: Path) -> None:
+    archive = pack(tmp_path / "m.etm")
+    out = tmp_path / "out"
+    with open_archive(archive) as etm:
+        written = etm.extract(out)
+    assert sorted(p.name for p in written) == sorted(p.name for p in out.iterdir())
+    assert (out / "model.pte").read_bytes() == PTE.read_bytes()
+    assert (out / "ext_weights.ptd").read_bytes() == PTD.read_bytes()
+    assert (out / "tokenizer.json").read_bytes() == (HF / "tokenizer.json").read_bytes()
+    assert (out / "tokenizer_config.json").read_bytes() == (
+        HF / "tokenizer_config.json"
+    ).read_bytes()
+    assert not (out / "metadata.json").exists()
+
+
+def test_extract_refuses_to_overwrite_unless_forced(tmp_path: Path) -> None:
+    archive = pack(tmp_path / "m.etm")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.pte").write_bytes(b"mine")
+    with open_archive(archive) as etm:
+        with pytest.raises(OutputError, match="would overwrite"):
+            etm.extract(out)
+        assert sorted(p.name for p in out.iterdir()) == ["model.pte"]
+        assert (out / "model.pte").read_bytes() == b"mine"
+        etm.extract(out, force=True, include_metadata=True)
+    assert (out / "model.pte").read_bytes() == PTE.read_bytes()
+    assert (out / "metadata.json").exists()
+
+
+def test_refuses_existing_destination(tmp_path: Path) -> None:
+    dest = tmp_path / "m.etm"
+    dest.write_bytes(b"keep")
+    with pytest.raises(OutputError, match="already exists"):
+        pack(dest)
+    assert dest.read_bytes() == b"keep"
+    pack(dest, overwrite=True)
+    assert zipfile.is_zipfile(dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.etm"]
+
+
+def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
+    members = [*specs(), MemberSpec("tokenizer.model", tmp_path / "missing.model", "tokenizer")]
+    with pytest.raises(UsageError, match="more than one tokenizer"):
+        pack(tmp_path / "m.etm", members)
+    members = [specs()[-1], MemberSpec("tokenizer.model", tmp_path / "missing.model", "tokenizer")]
+    with pytest.raises(UnreadableError, match=r"missing\.model"):
+        pack(tmp_path / "m.etm", members)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        (MemberSpec("../model.pte", PTE, "program"), "path traversal"),
+        (MemberSpec("tokenizer.bin", PTE, "weights"), "does not fit the name"),
+        (MemberSpec("weights/a b.ptd", PTD, "weights"), "not an allowed member name"),
+        (MemberSpec("metadata.json", PTE, "program"), "written by the archive writer"),
+    ],
+)
+def test_writer_refuses_bad_member_specs(tmp_path: Path, spec: MemberSpec, needle: str) -> None:
+    need(PTE, PTD)
+    with pytest.raises(UsageError, match=needle):
+        pack(tmp_path / "m.etm", [MemberSpec("model.pte", PTE, "program"), spec])
+
+
+def test_standard_tools_list_test_and_extract(tmp_path: Path) -> None:
+    archive = pack(tmp_path / "m.etm")
+    with zipfile.ZipFile(archive) as zf:
+        assert zf.testzip() is None
+        assert zf.read("weights/ext_weights.ptd") == PTD.read_bytes()
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+        assert all(i.date_time == (1980, 1, 1, 0, 0, 0) for i in zf.infolist())
+    if shutil.which("unzip") is None:
+        pytest.skip("unzip not installed (apt-get install -y unzip)")
+    listing = subprocess.run(
+        ["unzip", "-l", str(archive)], capture_output=True, text=True, check=True
+    )
+    assert "weights/ext_weights.ptd" in listing.stdout and "5 files" in listing.stdout
+    tested = subprocess.run(
+        ["unzip", "-t", str(archive)], capture_output=True, text=True, check=True
+    )
+    assert "No errors detected" in tested.stdout
+    out = tmp_path / "unzipped"
+    subprocess.run(["unzip", "-q", str(archive), "-d", str(out)], check=True)
+    assert (out / "model.pte").read_bytes() == PTE.read_bytes()
+
+
+def test_zip64_records_when_sizes_need_them() -> None:
+    # A member of 5 GiB cannot be written in a unit test, so check the records' encoding directly.
+    head = _local_header(b"model.pte", 5 << 30, 0, 0, 16384)
+    assert struct.unpack_from("<II", head, 18) == (0xFFFFFFFF, 0xFFFFFFFF)
+    assert struct.unpack_from("<HHQQ", head, 30 + 9) == (1, 16, 5 << 30, 5 << 30)
+    assert (len(head)) % 16384 == 0
+    tail = _end_records(3, 5 << 30, 200)
+    assert (
+        tail[:4] == b"PK\x06\x06" and tail[56:60] == b"PK\x06\x07" and tail[76:80] == b"PK\x05\x06"
+    )
+    assert struct.unpack_from("<I", tail, 76 + 16)[0] == 0xFFFFFFFF
+    assert _end_records(3, 100, 200)[:4] == b"PK\x05\x06"
+
+
+def test_member_view_is_zero_copy(tmp_path: Path) -> None:
+    archive = pack(tmp_path / "m.etm")
+    with open_archive(archive) as etm:
+        view = etm.member_view("model.pte")
+        assert view.readonly and view.obj is etm._map
+        _, length = etm.member_range("model.pte")
+        assert len(view) == length
+        del view
