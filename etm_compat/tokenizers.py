@@ -70,6 +70,11 @@ def sniff_tokenizer_format(path: StrPath) -> TokenizerFormat:
         return found
     if not head:
         raise TokenizerFormatError("tokenizer file is empty", path=path)
+    complete = len(head) < TOKENIZER_SNIFF_BYTES
+    for explain in (llama2c.explain, sentencepiece_model.explain, tiktoken_file.explain):
+        reason = explain(head, complete)
+        if reason is not None:
+            raise TokenizerFormatError(reason, path=path)
     expected = ", ".join(TOKENIZER_FORMATS)
     if head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{"):
         raise TokenizerFormatError(

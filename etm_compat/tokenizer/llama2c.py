@@ -100,6 +100,22 @@ def sniff(head: bytes, complete: bool, *, original: bool) -> bool:
         return False
 
 
+def explain(head: bytes, complete: bool) -> str | None:
+    """Why a head with a plausible pytorch-tokenizers header fails to walk, else None."""
+    if len(head) < _HEADER.size:
+        return None
+    vocab_size, bos, eos, max_len = _HEADER.unpack_from(head)
+    plausible = (0 < vocab_size <= TOKENIZER_MAX_VOCAB and 0 <= bos < vocab_size
+                 and 0 <= eos < vocab_size and 0 < max_len <= LLAMA2C_MAX_TOKEN_LENGTH)
+    if not plausible:
+        return None
+    try:
+        _pytorch_layout(head, not complete)
+    except _Bad as exc:
+        return f"llama2.c tokenizer is corrupt: {exc}"
+    return None
+
+
 def _text(piece: bytes) -> str:
     return piece.decode("utf-8", "backslashreplace")
 

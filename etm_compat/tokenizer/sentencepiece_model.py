@@ -134,6 +134,21 @@ def sniff(head: bytes, complete: bool) -> bool:
     return pieces > 0
 
 
+def explain(head: bytes, complete: bool) -> str | None:
+    """Why a head that starts with a pieces field is not a usable ModelProto, else None."""
+    if not head.startswith(b"\x0a"):
+        return None
+    try:
+        for f in walk(head, 0, len(head)):
+            if f.number == 1:
+                _piece(head, f)
+    except ProtoError as exc:
+        if complete or not exc.truncated:
+            what = "truncated" if exc.truncated else "corrupt"
+            return f"SentencePiece model is {what}: {exc}"
+    return None
+
+
 def parse(path: StrPath, data: bytes) -> TokenizerInfo:
     """TokenizerInfo of a whole ``.model`` file; malformed input raises TokenizerFormatError."""
     pieces: list[tuple[str, int]] = []

@@ -50,6 +50,22 @@ def sniff(head: bytes, complete: bool) -> bool:
     return bool(lines) and all(_LINE.fullmatch(line) for line in lines)
 
 
+def explain(head: bytes, complete: bool) -> str | None:
+    """Which line breaks a file whose first line is a tiktoken line, else None."""
+    lines = _lines(head, complete)
+    if not lines or not _LINE.fullmatch(lines[0]):
+        return None
+    for number, line in enumerate(lines, start=1):
+        if not _LINE.fullmatch(line):
+            return _bad_line(number, line)
+    return None
+
+
+def _bad_line(number: int, line: bytes) -> str:
+    shown = line[:60].decode("ascii", "backslashreplace")
+    return f"tiktoken line {number} is {shown!r}, expected '<base64 token> <rank>'"
+
+
 def parse(path: StrPath, data: bytes) -> TokenizerInfo:
     """TokenizerInfo of a whole rank file; a bad line raises TokenizerFormatError naming it."""
     ranks: dict[bytes, int] = {}
@@ -57,9 +73,8 @@ def parse(path: StrPath, data: bytes) -> TokenizerInfo:
     for number, line in enumerate(_lines(data, True), start=1):
         match = _LINE.fullmatch(line)
         if match is None:
-            shown = line[:60].decode("ascii", "backslashreplace")
             raise TokenizerFormatError(
-                f"tiktoken line {number} is {shown!r}, expected '<base64 token> <rank>'",
+                _bad_line(number, line),
                 path=path,
                 hint="blank or malformed lines make the runner refuse the file",
             )
