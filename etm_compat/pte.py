@@ -186,7 +186,11 @@ def _parse_header(head: bytes, file_size: int, name: str) -> _Header:
                 offset=PTE_IDENTIFIER_OFFSET,
                 hint="re-export the model with an executorch release that writes ET12",
             )
-        hint = "this is a .ptd weights file, not a program" if ident == PTD_IDENTIFIER else None
+        hint = None
+        if ident == PTD_IDENTIFIER:
+            hint = "this is a .ptd weights file, not a program"
+        elif all(32 <= b < 127 or b in b"\t\r\n" for b in head[:8]):
+            hint = "the file starts like text; a .pte is a binary file written by executorch"
         raise PteFormatError(
             f"not an ExecuTorch program: found {ident!r} (hex {ident.hex()}) at bytes 4..8, "
             f"expected {PTE_IDENTIFIER!r}",

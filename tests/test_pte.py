@@ -1,0 +1,519 @@
+"""Tests of etm_compat.pte: the lazy .pte head reader.
+
+Ground truth comes from the real tools: executorch.runtime for constant values, executorch's own
+FlatBuffer deserializer for the program table, torch's pytree for the shape of the values.
+Malformed cases each mutate one thing of a good fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import fixture_file, fixture_glob
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from etm_compat.constants import LEGACY_KEYS
+from etm_compat.errors import PteFormatError, UnreadableError
+from etm_compat.pte import PteInfo, is_pte_file, read_pte, read_pte_bytes
+
+PTE_FIXTURES = fixture_glob("**/*.pte")
+EXT_HEADER_FIXTURES = [p for p in PTE_FIXTURES if p.read_bytes()[8:12] == b"eh00"]
+#: executorch reads its own package data through importlib.resources' deprecated API; the
+#: warning is attributed to importlib, so pyproject's executorch filter does not catch it.
+RUNTIME_WARNINGS = pytest.mark.filterwarnings("ignore::DeprecationWarning:importlib.*")
+
+
+def _ids(paths: list[Path]) -> list[str]:
+    return [str(p.relative_to(p.parents[1])) for p in paths]
+
+
+def _require(paths: list[Path]) -> None:
+    if not paths:
+        pytest.skip("no .pte fixtures yet (run fixtures/make_fixtures.py)")
+
+
+# --- small independent FlatBuffer navigation, used only to aim mutations ---------------------
+
+
+def _u32(data: bytes | bytearray, pos: int) -> int:
+    return int(struct.unpack_from("<I", data, pos)[0])
+
+
+def _field(data: bytes | bytearray, table: int, slot: int) -> int:
+    vtable = table - int(struct.unpack_from("<i", data, table)[0])
+    rel = int(struct.unpack_from("<H", data, vtable + slot)[0])
+    assert rel, f"slot {slot} absent"
+    return table + rel
+
+
+def _deref(data: bytes | bytearray, pos: int) -> int:
+    return pos + _u32(data, pos)
+
+
+def _plans_vector(data: bytes | bytearray) -> int:
+    """Position of the execution_plan vector's length word."""
+    return _deref(data, _field(data, _u32(data, 0), 6))
+
+
+def _plan(data: bytes | bytearray, index: int) -> int:
+    vec = _plans_vector(data)
+    return _deref(data, vec + 4 + 4 * index)
+
+
+def _plan_name(data: bytes | bytearray, index: int) -> str:
+    pos = _deref(data, _field(data, _plan(data, index), 4))
+    return bytes(data[pos + 4 : pos + 4 + _u32(data, pos)]).decode()
+
+
+def _plan_index(data: bytes | bytearray, name: str) -> int:
+    count = _u32(data, _plans_vector(data))
+    return next(i for i in range(count) if _plan_name(data, i) == name)
+
+
+# --- agreement with the real runtime and the real deserializer ------------------------------
+
+
+def _flatten(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [leaf for v in value.values() for leaf in _flatten(v)]
+    if isinstance(value, list):
+        return [leaf for v in value for leaf in _flatten(v)]
+    return [value]
+
+
+def _as_lists(value: Any) -> Any:
+    """torch pytree gives tuples/OrderedDicts; the reader promises lists and dicts."""
+    if isinstance(value, dict):
+        return {str(k): _as_lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(v) for v in value]
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values *and* equal types all the way down (True is not 1, [2] is not 2)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _raw_program(path: Path) -> Any:
+    """The Program table as executorch's own (flatc-based) deserializer reads it."""
+    from executorch.exir._serialize._program import _flatbuffer_to_program, _get_extended_header
+
+    data = path.read_bytes()
+    header = _get_extended_header(data)
+    size = header.program_size if header is not None and header.is_valid() else len(data)
+    return _flatbuffer_to_program(data[:size])
+
+
+@pytest.mark.runtime
+@RUNTIME_WARNINGS
+@pytest.mark.parametrize("path", PTE_FIXTURES, ids=_ids(PTE_FIXTURES))
+def test_constant_methods_match_runtime(path: Path) -> None:
+    from executorch.runtime import Runtime
+    from torch.utils._pytree import tree_unflatten, treespec_loads
+
+    info = read_pte(path)
+    ptds = sorted(path.parent.glob("*.ptd"))
+    runtime = Runtime.get()
+    program = runtime.load_program(path, data_path=ptds[0] if ptds else None)
+    assert set(program.method_names) == set(info.methods) | set(info.constant_methods)
+    specs = {
+        plan.name: plan.container_meta_type.encoded_out_str
+        for plan in _raw_program(path).execution_plan
+    }
+    for name, value in info.constant_methods.items():
+        outputs = list(program.load_method(name).execute([]))
+        assert _same(_flatten(value), outputs), (name, value, outputs)
+        expected = _as_lists(tree_unflatten(outputs, treespec_loads(specs[name])))
+        assert _same(value, expected), (name, value, expected)
+
+
+@pytest.mark.runtime
+@RUNTIME_WARNINGS
+@pytest.mark.parametrize("path", PTE_FIXTURES, ids=_ids(PTE_FIXTURES))
+def test_program_table_matches_executorch_deserializer(path: Path) -> None:
+    info = read_pte(path)
+    program = _raw_program(path)
+    plans = program.execution_plan
+    assert sorted(p.name for p in plans) == sorted([*info.methods, *info.constant_methods])
+    assert info.methods == tuple(p.name for p in plans if p.chains[0].instructions)
+    assert list(info.constant_methods) == [p.name for p in plans if not p.chains[0].instructions]
+    backends = {d.id for p in plans for d in p.delegates}
+    assert info.backends == tuple(sorted(backends))
+    external = []
+    for plan in plans:
+        for value in plan.values:
+            extra = getattr(value.val, "extra_tensor_info", None)
+            if extra is not None and int(extra.location) == 1:
+                external.append(extra.fully_qualified_name)
+    assert info.external_keys == tuple(dict.fromkeys(external))
+    assert info.named_data_keys == tuple(nd.key for nd in program.named_data or [])
+    assert [(s.offset, s.size) for s in info.segments] == [
+        (s.offset, s.size) for s in program.segments
+    ]
+
+
+def test_header_fields_follow_the_extended_header() -> None:
+    path = fixture_file("llama/tiny_llama.pte")
+    raw = path.read_bytes()
+    info = read_pte(path)
+    assert raw[8:12] == b"eh00" and info.has_extended_header
+    length, program_size, base, data_size = struct.unpack_from("<IQQQ", raw, 12)
+    assert length == 32
+    assert (info.program_size, info.segment_base_offset, info.segment_data_size) == (
+        program_size,
+        base,
+        data_size,
+    )
+    assert info.file_size == len(raw) == base + data_size
+    assert info.methods == ("forward",)
+    assert isinstance(info.constant_methods["get_eos_ids"], list)
+    assert type(info.constant_methods["use_kv_cache"]) is bool
+
+
+def test_program_without_extended_header_is_read_whole() -> None:
+    path = fixture_file("programs/ext_weights.pte")
+    raw = path.read_bytes()
+    assert raw[8:12] != b"eh00"
+    info = read_pte(path)
+    assert not info.has_extended_header
+    assert info.program_size == info.file_size == len(raw)
+    assert info.segment_base_offset is None and info.segment_data_size is None
+    assert info.external_keys, "ext_weights.pte keeps its weights outside"
+
+
+def test_legacy_key_names_are_read() -> None:
+    info = read_pte(fixture_file("programs/legacy_keys.pte"))
+    present = [k for k in LEGACY_KEYS if k in info.constant_methods]
+    assert present, "legacy_keys.pte should carry v0.2/v0.3 key names"
+    assert type(info.constant_methods["append_eos_to_prompt"]) is bool
+
+
+def test_xnnpack_backend_and_named_data() -> None:
+    info = read_pte(fixture_file("programs/xnnpack.pte"))
+    assert info.backends == ("XnnpackBackend",)
+    assert info.named_data_keys and all(len(k) == 64 for k in info.named_data_keys)
+
+
+def test_to_json_is_json_and_complete() -> None:
+    info = read_pte(fixture_file("programs/constants_all.pte"))
+    doc = json.loads(json.dumps(info.to_json()))
+    assert doc["kind"] == "pte"
+    assert doc["constant_methods"] == _as_lists(dict(info.constant_methods))
+    assert doc["segments"] == [{"offset": s.offset, "size": s.size} for s in info.segments]
+    assert set(doc) >= {"path", "file_size", "program_size", "methods", "backends", "external_keys"}
+
+
+def test_read_pte_bytes_equals_read_pte() -> None:
+    path = fixture_file("programs/xnnpack.pte")
+    raw = path.read_bytes()
+    from_file = read_pte(path)
+    from_bytes = read_pte_bytes(memoryview(raw), name=str(path))
+    assert from_bytes == from_file
+
+
+# --- laziness: nothing past program_size is read -------------------------------------------
+
+
+@pytest.mark.parametrize("path", EXT_HEADER_FIXTURES, ids=_ids(EXT_HEADER_FIXTURES))
+def test_bytes_past_program_size_do_not_matter(path: Path, tmp_path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    info = read_pte(path)
+    assert info.program_size < len(raw)
+    raw[info.program_size :] = bytes(
+        (i * 7 + 13) % 256 for i in range(len(raw) - info.program_size)
+    )
+    garbled = tmp_path / path.name
+    garbled.write_bytes(raw)
+    again = read_pte(garbled)
+    assert again.to_json() | {"path": ""} == info.to_json() | {"path": ""}
+
+
+def test_huge_sparse_program_costs_no_more_than_its_head(tmp_path: Path) -> None:
+    source = fixture_file("llama/tiny_llama.pte")
+    raw = bytearray(source.read_bytes())
+    base = struct.unpack_from("<Q", raw, 24)[0]
+    big = 1 << 30
+    struct.pack_into("<Q", raw, 32, big)  # segment_data_size: 1 GiB of "weights"
+    path = tmp_path / "huge.pte"
+    with path.open("wb") as f:
+        f.write(raw)
+        f.truncate(base + big)  # sparse: no disk used, but reading it would take seconds
+    started = time.perf_counter()
+    info = read_pte(path)
+    assert time.perf_counter() - started < 1.0
+    assert info.file_size == base + big
+    assert info.constant_methods == read_pte(source).constant_methods
+
+
+# --- malformed input ----------------------------------------------------------------------
+
+
+def _write(tmp_path: Path, data: bytes | bytearray, name: str = "bad.pte") -> Path:
+    path = tmp_path / name
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _good() -> bytearray:
+    return bytearray(fixture_file("programs/constants_all.pte").read_bytes())
+
+
+def _raises(tmp_path: Path, data: bytes | bytearray, *needles: str) -> PteFormatError:
+    with pytest.raises(PteFormatError) as caught:
+        read_pte(_write(tmp_path, data))
+    text = str(caught.value)
+    for needle in needles:
+        assert needle in text, text
+    with pytest.raises(PteFormatError):
+        read_pte_bytes(bytes(data))
+    return caught.value
+
+
+def test_text_file_is_not_a_program(tmp_path: Path) -> None:
+    err = _raises(
+        tmp_path, b"hello, this is a README\n", "not an ExecuTorch program", "b'o, t'", "b'ET12'"
+    )
+    assert err.hint and "text" in err.hint
+
+
+@pytest.mark.parametrize("ident", [b"XXXX", b"\x00\x00\x00\x00"])
+def test_unknown_identifier(tmp_path: Path, ident: bytes) -> None:
+    data = _good()
+    data[4:8] = ident
+    err = _raises(tmp_path, data, repr(ident), "expected b'ET12'")
+    assert err.offset == 4
+
+
+def test_other_et_version_is_unsupported(tmp_path: Path) -> None:
+    data = _good()
+    data[4:8] = b"ET99"
+    _raises(tmp_path, data, "unsupported", "b'ET99'", "b'ET12'")
+
+
+def test_ptd_given_as_pte_gets_a_hint(tmp_path: Path) -> None:
+    err = _raises(tmp_path, fixture_file("programs/ext_weights.ptd").read_bytes(), "b'FT01'")
+    assert err.hint and ".ptd" in err.hint
+
+
+@pytest.mark.parametrize("size", [0, 3, 7])
+def test_tiny_files(tmp_path: Path, size: int) -> None:
+    _raises(tmp_path, _good()[:size], "too short")
+
+
+@pytest.mark.parametrize("cut", [1, 100])
+def test_truncated_file(tmp_path: Path, cut: int) -> None:
+    data = _good()
+    _raises(tmp_path, data[:-cut], "truncated")
+
+
+def test_truncated_inside_program_head(tmp_path: Path) -> None:
+    data = _good()
+    program_size = struct.unpack_from("<Q", data, 16)[0]
+    _raises(tmp_path, data[: program_size - 10], "truncated")
+
+
+def test_bad_extended_header_length(tmp_path: Path) -> None:
+    data = _good()
+    struct.pack_into("<I", data, 12, 8)
+    _raises(tmp_path, data, "eh00", "length 8")
+
+
+def test_program_size_out_of_range(tmp_path: Path) -> None:
+    data = _good()
+    struct.pack_into("<Q", data, 16, 12)
+    _raises(tmp_path, data, "program_size 12")
+
+
+def test_segment_base_inside_program(tmp_path: Path) -> None:
+    data = _good()
+    struct.pack_into("<Q", data, 24, 40)
+    _raises(tmp_path, data, "segment_base_offset 40")
+
+
+def test_root_offset_out_of_range(tmp_path: Path) -> None:
+    data = _good()
+    struct.pack_into("<I", data, 0, 0x7FFFFFF0)
+    _raises(tmp_path, data, "root", "past the end")
+
+
+def test_vtable_out_of_range(tmp_path: Path) -> None:
+    data = _good()
+    root = _u32(data, 0)
+    struct.pack_into("<i", data, root, -0x7FFFFF00)
+    _raises(tmp_path, data, "vtable")
+
+
+def test_vector_length_out_of_range(tmp_path: Path) -> None:
+    data = _good()
+    struct.pack_into("<I", data, _plans_vector(data), 0x3FFFFFFF)
+    _raises(tmp_path, data, "execution_plan", "1073741823 elements")
+
+
+def test_string_length_out_of_range(tmp_path: Path) -> None:
+    data = _good()
+    name = _deref(data, _field(data, _plan(data, 0), 4))
+    struct.pack_into("<I", data, name, 0x7FFFFFF0)
+    _raises(tmp_path, data, "name", "elements")
+
+
+def test_string_not_utf8(tmp_path: Path) -> None:
+    data = _good()
+    name = _deref(data, _field(data, _plan(data, 0), 4))
+    data[name + 4] = 0xFF
+    _raises(tmp_path, data, "UTF-8")
+
+
+def test_unknown_union_type(tmp_path: Path) -> None:
+    data = _good()
+    plan = _plan(data, _plan_index(data, "get_max_seq_len"))
+    values = _deref(data, _field(data, plan, 8))
+    evalue = _deref(data, values + 4)
+    data[_field(data, evalue, 4)] = 99
+    _raises(tmp_path, data, "unknown EValue union type 99", "get_max_seq_len")
+
+
+def test_output_index_out_of_range(tmp_path: Path) -> None:
+    data = _good()
+    plan = _plan(data, _plan_index(data, "get_max_seq_len"))
+    outputs = _deref(data, _field(data, plan, 12))
+    struct.pack_into("<i", data, outputs + 4, 1000)
+    _raises(tmp_path, data, "get_max_seq_len", "outputs value 1000")
+
+
+def test_missing_and_directory_paths_are_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(UnreadableError):
+        read_pte(tmp_path / "absent.pte")
+    with pytest.raises(UnreadableError):
+        read_pte(tmp_path)
+
+
+def test_is_pte_file(tmp_path: Path) -> None:
+    assert is_pte_file(fixture_file("programs/constants_all.pte"))
+    assert not is_pte_file(fixture_file("programs/ext_weights.ptd"))
+    assert not is_pte_file(_write(tmp_path, b"text file\n", "t.txt"))
+    assert not is_pte_file(tmp_path / "absent.pte")
+    assert not is_pte_file(tmp_path)
+
+
+def test_random_corruption_only_raises_pte_format_error() -> None:
+    good = bytes(_good())
+    program_size = struct.unpack_from("<Q", good, 16)[0]
+
+    @settings(
+        max_examples=200,
+        deadline=1000,
+        suppress_health_check=[HealthCheck.too_slow],
+        database=None,
+    )
+    @given(
+        flips=st.lists(
+            st.tuples(st.integers(0, program_size - 1), st.integers(0, 255)), min_size=1, max_size=8
+        ),
+        cut=st.one_of(st.none(), st.integers(0, len(good))),
+    )
+    def check(flips: list[tuple[int, int]], cut: int | None) -> None:
+        data = bytearray(good)
+        for pos, byte in flips:
+            data[pos] = byte
+        if cut is not None:
+            del data[cut:]
+        try:
+            info = read_pte_bytes(bytes(data))
+        except PteFormatError:
+            return
+        assert isinstance(info, PteInfo)
+        json.dumps(info.to_json())
+
+    check()
+
+
+# --- pytree specs: structure rebuilt from encoded_out_str -----------------------------------
+
+NESTED: dict[str, Any] = {
+    "one": [2],
+    "scalar": 2,
+    "pair": [2, 3],
+    "nested": {"k": [1, 2], "b": True, "s": "x"},
+    "tuple": (1, (2.5, 3)),
+    "empty": [],
+    "lists": [[1], []],
+}
+
+
+@pytest.fixture(scope="module")
+def nested_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch = pytest.importorskip("torch")
+    exir = pytest.importorskip("executorch.exir")
+
+    class Tiny(torch.nn.Module):
+        def forward(self, x: Any) -> Any:
+            return x + 1
+
+    exported = torch.export.export(Tiny(), (torch.ones(2),))
+    program = exir.to_edge(exported, constant_methods=NESTED).to_executorch()
+    path = tmp_path_factory.mktemp("nested") / "nested.pte"
+    path.write_bytes(program.buffer)
+    return path
+
+
+@pytest.mark.runtime
+@RUNTIME_WARNINGS
+def test_nested_constants_rebuild_their_structure(nested_program: Path) -> None:
+    info = read_pte(nested_program)
+    for name, value in NESTED.items():
+        assert _same(info.constant_methods[name], _as_lists(value)), name
+
+
+_JSON_LIST = '{"type": "builtins.list", "context": "null", "children_spec": ['
+_JSON_LEAF = '{"type": null, "context": null, "children_spec": []}'
+_DEEP_JSON = "[1, " + _JSON_LIST * 100 + _JSON_LEAF + "]}" * 100 + "]"
+
+
+def _with_spec(source: Path, method: str, spec: str, dest: Path) -> Path:
+    """Rewrite one plan's encoded_out_str with executorch's own serializer."""
+    from executorch.exir._serialize._program import deserialize_pte_binary, serialize_pte_binary
+
+    pte_file = deserialize_pte_binary(source.read_bytes())
+    plan = next(p for p in pte_file.program.execution_plan if p.name == method)
+    plan.container_meta_type.encoded_out_str = spec
+    dest.write_bytes(bytes(serialize_pte_binary(pte_file, extract_delegate_segments=True)))
+    return dest
+
+
+@pytest.mark.runtime
+@RUNTIME_WARNINGS
+@pytest.mark.parametrize(
+    ("method", "spec", "expected"),
+    [
+        ("pair", "L2#1#1($,$)", [2, 3]),
+        ("one", "L1#1($)", [2]),
+        ("scalar", "$", 2),
+        ("nested", "D3#2#1#1('k':L2#1#1($,$),'b':$,'s':$)", {"k": [1, 2], "b": True, "s": "x"}),
+        ("tuple", "T2#1#2($,T2#1#1($,$))", [1, [2.5, 3]]),
+        ("pair", "}{ not a spec", [2, 3]),  # unparseable: several outputs -> list
+        ("one", '[1, {"type": "builtins.list"', 2),  # unparseable: one output -> scalar
+        ("pair", "L3#1#1#1($,$,$)", [2, 3]),  # wrong leaf count: fall back
+        ("one", "L1#1(" * 200 + "$" + ")" * 200, 2),  # too deep: fall back
+        ("one", _DEEP_JSON, 2),  # too deep: fall back
+    ],
+)
+def test_cpp_and_broken_specs(
+    nested_program: Path, tmp_path: Path, method: str, spec: str, expected: Any
+) -> None:
+    shutil.copy(nested_program, tmp_path / "src.pte")
+    path = _with_spec(tmp_path / "src.pte", method, spec, tmp_path / "out.pte")
+    assert _same(read_pte(path).constant_methods[method], expected)
