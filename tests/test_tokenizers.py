@@ -126,8 +126,7 @@ def test_sentencepiece_matches_library() -> None:
 
 def test_sentencepiece_bos_follows_bos_piece_type(tmp_path: Path) -> None:
     """The library's bos is the CONTROL piece named bos_piece; a NORMAL <s> gives none."""
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
+    pb: Any = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
     model = pb.ModelProto()
     model.ParseFromString(fixture("sp.model").read_bytes())
     model.pieces[1].type = pb.ModelProto.SentencePiece.NORMAL
