@@ -18,6 +18,8 @@ from etm_compat.pte import is_pte_file, read_pte
 from etm_compat.tokenizers import read_tokenizer, sniff_tokenizer_format
 
 ZIP_MAGIC = b"PK\x03\x04"
+#: Suffixes for which a sniffing failure is reported as the tokenizer reader's own error.
+TOKENIZER_SUFFIXES = (".model", ".json", ".bin", ".tiktoken", ".spm")
 
 
 def _is_zip(path: Path) -> bool:
@@ -88,7 +90,9 @@ def inspect_path(path: str | os.PathLike[str], adapters: Sequence[Adapter]) -> d
         return inspect_archive(p)
     try:
         sniff_tokenizer_format(p)
-    except InputError:
+    except InputError as tokenizer_error:
+        if p.suffix in TOKENIZER_SUFFIXES or "tokenizer" in p.name.lower():
+            raise tokenizer_error from None
         if p.suffix in (".pte", ".ptd", ".etm"):
             # Let the format's own reader say precisely what is wrong.
             if p.suffix == ".pte":

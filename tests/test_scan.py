@@ -1,0 +1,53 @@
+"""Walking a tree of deployments: every one found, loops and unreadable folders survived."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from etm_compat.adapters import default_adapters
+from etm_compat.errors import InputError, UnreadableError
+from etm_compat.scan import scan
+
+from conftest import FIXTURES
+
+LEGACY = FIXTURES / "legacy"
+
+
+def test_scan_finds_every_fixture_deployment():
+    if not LEGACY.is_dir():
+        pytest.skip("fixtures/legacy missing")
+    result = scan(LEGACY, default_adapters())
+    expected = sorted(p.relative_to(LEGACY) for p in LEGACY.rglob("*.pte"))
+    assert sorted(d.program.relative_to(LEGACY) for d in result.deployments) == expected
+
+
+def test_symlink_loop_does_not_trap_the_walk(tmp_path):
+    shutil.copytree(LEGACY / "et_example", tmp_path / "a" / "et")
+    os.symlink(tmp_path, tmp_path / "a" / "loop")
+    result = scan(tmp_path, default_adapters())
+    assert [d.program.parent.name for d in result.deployments] == ["et"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
+def test_unreadable_folder_is_reported_not_fatal(tmp_path):
+    shutil.copytree(LEGACY / "et_example", tmp_path / "ok")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        result = scan(tmp_path, default_adapters())
+    finally:
+        locked.chmod(0o755)
+    assert len(result.deployments) == 1
+    assert any("unreadable" in s.reason for s in result.skipped)
+
+
+def test_scan_of_missing_root_or_file_is_a_clear_error(tmp_path):
+    with pytest.raises(UnreadableError):
+        scan(tmp_path / "nope", default_adapters())
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(InputError, match="not a folder"):
+        scan(tmp_path / "f", default_adapters())
