@@ -324,7 +324,11 @@ def _read_directory(f: BinaryIO, size: int, path: Path) -> tuple[dict[str, Membe
             problems.append(
                 f"members {first!r} and {second!r} overlap (shared or forged data ranges)"
             )
-    if not problems and (not spans or spans[0][2] != MEMBER_METADATA or spans[0][0] != 0):
+    if (
+        not problems
+        and MEMBER_METADATA in members
+        and (spans[0][2] != MEMBER_METADATA or spans[0][0] != 0)
+    ):
         problems.append(f"{MEMBER_METADATA} must be the first member, at offset 0")
     return members, problems
 
@@ -534,6 +538,8 @@ def open_archive(path: str | os.PathLike[str]) -> EtmArchive:
             raise ArchiveError(
                 "unsafe or malformed archive: " + "; ".join(problems), path=path, hint=_HINT_REPACK
             )
+        if MEMBER_METADATA not in members:
+            raise MetadataError(f"no {MEMBER_METADATA} member", path=path, hint=_HINT_REPACK)
         metadata = _read_metadata(f, members, path)
         return EtmArchive(path, f, members, metadata)
     except BaseException:
