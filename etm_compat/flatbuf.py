@@ -20,7 +20,7 @@ from etm_compat.errors import PteFormatError
 
 #: How many tables one buffer may visit before the reader gives up (guards against cycles and
 #: decompression-bomb style inputs whose offsets point many times at the same bytes).
-DEFAULT_MAX_TABLES: Final = 1_000_000
+DEFAULT_MAX_TABLES: Final = 500_000
 
 _U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")

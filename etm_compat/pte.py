@@ -211,7 +211,7 @@ def _parse_header(head: bytes, file_size: int, name: str) -> _Header:
 
 def _parse_extended_header(head: bytes, file_size: int, name: str) -> _Header:
     base = PTE_EXTENDED_OFFSET
-    if len(head) < base + 8 + PTE_EXTENDED_MIN_LENGTH - 8:
+    if len(head) < base + PTE_EXTENDED_MIN_LENGTH:
         raise PteFormatError(
             f"file is truncated inside the eh00 extended header ({file_size} bytes)",
             path=name,

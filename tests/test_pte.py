@@ -394,6 +394,36 @@ def test_output_index_out_of_range(tmp_path: Path) -> None:
     _raises(tmp_path, data, "get_max_seq_len", "outputs value 1000")
 
 
+def test_table_visits_are_bounded() -> None:
+    """Many plans sharing one large values vector: refused quickly, not walked for minutes."""
+    import flatbuffers
+
+    b = flatbuffers.Builder(0)
+    b.StartObject(2)
+    b.PrependUint8Slot(0, 2, 0)  # an EValue of type Int with no payload
+    evalue = b.EndObject()
+    b.StartVector(4, 50_000, 4)
+    for _ in range(50_000):
+        b.PrependUOffsetTRelative(evalue)
+    values = b.EndVector()
+    name = b.CreateString("forward")
+    b.StartObject(6)
+    b.PrependUOffsetTRelativeSlot(0, name, 0)
+    b.PrependUOffsetTRelativeSlot(2, values, 0)
+    plan = b.EndObject()
+    b.StartVector(4, 20, 4)
+    for _ in range(20):
+        b.PrependUOffsetTRelative(plan)
+    plans = b.EndVector()
+    b.StartObject(2)
+    b.PrependUOffsetTRelativeSlot(1, plans, 0)
+    b.Finish(b.EndObject(), file_identifier=b"ET12")
+    started = time.perf_counter()
+    with pytest.raises(PteFormatError, match="visits more than"):
+        read_pte_bytes(bytes(b.Output()))
+    assert time.perf_counter() - started < 5.0
+
+
 def test_missing_and_directory_paths_are_unreadable(tmp_path: Path) -> None:
     with pytest.raises(UnreadableError):
         read_pte(tmp_path / "absent.pte")
