@@ -194,7 +194,7 @@ class _TemplateDict:
 class _TemplateNamespace(jinja2.utils.Namespace):
     """Jinja's ``namespace`` refusing underscore-prefixed names (no route to internals)."""
 
-    def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805 - Jinja's own signature trick
+    def __init__(*args: Any, **kwargs: Any) -> None:
         self, rest = args[0], args[1:]
         attrs = dict(*rest, **kwargs)
         for name in attrs:
@@ -259,7 +259,7 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
     code_generator_class = _GuardedCodeGenerator
     intercepted_binops = frozenset({"*", "**", "+"})
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _check_time()
         name = getattr(__obj, "__name__", "")
         if isinstance(getattr(__obj, "__self__", None), str):
@@ -277,9 +277,9 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
                 count = text.count(old) if old else len(text) + 1
                 _check_size(len(text) + count * max(0, len(new) - len(old)), "str.replace result")
         result = super().call(__context, __obj, *args, **kwargs)
-        size = _sized(result)
-        if size is not None:
-            _check_size(size, "call result")
+        result_size = _sized(result)
+        if result_size is not None:
+            _check_size(result_size, "call result")
         return result
 
     def getattr(self, obj: Any, attribute: str) -> Any:
@@ -489,7 +489,7 @@ def render_chat(
     tools: Sequence[Mapping[str, Any]] | None = None,
     documents: Sequence[Mapping[str, Any]] | None = None,
     continue_final_message: bool | str = False,
-    limits: RenderLimits = RenderLimits(),  # noqa: B008 - frozen, safe as a default
+    limits: RenderLimits = RenderLimits(),
     **extra: Any,
 ) -> str:
     """Render ``messages`` with a chat template, byte-identical to transformers.
