@@ -29,6 +29,18 @@ ensure_venv() {
     fi
 }
 
+# The HTML report test opens the report in a real headless browser (Debian's chromium).
+ensure_chromium() {
+    command -v chromium >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "dev.sh: installing chromium for the HTML report test" >&2
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+            || echo "dev.sh: chromium could not be installed; the browser test will be skipped" >&2
+    else
+        echo "dev.sh: chromium not found and cannot be installed here; the browser test will be skipped" >&2
+    fi
+}
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
@@ -38,6 +50,7 @@ case "$cmd" in
         ;;
     test)
         ensure_venv
+        ensure_chromium
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     bench)
