@@ -460,7 +460,9 @@ def _generate(compiled: CompiledTemplate, variables: dict[str, Any], limits: Ren
         for piece in compiled.template.generate(**variables):
             total += len(piece)
             if total > limits.max_output_chars:
-                _limit(f"chat template output exceeds {limits.max_output_chars} characters")
+                _limit(
+                    f"chat template output exceeds the limit of {limits.max_output_chars} characters"
+                )
             _check_time()
             pieces.append(piece)
     except TemplateError:
