@@ -296,7 +296,19 @@ class _TokenRules:
                 0, "chat_template", f"the rendered template starts with {bos_token!r}"
             )
         if fam is not None:
-            return self.decide_bos(fam.num_bos, f"registry:{fam.id}", "the family's num_bos")
+            registry = f"registry:{fam.id}"
+            if (
+                fam.num_bos == 0
+                and fam.bos_token
+                and template is not None
+                and template != fam.chat_template
+                and _BOS_VARIABLE.search(fam.chat_template)
+            ):
+                # The family's 0 relies on its own template emitting the BOS; this one does not.
+                return self.decide_bos(
+                    1, registry, "the family's template emits the BOS, the one in use does not"
+                )
+            return self.decide_bos(fam.num_bos, registry, "the family's num_bos")
         add_bos = self.cfg("tokenizer_config").get("add_bos_token")
         if isinstance(add_bos, bool):
             return self.decide_bos(
