@@ -248,11 +248,25 @@ def infer_from_parts(
         shipped, template_family, family, ledger
     )
     tokens = infer_tokens(
-        TokenInputs(tokenizer, tok_source, pte, pte_source, configs, names, family, chat_template),
+        TokenInputs(
+            tokenizer,
+            tok_source,
+            pte,
+            pte_source,
+            configs,
+            names,
+            family,
+            chat_template,
+            template_source,
+        ),
         ledger,
     )
     prompt_format = infer_fields.prompt_format(
-        chat_template, tokens.bos_token, infer_fields.eos_text(tokenizer, family), ledger
+        chat_template,
+        template_source,
+        tokens.bos_token,
+        infer_fields.eos_text(tokenizer, family),
+        ledger,
     )
     generation = infer_fields.generation(configs, names, family, ledger)
     max_seq_len, max_context_len = infer_fields.lengths(pte, pte_source, configs, names, ledger)

@@ -81,7 +81,7 @@ def eos_text(tokenizer: TokenizerInfo | None, family: Family | None) -> str | No
 
 
 def prompt_format(
-    template: str | None, bos: str | None, eos: str | None, ledger: Ledger
+    template: str | None, source: str | None, bos: str | None, eos: str | None, ledger: Ledger
 ) -> Mapping[str, Any] | None:
     if template is None:
         return None
@@ -98,12 +98,10 @@ def prompt_format(
         )
         return None
     if derived is None:
-        ledger.note(
-            "chat_template", "prompt_format", None, "no substitution form for this template"
-        )
+        ledger.note(source or "chat_template", "prompt_format", None, "no exact substitution form")
         return None
     value = derived.to_json()
-    ledger.note("chat_template", "prompt_format", "derived", "substitution form of the template")
+    ledger.note(source or "chat_template", "prompt_format", "derived", "substitution form")
     return MappingProxyType(dict(value))
 
 

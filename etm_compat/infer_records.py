@@ -31,8 +31,8 @@ class Evidence:
     """One observation behind one inferred field.
 
     ``source`` is the relative file name it was read from, ``"registry"`` (or
-    ``"registry:<family>"``) for facts from the family registry, or ``"override"`` for what the
-    caller asked for. ``detail`` says what was seen and what it implies, for people.
+    ``"registry:<family>"``) for facts from the family registry, ``"override"`` for what the
+    caller asked for, or ``"rules"`` for a value fixed by a documented rule (a runner default). ``detail`` says what was seen and what it implies, for people.
     """
 
     source: str
@@ -123,13 +123,17 @@ def as_int(value: Any) -> int | None:
     return None
 
 
+#: Most token ids one source may contribute (real ones give 1-3); the rest is ignored.
+MAX_IDS_PER_SOURCE = 64
+
+
 def as_int_list(value: Any) -> list[int] | None:
-    """An int, or a list of ints, as a list; None when it is neither."""
+    """An int, or a list of ints, as a list (at most ``MAX_IDS_PER_SOURCE``); else None."""
     single = as_int(value)
     if single is not None:
         return [single]
     if isinstance(value, list | tuple):
-        items = [as_int(v) for v in value]
+        items = [as_int(v) for v in value[:MAX_IDS_PER_SOURCE]]
         if all(i is not None for i in items):
             return [i for i in items if i is not None]
     return None
@@ -148,6 +152,7 @@ def as_number(value: Any) -> float | int | None:
 
 __all__ = [
     "CONFIDENCE_ORDER",
+    "MAX_IDS_PER_SOURCE",
     "Confidence",
     "Conflict",
     "Evidence",

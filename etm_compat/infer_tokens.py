@@ -56,6 +56,7 @@ class TokenInputs:
     names: Mapping[str, str]
     family: Family | None
     template: str | None
+    template_source: str | None = None
 
 
 def token_text(value: Any) -> str | None:
@@ -82,6 +83,10 @@ class _TokenRules:
         self.i = inputs
         self.ledger = ledger
         self.tok = inputs.tokenizer
+
+    @property
+    def template_source(self) -> str:
+        return self.i.template_source or "chat_template"
 
     def cfg(self, role: str) -> Mapping[str, Any]:
         value = self.i.configs.get(role)
@@ -290,10 +295,10 @@ class _TokenRules:
         if bos_id is None:
             return self.decide_bos(0, "rules", "the tokenizer has no BOS token")
         if template is not None and _BOS_VARIABLE.search(template):
-            return self.decide_bos(0, "chat_template", "the template emits bos_token itself")
+            return self.decide_bos(0, self.template_source, "the template emits bos_token itself")
         if template is not None and bos_token and self.render_starts_with(template, bos_token):
             return self.decide_bos(
-                0, "chat_template", f"the rendered template starts with {bos_token!r}"
+                0, self.template_source, f"the rendered template starts with {bos_token!r}"
             )
         if fam is not None:
             registry = f"registry:{fam.id}"
