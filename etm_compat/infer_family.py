@@ -216,8 +216,14 @@ def family_tokens(family: Family) -> frozenset[str]:
 
 
 def _class_fits(model_class: str, classes: Iterable[str]) -> bool:
-    """export_llm's sized ids (``qwen2_5_0_5b``) fit the family class ``qwen2_5``."""
-    return any(model_class == c or model_class.startswith(f"{c}_") for c in classes) or False
+    """Exact, or export_llm's sized id of the class (``qwen3_1_7b`` fits ``qwen3``).
+
+    Only a size suffix (``_<n>b``/``_<n>_<m>b``) counts: ``llama3_2`` does not fit ``llama3``.
+    """
+    return any(
+        model_class == c or re.fullmatch(re.escape(c) + r"_\d+(?:_\d+)?b", model_class)
+        for c in classes
+    )
 
 
 def decide_family(

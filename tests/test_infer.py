@@ -452,3 +452,76 @@ def test_legacy_export_llm_reports_the_tokenizer_disagreement() -> None:
     assert "export_config.yaml" in {e.source for e in result.family_evidence}
     assert "params.json" in {e.source for e in result.family_evidence}
     assert result.max_seq_len == 128
+
+
+# --- specificity: a tokenizer holding several families' fingerprints ----------------------
+@pytest.mark.parametrize(("family_id", "also"), [("qwen3", "qwen2_5"), ("gemma3", "gemma2")])
+def test_the_more_specific_family_wins(tmp_path: Path, family_id: str, also: str) -> None:
+    # A real Qwen3 tokenizer also holds Qwen2.5's tokens (<tool_call>); a Gemma 3 one Gemma's.
+    family, other = REGISTRY[family_id], REGISTRY[also]
+    tokens = [*family_tokens(family), *family_tokens(other)]
+    tok_path, cfg = hf_tokenizer(tmp_path, tokens, bos=family.bos_token, eos=family.eos_token)
+    tok = read_tokenizer(tok_path, config_path=cfg, check_runner=False)
+    result = infer_from_parts(pte=None, tokenizer=tok, configs={}, root=tmp_path)
+    assert result.family_id == family_id
+    assert result.family_confidence == "medium"
+    assert {e.source for e in result.family_evidence} == {"tokenizer.json"}
+
+
+def test_file_names_alone_give_low_confidence(tmp_path: Path) -> None:
+    result = infer_from_parts(pte=None, tokenizer=None, configs={}, file_names=["Qwen3-0.6B.pte"])
+    assert result.family_id == "qwen3"
+    assert result.family_confidence == "low"
+    assert result.family_evidence[0].source == "Qwen3-0.6B.pte"
+
+
+# --- the export config's metadata and lengths ------------------------------------------------
+def test_export_yaml_legacy_metadata_and_length_conflict(tmp_path: Path) -> None:
+    tok_path = copy_fixture_tokenizer(tmp_path, "tokenizers/tiktoken.model", "tokenizer.model")
+    pte_path = program(tmp_path)
+    yaml_path = tmp_path / "export_config.yaml"
+    yaml_path.write_text(
+        'base:\n  model_class: llama3_2\n  metadata: \'{"get_bos_id":1,"get_eos_ids":[2]}\'\n'
+        "export:\n  max_seq_length: 256\n",
+        encoding="utf-8",
+    )
+    deployment = Deployment(
+        tmp_path, pte_path, "test", tok_path, configs={"export_config": yaml_path}
+    )
+    pte = pte_with(
+        pte_path, get_max_seq_len=128, get_bos_id=TIKTOKEN_BOS, get_eos_ids=[TIKTOKEN_EOS]
+    )
+    result = infer(deployment, pte=pte)
+    assert result.family_id == "llama3_2" and result.family_alternatives == ()
+    legacy = [f for f in result.findings if f.code == "legacy-default-bos-eos"]
+    assert [f.paths for f in legacy] == [("export_config.yaml",)]
+    assert 2 not in result.stop_token_ids and result.bos_id == TIKTOKEN_BOS
+    assert result.max_seq_len == 128  # the program's value is what the runtime uses
+    assert any(c.field == "max_seq_len" for c in result.conflicts)
+    assert result.max_context_len == 128  # the runner's default: max_seq_len
+    assert "rules" in sources(result, "max_context_len")
+
+
+# --- hostile values ---------------------------------------------------------------------------
+def test_odd_program_values_do_not_crash(tmp_path: Path) -> None:
+    tok_path = copy_fixture_tokenizer(tmp_path, "tokenizers/sp.model", "tokenizer.model")
+    pte_path = program(tmp_path)
+    pte = pte_with(
+        pte_path,
+        get_max_seq_len="long",
+        get_bos_id=True,
+        get_eos_ids=[SP_EOS, 10**9, -1, *range(3, 200)],
+        get_vocab_size=[1, 2],
+    )
+    gen = write_json(
+        tmp_path / "generation_config.json", {"eos_token_id": "x", "temperature": "hot"}
+    )
+    deployment = Deployment(
+        tmp_path, pte_path, "test", tok_path, configs={"generation_config": gen}
+    )
+    result = infer(deployment, pte=pte)
+    assert result.max_seq_len is None and result.bos_id == SP_BOS
+    assert 10**9 not in result.stop_token_ids and -1 not in result.stop_token_ids
+    assert "stop-token-out-of-range" in codes(result)
+    assert "temperature" not in result.generation or result.generation["temperature"] != "hot"
+    json.dumps(result.to_json())
