@@ -6,10 +6,11 @@ order of :func:`default_adapters` matters: the most specific layout is tried fir
 
 from __future__ import annotations
 
-from etm_compat.adapters.executorch_example import ExecutorchExampleAdapter
-from etm_compat.adapters.export_llm import ExportLlmAdapter
-from etm_compat.adapters.hf_style import HfStyleAdapter
 from etm_compat.deployment import Adapter
+
+from .executorch_example import ExecutorchExampleAdapter
+from .export_llm import ExportLlmAdapter
+from .hf_style import HfStyleAdapter
 
 
 def default_adapters() -> list[Adapter]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from etm_compat.adapters._common import has_program, read_folder
 from etm_compat.deployment import Deployment
+
+from ._common import has_program, read_folder
 
 
 class ExecutorchExampleAdapter:

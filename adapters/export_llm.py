@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from etm_compat.adapters._common import find_export_config, has_program, list_files, read_folder
-from etm_compat.deployment import Deployment
+from etm_compat.deployment import ConfigRole, Deployment
+
+from ._common import find_export_config, has_program, list_files, read_folder
 
 
 class ExportLlmAdapter:
@@ -19,5 +20,5 @@ class ExportLlmAdapter:
 
     def read(self, folder: Path) -> Sequence[Deployment]:
         config = find_export_config(list_files(folder))
-        extra = {"export_config": config} if config is not None else None
+        extra: dict[ConfigRole, Path] | None = {"export_config": config} if config is not None else None
         return read_folder(folder, self.name, extra_configs=extra)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from etm_compat.adapters._common import find_configs, has_program, list_files, read_folder
 from etm_compat.deployment import Deployment
+
+from ._common import find_configs, has_program, list_files, read_folder
 
 #: Any of these beside a program makes the folder HF-style.
 HF_ROLES = ("tokenizer_config", "generation_config", "config", "chat_template")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bigpte import make_big_pte  # noqa: E402
-from common import ROOT, VENV_BIN, WORK, Result, Row, measure, median, spread  # noqa: E402
+from bigpte import make_big_pte
+from common import ROOT, VENV_BIN, WORK, Result, Row, measure, median, spread
 
 RUNTIME_WAY = """
 import sys

@@ -54,8 +54,7 @@ class Deployment:
             files.append(self.tokenizer)
         files.extend(self.weights)
         files.extend(self.configs.values())
-        seen: set[Path] = set()
-        return tuple(p for p in files if not (p in seen or seen.add(p)))
+        return tuple(dict.fromkeys(files))
 
     def to_json(self) -> dict[str, object]:
         def rel(p: Path) -> str:

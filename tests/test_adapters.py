@@ -6,18 +6,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-
+from conftest import FIXTURES
 from etm_compat.adapters import (
     ExecutorchExampleAdapter,
     ExportLlmAdapter,
     HfStyleAdapter,
     default_adapters,
 )
+
 from etm_compat.ptd import read_ptd
 from etm_compat.pte import read_pte
 from etm_compat.scan import read_folder
-
-from conftest import FIXTURES
 
 LEGACY = FIXTURES / "legacy"
 

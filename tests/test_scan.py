@@ -6,12 +6,11 @@ import os
 import shutil
 
 import pytest
-
+from conftest import FIXTURES
 from etm_compat.adapters import default_adapters
+
 from etm_compat.errors import InputError, UnreadableError
 from etm_compat.scan import scan
-
-from conftest import FIXTURES
 
 LEGACY = FIXTURES / "legacy"
 
