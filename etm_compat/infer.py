@@ -179,10 +179,12 @@ def infer(
     if tokenizer is None and deployment.tokenizer is not None:
         from etm_compat.tokenizers import read_tokenizer
 
-        config_path = deployment.configs.get("tokenizer_config")
         try:
             tokenizer = read_tokenizer(
-                deployment.tokenizer, config_path=config_path, check_runner=False
+                deployment.tokenizer,
+                config_path=deployment.configs.get("tokenizer_config"),
+                special_tokens_map_path=deployment.configs.get("special_tokens_map"),
+                check_runner=False,
             )
         except EtmError as exc:
             failed(deployment.tokenizer, exc)

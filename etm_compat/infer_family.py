@@ -245,6 +245,15 @@ def decide_family(
                 hint=f"use one of: {', '.join(registry)}",
             )
         ev = ledger.note("override", "family", (override,), f"--family {override}")
+        against = [v for v in votes if v.strong and override not in v.families]
+        if against:
+            ledger.find(
+                "family-override-disagrees",
+                "info",
+                f"--family {override} overrides what the files suggest: "
+                + "; ".join(f"{v.evidence.source} {v.evidence.detail}" for v in against),
+                paths=sorted({v.evidence.source for v in against}),
+            )
         return FamilyDecision(override, "high", (ev, *(v.evidence for v in votes)), ())
 
     all_evidence = tuple(v.evidence for v in votes)

@@ -294,6 +294,8 @@ def test_family_override_wins_and_is_recorded(tmp_path: Path) -> None:
     assert result.family_evidence[0].source == "override"
     assert result.chat_template == REGISTRY["qwen3"].chat_template
     assert result.chat_template_source == "registry:qwen3"
+    disagrees = next(f for f in result.findings if f.code == "family-override-disagrees")
+    assert disagrees.paths == ("tokenizer.model",)
 
 
 def test_unknown_family_override_is_a_usage_error(tmp_path: Path) -> None:
