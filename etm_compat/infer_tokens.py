@@ -29,6 +29,15 @@ from etm_compat.pte import PteInfo
 from etm_compat.tokenizer.model import TokenizerInfo
 
 _BOS_VARIABLE: Final = re.compile(r"\bbos_token\b")
+#: End-of-generation token texts llama.cpp adds to its stop set by text (anchors.md, section 1).
+#: One written literally in a template ends a turn there; it joins the stop set when the
+#: tokenizer has it as one token.
+EOG_TEXTS: Final = (
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<\uff5cend\u2581of\u2581sentence\uff5c>",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -234,6 +243,15 @@ class _TokenRules:
                         paths=(self.i.tokenizer_source,),
                     )
 
+        if self.i.template is not None and tok is not None:
+            for text in EOG_TEXTS:
+                found = self.resolve(text) if text in self.i.template else None
+                if found is not None:
+                    extra_stops.append((found, self.template_source))
+                    self.ledger.note(
+                        self.template_source, "stop_token_ids", found, f"template writes {text!r}"
+                    )
+
         bos_id = bos_candidates[0][0] if bos_candidates else None
         if len({b for b, _ in bos_candidates}) > 1:
             self.ledger.compare("bos_id", bos_candidates)
@@ -349,4 +367,11 @@ def infer_tokens(inputs: TokenInputs, ledger: Ledger) -> TokenResult:
     return _TokenRules(inputs, ledger).run()
 
 
-__all__ = ["TokenInputs", "TokenResult", "export_metadata", "infer_tokens", "token_text"]
+__all__ = [
+    "EOG_TEXTS",
+    "TokenInputs",
+    "TokenResult",
+    "export_metadata",
+    "infer_tokens",
+    "token_text",
+]

@@ -527,3 +527,23 @@ def test_odd_program_values_do_not_crash(tmp_path: Path) -> None:
     assert "stop-token-out-of-range" in codes(result)
     assert "temperature" not in result.generation or result.generation["temperature"] != "hot"
     json.dumps(result.to_json())
+
+
+def test_unknown_family_stops_at_the_end_of_turn_its_template_writes(tmp_path: Path) -> None:
+    template = "{% for m in messages %}<|turn|>{{ m.content }}<|end|>{% endfor %}"
+    tok_path, cfg = hf_tokenizer(
+        tmp_path,
+        ["<|turn|>", "<|end|>", "<|stop|>"],
+        bos=None,
+        eos="<|stop|>",
+        config={"chat_template": template},
+    )
+    pte_path = program(tmp_path)
+    deployment = Deployment(tmp_path, pte_path, "test", tok_path, configs={"tokenizer_config": cfg})
+    result = infer(deployment, pte=pte_with(pte_path, get_max_seq_len=64))
+    tok = read_tokenizer(tok_path, config_path=cfg, check_runner=False)
+    end, stop = tok.token_id("<|end|>"), tok.token_id("<|stop|>")
+    assert end is not None and stop is not None
+    assert result.family_id is None and result.chat_template == template
+    assert result.stop_token_ids == tuple(sorted((end, stop)))
+    assert result.stop_token_sources[end] == ("tokenizer_config.json",)
