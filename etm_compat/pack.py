@@ -120,7 +120,10 @@ def describe(
         family_override=family,
         chat_template_override=chat_template,
     )
-    return DeploymentView(deployment, pte, tok, weights, inference, tuple(inference.findings))
+    view = DeploymentView(deployment, pte, tok, weights, inference, tuple(inference.findings))
+    from etm_compat.diagnose import diagnose_view, merge_findings  # imports pack: import here
+
+    return replace(view, findings=merge_findings(inference.findings, diagnose_view(view)))
 
 
 def _sha256(path: Path) -> str:
