@@ -158,6 +158,45 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from etm_compat import upgrade_report
+    from etm_compat.upgrade import default_jobs, execute, open_executor, plan_upgrade
+
+    if args.report:
+        upgrade_report.report_format(args.report)  # a bad extension fails before any work
+    plan = plan_upgrade(
+        args.root,
+        _adapters(),
+        out=args.out,
+        in_place=args.in_place,
+        force=args.force,
+        verify_existing=args.verify_existing,
+    )
+    console = _console(args)
+    if args.dry_run:
+        if args.json:
+            _emit_json(plan.to_json())
+        else:
+            upgrade_report.render_plan(console, plan)
+        return EXIT_OK
+    if not args.json:
+        upgrade_report.render_plan(console, plan)
+    jobs = args.jobs or default_jobs()
+    with open_executor(jobs=jobs, scheduler=args.scheduler, pending=len(plan.pending)) as executor:
+        if args.json:
+            result = execute(plan, executor)
+        else:
+            with upgrade_report.upgrade_progress(console, plan) as progress:
+                result = execute(plan, executor, progress=progress)
+    if args.report:
+        upgrade_report.write_report(args.report, result)
+    if args.json:
+        _emit_json(upgrade_report.to_json(result))
+    else:
+        upgrade_report.render_summary(console, result)
+    return EXIT_OK if result.ok else EXIT_FINDINGS
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -206,6 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", help="force the model family")
     p.add_argument("--json", action="store_true", help='print {"prompt": ...}')
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("upgrade", help="pack every deployment under a folder into .etm archives (resumable)")
+    p.add_argument("root", help="the folder to scan for legacy deployments")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="write archives here, mirroring ROOT's folders")
+    where.add_argument("--in-place", action="store_true", help="write each archive beside its sources")
+    p.add_argument("--dry-run", action="store_true", help="only print the plan")
+    p.add_argument("-j", "--jobs", type=int, help="worker processes (default: the cores)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler (needs etm-compat[dask])")
+    p.add_argument("--report", metavar="FILE", help="write a report: .json, .md or .html")
+    p.add_argument("--force", action="store_true", help="repack archives that are up to date")
+    p.add_argument("--verify-existing", action="store_true", help="hash archives and sources to decide what is up to date")
+    p.add_argument("--json", action="store_true", help="print the result (or, with --dry-run, the plan) as JSON")
+    p.set_defaults(func=cmd_upgrade)
     return parser
 
 

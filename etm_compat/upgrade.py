@@ -12,11 +12,14 @@ under its own lock (:mod:`etm_compat.upgrade_lock`) and published atomically by 
 from __future__ import annotations
 
 import concurrent.futures
+import importlib
 import logging
+import multiprocessing
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +28,12 @@ from etm_compat.errors import UsageError
 from etm_compat.findings import Finding
 from etm_compat.scan import scan
 from etm_compat.upgrade_task import (
+    ArchiveCheck,
     Outcome,
     Status,
     Task,
     TaskOutcome,
-    archive_status,
+    check_archive,
     fingerprint,
     upgrade_task,
 )
@@ -45,9 +49,16 @@ class PlanItem:
 
     deployment: Deployment
     archive: Path
-    status: Status
-    reason: str
+    check: ArchiveCheck
     source_bytes: int
+
+    @property
+    def status(self) -> Status:
+        return self.check.status
+
+    @property
+    def reason(self) -> str:
+        return self.check.reason
 
 
 @dataclass(frozen=True)
@@ -216,15 +227,14 @@ def plan_upgrade(
             source_bytes = sum(size for size, _ in fingerprint(dep).values())
         except OSError:
             source_bytes = 0
-        status: Status
-        status, reason = (
-            ("stale", "--force: repack everything")
-            if force and os.path.lexists(archive)
-            else archive_status(archive, dep)
-        )
+        if force and os.path.lexists(archive):
+            check = ArchiveCheck("stale", "--force: repack everything")
+        else:
+            check = check_archive(archive, dep)
         if archive != wanted:
-            reason += f" (named {archive.name}: another program already maps to {wanted.name})"
-        items.append(PlanItem(dep, archive, status, reason, source_bytes))
+            why = f"{check.reason} (named {archive.name}: another program already maps to {wanted.name})"
+            check = replace(check, reason=why)
+        items.append(PlanItem(dep, archive, check, source_bytes))
     return UpgradePlan(
         base, out_dir, in_place, tuple(items), tuple(skipped), force, verify_existing
     )
@@ -295,7 +305,9 @@ def execute(
                 item.archive,
                 "up_to_date",
                 item.reason,
-                size=_size(item.archive),
+                size=item.check.size,
+                family=item.check.family,
+                findings=item.check.findings,
                 source_bytes=item.source_bytes,
             )
     # Biggest first: the long tasks start early, so workers finish together.
@@ -335,11 +347,60 @@ def execute(
     )
 
 
-def _size(path: Path) -> int | None:
+def default_jobs() -> int:
+    """The cores this process may run on."""
     try:
-        return path.stat().st_size
-    except OSError:
-        return None
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def open_executor(
+    *, jobs: int, scheduler: str | None = None, pending: int = 1
+) -> Iterator[concurrent.futures.Executor | None]:
+    """The executor the command line runs a plan on; None means "in this process".
+
+    ``scheduler`` (a Dask scheduler address) wins over ``jobs``; nothing is started when there is
+    nothing to do (a re-run of a finished tree stays as cheap as its plan).
+    """
+    if jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, not {jobs}")
+    if pending == 0 or (scheduler is None and (jobs == 1 or pending == 1)):
+        yield None
+        return
+    if scheduler is not None:
+        with _dask_executor(scheduler) as executor:
+            yield executor
+        return
+    # spawn, not fork: the caller may run threads (the progress bar), and fork would copy them.
+    context = multiprocessing.get_context("spawn")
+    pool = concurrent.futures.ProcessPoolExecutor(min(jobs, pending), mp_context=context)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def _dask_executor(address: str) -> Iterator[concurrent.futures.Executor]:
+    try:
+        distributed: Any = importlib.import_module("distributed")
+    except ImportError as exc:
+        raise UsageError(
+            "--scheduler needs Dask's distributed scheduler, which is not installed",
+            hint="pip install 'etm-compat[dask]'",
+        ) from exc
+    try:
+        client = distributed.Client(address, timeout=30)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
+    try:
+        # pure=False: every task is distinct work with side effects, never a cached result.
+        executor: concurrent.futures.Executor = client.get_executor(pure=False)
+        yield executor
+    finally:
+        client.close()
 
 
 __all__ = [
@@ -349,9 +410,11 @@ __all__ = [
     "Status",
     "UpgradePlan",
     "UpgradeResult",
-    "archive_status",
+    "check_archive",
+    "default_jobs",
     "execute",
     "make_task",
+    "open_executor",
     "plan_upgrade",
     "upgrade_task",
 ]

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypedDict, cast
 
@@ -39,51 +40,73 @@ def fingerprint(deployment: Deployment) -> dict[str, tuple[int, int]]:
     return out
 
 
-def archive_status(
-    archive: Path, deployment: Deployment, *, deep: bool = False
-) -> tuple[Status, str]:
+@dataclass(frozen=True)
+class ArchiveCheck:
+    """Whether an archive is up to date, why, and (when it opens) what it records."""
+
+    status: Status
+    reason: str
+    size: int | None = None
+    family: str | None = None
+    findings: tuple[Finding, ...] = ()
+
+
+def check_archive(archive: Path, deployment: Deployment, *, deep: bool = False) -> ArchiveCheck:
     """Is ``archive`` an up-to-date packing of ``deployment``? Never raises for a bad archive.
 
     Up to date iff the archive opens and validates (structure + metadata, no member hashing), has
     this tool's format version, and its recorded provenance lists exactly the deployment's current
     source files with the same sizes and mtimes. ``deep`` adds a full pass: every member's CRC and
     sha256, and every source's sha256 against the recorded one.
+
+    >>> check_archive(Path("out/model.etm"), deployment).status  # doctest: +SKIP
+    'up_to_date'
     """
     from etm_compat.archive import open_archive
 
     if not os.path.lexists(archive):
-        return "new", "no archive yet"
+        return ArchiveCheck("new", "no archive yet")
     try:
         current = fingerprint(deployment)
     except OSError as exc:
-        return "stale", f"a source cannot be read: {exc.strerror}: {exc.filename}"
+        return ArchiveCheck("stale", f"a source cannot be read: {exc.strerror}: {exc.filename}")
     try:
         with open_archive(archive) as etm:
             meta = etm.metadata
             problems = [str(p) for p in etm.verify()] if deep else []
+            size = archive.stat().st_size
     except EtmError as exc:
-        return "stale", f"the existing archive does not open: {exc.message}"
+        return ArchiveCheck("stale", f"the existing archive does not open: {exc.message}")
+    except OSError as exc:
+        return ArchiveCheck("stale", f"the existing archive cannot be read: {exc.strerror}")
     if problems:
-        return "stale", f"the existing archive fails verification: {problems[0]}"
+        return ArchiveCheck("stale", f"the existing archive fails verification: {problems[0]}")
     if meta.get("format_version") != ETM_FORMAT_VERSION:
-        return (
-            "stale",
-            f"written in format version {meta.get('format_version')}, this tool writes {ETM_FORMAT_VERSION}",
+        found = meta.get("format_version")
+        return ArchiveCheck(
+            "stale", f"format version {found}; this tool writes {ETM_FORMAT_VERSION}"
         )
     recorded = {s["path"]: s for s in meta["provenance"]["sources"]}
     if recorded.keys() != current.keys():
         added = sorted(current.keys() - recorded.keys())
         removed = sorted(recorded.keys() - current.keys())
-        return "stale", f"the source files changed (added {added or '-'}, gone {removed or '-'})"
-    for rel, (size, mtime_ns) in sorted(current.items()):
-        if (recorded[rel]["size"], recorded[rel]["mtime_ns"]) != (size, mtime_ns):
-            return "stale", f"{rel} changed since it was packed (size or mtime)"
+        return ArchiveCheck(
+            "stale", f"the source files changed (added {added or '-'}, gone {removed or '-'})"
+        )
+    for rel, (src_size, mtime_ns) in sorted(current.items()):
+        if (recorded[rel]["size"], recorded[rel]["mtime_ns"]) != (src_size, mtime_ns):
+            return ArchiveCheck("stale", f"{rel} changed since it was packed (size or mtime)")
     if deep:
         for rel in sorted(current):
             if _sha256(deployment.root / rel) != recorded[rel]["sha256"]:
-                return "stale", f"{rel} has different bytes than the packed copy"
-    return "up_to_date", "archive matches its sources (paths, sizes, mtimes)" + (
-        " and hashes" if deep else ""
+                return ArchiveCheck("stale", f"{rel} has different bytes than the packed copy")
+    what = "paths, sizes, mtimes" + (", hashes" if deep else "")
+    return ArchiveCheck(
+        "up_to_date",
+        f"archive matches its sources ({what})",
+        size=size,
+        family=(meta.get("family") or {}).get("id"),
+        findings=tuple(Finding.from_json(d) for d in meta.get("diagnostics") or []),
     )
 
 
@@ -168,9 +191,15 @@ def upgrade_task(task: Task) -> TaskOutcome:
             if not mine:
                 return done("locked", "another run holds this archive's lock; it is writing it now")
             remove_stale_temporaries(archive)
-            status, why = archive_status(archive, dep, deep=task["verify_existing"])
-            if status == "up_to_date" and not task["force"]:
-                return done("up_to_date", why, size=archive.stat().st_size)
+            check = check_archive(archive, dep, deep=task["verify_existing"])
+            if check.status == "up_to_date" and not task["force"]:
+                return done(
+                    "up_to_date",
+                    check.reason,
+                    size=check.size,
+                    family=check.family,
+                    findings=check.findings,
+                )
             view = describe(dep)
             result = pack(view, archive, overwrite=True)
     except EtmError as exc:
@@ -180,16 +209,17 @@ def upgrade_task(task: Task) -> TaskOutcome:
     except Exception as exc:  # one deployment's bug must not stop the tree; it is reported
         log.exception("internal error while upgrading %s", dep.program)
         return done("failed", f"internal error (a bug in etm-compat): {type(exc).__name__}: {exc}")
-    reason = "packed" if status == "new" else f"repacked: {why}"
+    reason = "packed" if check.status == "new" else f"repacked: {check.reason}"
     return done("written", reason, size=result.size, family=result.family, findings=result.findings)
 
 
 __all__ = [
+    "ArchiveCheck",
     "Outcome",
     "Status",
     "Task",
     "TaskOutcome",
-    "archive_status",
+    "check_archive",
     "fingerprint",
     "upgrade_task",
 ]
