@@ -197,6 +197,32 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FINDINGS
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from etm_compat import cache
+
+    if args.cache_command == "prune":
+        max_size = cache.parse_size(args.max_size) if args.max_size else None
+        pruned = cache.prune(remove_all=args.all, older_than_days=args.older_than, max_size=max_size)
+        if args.json:
+            _emit_json({"removed": [e.key for e in pruned.removed], "freed": pruned.freed, "leftovers": pruned.leftovers})
+        else:
+            _console(args).print(f"removed {len(pruned.removed)} entr{'y' if len(pruned.removed) == 1 else 'ies'}, freed {pruned.freed:,} bytes")
+        return EXIT_OK
+    entries = cache.list_entries()
+    if args.json:
+        _emit_json({"root": str(cache.cache_dir()), "entries": [
+            {"key": e.key, "folder": str(e.folder), "size": e.size, "created": e.created, "last_used": e.last_used, "archive": e.archive}
+            for e in entries]})
+    else:
+        from etm_compat.report import safe
+
+        console = _console(args)
+        console.print(f"{safe(cache.cache_dir())}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {sum(e.size for e in entries):,} bytes")
+        for e in entries:
+            console.print(f"  {e.key[:16]}  {e.size:>14,}  {safe(e.archive)}")
+    return EXIT_OK
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -259,6 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-existing", action="store_true", help="hash archives and sources to decide what is up to date")
     p.add_argument("--json", action="store_true", help="print the result (or, with --dry-run, the plan) as JSON")
     p.set_defaults(func=cmd_upgrade)
+
+    p = sub.add_parser("cache", help="list or prune the cache of archives materialized for path-only runners")
+    csub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    c = csub.add_parser("list", help="list the cache entries (least recently used first)")
+    c.add_argument("--json", action="store_true")
+    c = csub.add_parser("prune", help="remove cache entries")
+    c.add_argument("--all", action="store_true", help="remove every entry")
+    c.add_argument("--older-than", type=float, metavar="DAYS", help="remove entries unused for DAYS")
+    c.add_argument("--max-size", metavar="SIZE", help="then remove least recently used entries down to SIZE (500M, 2G)")
+    c.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cache)
     return parser
 
 
