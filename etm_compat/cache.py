@@ -24,6 +24,7 @@ Files are not fsync'ed (a plain copy is not either); after a power loss ``verify
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -222,10 +223,8 @@ def build_entry(archive: EtmArchive, root: Path, key: str) -> Path:
 def _discard(folder: Path) -> None:
     """Remove an entry: first rename it aside (one atomic step), then delete it."""
     trash = Path(tempfile.mkdtemp(prefix=_TRASH_PREFIX, dir=folder.parent))
-    try:
+    with contextlib.suppress(FileNotFoundError):  # another process removed it first
         os.rename(folder, trash / "entry")
-    except FileNotFoundError:
-        pass  # another process removed it first
     shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -277,10 +276,9 @@ def materialize(
 
 
 def _touch(folder: Path) -> None:
-    try:
+    # A read-only cache still serves; only LRU pruning gets less precise.
+    with contextlib.suppress(OSError):
         os.utime(folder / MARKER)
-    except OSError:
-        pass  # a read-only cache still serves; only LRU pruning gets less precise
 
 
 def _entries(root: Path) -> Iterator[CacheEntry]:

@@ -210,7 +210,7 @@ class Bundle:
                 assert self._deployment is not None
                 paths = self._deployment.weights
                 views = {
-                    n: self._view_of(p) for n, p in zip(_weights_member_names(paths), paths)
+                    n: self._view_of(p) for n, p in zip(_weights_member_names(paths), paths, strict=True)
                 }
             self._weights = MappingProxyType(views)
         return self._weights
@@ -333,7 +333,7 @@ def _legacy_metadata(deployment: Deployment) -> dict[str, Any]:
     meta = build_metadata(view, tokenizer_member=member, converted_from=None)
     weight_names = _weights_member_names(deployment.weights)
     meta["weights"] = [
-        {"member": name, "keys": sorted(ptd.keys)} for name, ptd in zip(weight_names, view.weights)
+        {"member": name, "keys": sorted(ptd.keys)} for name, ptd in zip(weight_names, view.weights, strict=True)
     ]
     digests = {s["path"]: s["sha256"] for s in meta["provenance"]["sources"]}
     assert deployment.tokenizer is not None
@@ -344,7 +344,7 @@ def _legacy_metadata(deployment: Deployment) -> dict[str, Any]:
     config = deployment.configs.get("tokenizer_config")
     if view.tokenizer.format == "hf_json" and config is not None:
         files.append(("tokenizer_config.json", config, "tokenizer_config"))
-    files.extend((n, p, "weights") for n, p in zip(weight_names, deployment.weights))
+    files.extend((n, p, "weights") for n, p in zip(weight_names, deployment.weights, strict=True))
     meta["members"] = [
         {
             "name": name,

@@ -30,6 +30,7 @@ imported when an archive path is first seen, torch/executorch only by the applic
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import logging
@@ -178,7 +179,7 @@ def resolve_runner_paths(
 def _make_runner_class(original: type) -> type:
     """A subclass of the pybind11 ``TextLLMRunner`` that resolves archive paths first."""
 
-    class TextLLMRunner(original):  # type: ignore[misc, valid-type]
+    class TextLLMRunner(original):  # type: ignore[misc]
         def __init__(
             self,
             model_path: StrPath,
@@ -194,7 +195,7 @@ def _make_runner_class(original: type) -> type:
     TextLLMRunner.__module__ = original.__module__
     TextLLMRunner.__qualname__ = original.__qualname__
     TextLLMRunner.__doc__ = original.__doc__
-    TextLLMRunner._etm_original = original  # type: ignore[attr-defined]
+    TextLLMRunner._etm_original = original
     return TextLLMRunner
 
 
@@ -318,10 +319,8 @@ def uninstall() -> None:
     global _finder
     with _lock:
         if _finder is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 sys.meta_path.remove(_finder)
-            except ValueError:
-                pass
             _finder = None
         while _patched:
             owner, name, original = _patched.pop()
