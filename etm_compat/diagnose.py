@@ -362,7 +362,7 @@ def _unused_ptd_files(deployments: Sequence[Deployment], root: Path) -> dict[Pat
                 Finding(
                     "weights-unused-file",
                     "warning",
-                    f"no program in {_rel(folder, root) or '.'} uses {ptd.name}: none of its keys "
+                    f"no program in {folder.name or folder} uses {ptd.name}: none of its keys "
                     "is an external key of a program here",
                     "remove it, or ship the program it belongs to",
                     (_rel(ptd, deps[0].root),),

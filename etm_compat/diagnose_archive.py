@@ -118,13 +118,16 @@ def check_archive(path: Path) -> list[Finding]:
 
     findings: list[Finding] = []
     with open_archive(path) as archive:
+        damaged: set[str] = set()
         for problem in archive.verify():
+            damaged.add(problem.member)
             findings.append(
                 _f("archive-integrity", "error", str(problem), problem.hint, problem.member)
             )
         meta = archive.metadata
         pte: PteInfo | None = None
-        if MEMBER_PROGRAM in archive.members:
+        # A damaged member is reported once, as damaged, and not read further.
+        if MEMBER_PROGRAM in archive.members and MEMBER_PROGRAM not in damaged:
             try:
                 with archive.member_view(MEMBER_PROGRAM) as view:
                     pte = read_pte_bytes(view, name=MEMBER_PROGRAM)
@@ -135,7 +138,7 @@ def check_archive(path: Path) -> list[Finding]:
         tok_meta = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), dict) else {}
         member = tok_meta.get("member") if isinstance(tok_meta, dict) else None
         tok: TokenizerInfo | None = None
-        if isinstance(member, str) and member in archive.members:
+        if isinstance(member, str) and member in archive.members and member not in damaged:
             try:
                 tok = _read_tokenizer(archive, member)
             except EtmError as exc:
@@ -144,7 +147,7 @@ def check_archive(path: Path) -> list[Finding]:
             findings += _tokenizer_meta(tok, member, meta)
         weights: list[tuple[str, frozenset[str]]] = []
         for name in sorted(archive.members):
-            if name.startswith("weights/") and name.endswith(".ptd"):
+            if name.startswith("weights/") and name.endswith(".ptd") and name not in damaged:
                 try:
                     with archive.member_view(name) as view:
                         weights.append((name, read_ptd_bytes(view, name=name).keys))

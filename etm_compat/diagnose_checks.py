@@ -351,17 +351,21 @@ def check_weights(s: Subject) -> list[Finding]:
                 s.program_label,
             )
         )
+    shared: dict[tuple[str, ...], list[str]] = {}
     for key, labels in sorted(providers.items()):
         if len(labels) > 1:
-            out.append(
-                _f(
-                    "weights-duplicate-key",
-                    "error",
-                    f"{len(labels)} .ptd files provide the key {key!r}: {', '.join(labels)}",
-                    "keep one .ptd per key; the runtime refuses duplicate keys in merged data maps",
-                    *labels,
-                )
+            shared.setdefault(tuple(labels), []).append(key)
+    for labels, keys in shared.items():
+        out.append(
+            _f(
+                "weights-duplicate-key",
+                "error",
+                f"{', '.join(labels)} all provide {len(keys)} key(s): "
+                + ", ".join(repr(k) for k in keys[:8]),
+                "keep one .ptd per key; the runtime refuses duplicate keys in merged data maps",
+                *labels,
             )
+        )
     # Delegate-owned keys (XNNPACK...) are not listed in the program head: cannot judge use.
     if not s.backends:
         used = set(s.external_keys)

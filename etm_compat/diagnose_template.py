@@ -116,7 +116,8 @@ def check_template(s: Subject, rendered: Rendered | None, eot_text: str | None) 
             )
         )
     ends = [t for t in (eot_text, s.family.end_of_turn if s.family else None, tok.eos_token) if t]
-    if ends and not any(e in joined for e in ends) and eot_text is None:
+    ends = [e for e in ends if tok.token_id(e) is not None]
+    if s.template_from_files and ends and eot_text is None and not any(e in joined for e in ends):
         out.append(
             _f(
                 "template-no-end-of-turn",
