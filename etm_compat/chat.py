@@ -361,6 +361,11 @@ def compile_template(source: str) -> CompiledTemplate:
             f"chat template does not compile: {exc.message} (line {exc.lineno})",
             hint="fix the Jinja syntax of the template",
         ) from exc
+    except SyntaxError as exc:  # Python refuses Jinja's generated code: {% break %} outside a loop
+        raise TemplateError(
+            f"chat template does not compile: {exc.msg}",
+            hint="fix the Jinja syntax of the template",
+        ) from exc
     except (RecursionError, MemoryError) as exc:
         raise TemplateError("chat template is too deeply nested to compile") from exc
     finally:
