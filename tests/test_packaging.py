@@ -29,3 +29,22 @@ def test_adapters_import_under_the_package_name():
     import etm_compat.adapters as adapters
 
     assert Path(adapters.__file__).resolve().parent == ROOT / "adapters"
+
+
+def test_built_wheel_carries_adapters_templates_and_schemas(tmp_path):
+    import subprocess
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("etm_compat-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    templates = {p.name for p in (ROOT / "etm_compat" / "families" / "templates").glob("*.jinja")}
+    assert templates and all(f"etm_compat/families/templates/{t}" in names for t in templates)
+    assert "etm_compat/schemas/metadata.schema.json" in names
+    assert "etm_compat/adapters/__init__.py" in names
+    assert "etm_compat/py.typed" in names
+    assert not any(n.startswith("adapters/") for n in names)
