@@ -138,6 +138,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FINDINGS
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from etm_compat import report_files
+    from etm_compat.diagnose import diagnose_path
+
+    fmt = "json" if args.json and args.format is None else args.format
+    if args.output:
+        fmt = report_files.format_for(args.output, fmt)  # a bad extension fails before any work
+    report = diagnose_path(args.path, _adapters(), runtime=args.runtime)
+    if args.output:
+        report_files.write_report(args.output, report, fmt=fmt)
+    elif fmt is not None:
+        sys.stdout.write(report_files.render(report, fmt))
+    if fmt is None or (args.output and not args.json):
+        from etm_compat.report import render_diagnose
+
+        render_diagnose(_console(args), report.to_json())
+    return EXIT_FINDINGS if report.at_or_above(args.fail_on) else EXIT_OK
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     from etm_compat.render import load_messages, render_prompt
 
@@ -263,6 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", action="store_true", help="load the program in executorch and the tokenizer in pytorch_tokenizers")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("diagnose", help="report mismatches between programs, tokenizers, templates and weights")
+    p.add_argument("path", help="a legacy folder, a .pte, an .etm archive, or a tree of them")
+    p.add_argument("--json", action="store_true", help="print the JSON report (schema: diagnose.schema.json)")
+    p.add_argument("--format", choices=("json", "md", "html"), help="report format (default: terminal; with --output: from the extension)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE (.json, .md or .html)")
+    p.add_argument("--fail-on", choices=("error", "warning", "info"), default="error", help="exit 1 when a finding is at or above this level (default: error)")
+    p.add_argument("--runtime", action="store_true", help="also check delegate backends against the installed ExecuTorch runtime (imports torch)")
+    p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("render", help="render a conversation with a deployment's chat template")
     p.add_argument("path", help="an .etm archive or a legacy folder / .pte")

@@ -355,15 +355,15 @@ def check_weights(s: Subject) -> list[Finding]:
     for key, labels in sorted(providers.items()):
         if len(labels) > 1:
             shared.setdefault(tuple(labels), []).append(key)
-    for labels, keys in shared.items():
+    for files, dup_keys in shared.items():
         out.append(
             _f(
                 "weights-duplicate-key",
                 "error",
-                f"{', '.join(labels)} all provide {len(keys)} key(s): "
-                + ", ".join(repr(k) for k in keys[:8]),
+                f"{', '.join(files)} all provide {len(dup_keys)} key(s): "
+                + ", ".join(repr(k) for k in dup_keys[:8]),
                 "keep one .ptd per key; the runtime refuses duplicate keys in merged data maps",
-                *labels,
+                *files,
             )
         )
     # Delegate-owned keys (XNNPACK...) are not listed in the program head: cannot judge use.

@@ -199,3 +199,20 @@ def render_inspect(console: Console, info: Mapping[str, Any]) -> None:
                 console.rule(safe(d["name"]))
                 render_inference(console, d["inference"])
                 render_findings(console, d.get("findings") or [])
+
+
+def render_diagnose(console: Console, report: Mapping[str, Any]) -> None:
+    """A diagnose report (its ``to_json()`` form): summary, then each deployment, worst first."""
+    summary = report.get("summary") or {}
+    by_sev = summary.get("by_severity") or {}
+    counts = ", ".join(
+        f"[{SEVERITY_STYLE[s]}]{int(by_sev.get(s, 0))} {s}[/]" for s in ("error", "warning", "info")
+    )
+    console.print(f"diagnose {safe(report.get('root', ''))}: {int(summary.get('deployments', 0))} checked; {counts}")
+    for dep in report.get("deployments") or []:
+        title = f"{dep.get('name', '')} ({dep.get('kind', '')})"
+        if dep.get("error"):
+            console.print(f"[bold red]{safe(title)}: unreadable[/]")
+        render_findings(console, dep.get("findings") or [], title=title)
+    for skipped in report.get("checks_skipped") or []:
+        console.print(f"[dim]not checked: {safe(skipped)}[/dim]")
