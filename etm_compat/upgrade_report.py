@@ -146,10 +146,12 @@ def render_summary(console: Console, result: UpgradeResult) -> None:
         )
     counts = result.to_json()["counts"]
     verdict = "[green]OK[/green]" if result.ok else "[bold red]INCOMPLETE[/bold red]"
+    flagged = sum(1 for i in result.items if any(f.severity == "error" for f in i.findings))
     console.print(
         f"{verdict} {counts['written']} written, {counts['up_to_date']} up to date, "
         f"{counts['locked']} locked by another run, {counts['failed']} failed, "
         f"{counts['skipped']} skipped in {result.seconds:.1f}s"
+        + (f"; [yellow]{flagged} archive(s) carry error-level findings[/yellow]" if flagged else "")
     )
 
 
