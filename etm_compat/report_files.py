@@ -153,6 +153,8 @@ def html_page(title: str, body: str) -> str:
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
         "style-src 'unsafe-inline'; img-src data:\">"
+        # An empty data: icon, so a browser does not ask the server for /favicon.ico.
+        "<link rel=\"icon\" href=\"data:,\">"
         f"<title>{esc(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
     )
 

@@ -1,0 +1,148 @@
+"""diagnose: every broken scenario yields its code, clean fixtures stay clean, exit codes, JSON schema.
+
+The expected codes live in ``fixtures/broken/<scenario>/EXPECTED``, written from each check's
+specification (docs/DIAGNOSTICS.md) when the scenario was designed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import pytest
+from etm_compat.adapters import default_adapters
+
+from etm_compat.cli import main
+from etm_compat.diagnose import diagnose_archive, diagnose_path
+from etm_compat.diagnose_checks import Subject, check_backends
+from etm_compat.pack import describe, pack, resolve_source
+from tests.conftest import FIXTURES
+
+BROKEN = sorted(p for p in (FIXTURES / "broken").iterdir() if p.is_dir()) if (FIXTURES / "broken").is_dir() else []
+CLEAN = sorted(p for p in (FIXTURES / "legacy").iterdir() if p.is_dir())
+#: Known inference findings on clean fixtures (not diagnose's checks): export_llm's yaml names
+#: model_class llama3 while its tokenizer is a SentencePiece llama2-style one.
+KNOWN_CLEAN = {("export_llm", "family-conflict")}
+SCHEMA = json.loads(resources.files("etm_compat").joinpath("schemas/diagnose.schema.json").read_text())
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
+    code = main(["diagnose", *args, "--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+@pytest.mark.parametrize("scenario", BROKEN, ids=[p.name for p in BROKEN])
+def test_broken_scenario_reports_its_code(scenario: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    expected = scenario.joinpath("EXPECTED").read_text().split()
+    assert expected, "every scenario declares its code"
+    code, report = run_json(capsys, str(scenario))
+    jsonschema.validate(report, SCHEMA)
+    found = {f["code"] for d in report["deployments"] for f in d["findings"]}
+    assert set(expected) <= found
+    worst = {"error": 1, "warning": 0, "info": 0}
+    severities = {f["severity"] for d in report["deployments"] for f in d["findings"] if f["code"] in expected}
+    assert code == max(worst[s] for s in severities)
+
+
+@pytest.mark.parametrize("folder", CLEAN, ids=[p.name for p in CLEAN])
+def test_clean_fixture_has_no_error_or_warning(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, report = run_json(capsys, str(folder))
+    jsonschema.validate(report, SCHEMA)
+    bad = {
+        (f["code"], f["message"])
+        for d in report["deployments"]
+        for f in d["findings"]
+        if f["severity"] in ("error", "warning") and (folder.name, f["code"]) not in KNOWN_CLEAN
+    }
+    assert bad == set()
+    assert code == 0
+
+
+def test_fail_on_lowers_the_threshold(capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = str(FIXTURES / "broken" / "vocab_model_larger")  # one info finding
+    assert main(["diagnose", scenario]) == 0
+    assert main(["diagnose", scenario, "--fail-on", "info"]) == 1
+    capsys.readouterr()
+
+
+def test_usage_and_unreadable_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["diagnose", str(tmp_path / "missing")]) == 3
+    assert main(["diagnose", str(FIXTURES / "legacy"), "--output", str(tmp_path / "r.txt")]) == 2
+    assert main(["diagnose", str(FIXTURES / "legacy"), "--fail-on", "fatal"]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["diagnose", str(tmp_path / "empty")]) == 3
+    bad = tmp_path / "bad.etm"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    assert main(["diagnose", str(bad)]) == 3
+    assert not (tmp_path / "r.txt").exists()
+    capsys.readouterr()
+
+
+def test_whole_fixture_tree_as_markdown_and_html(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    md, page = tmp_path / "report.md", tmp_path / "report.html"
+    assert main(["diagnose", str(FIXTURES), "--format", "md", "--output", str(md)]) == 1
+    assert main(["diagnose", str(FIXTURES), "--output", str(page)]) == 1
+    capsys.readouterr()
+    text = md.read_text()
+    assert text.startswith("# etm-compat diagnose report")
+    assert "weights-missing-key" in text and "legacy/et\\_example/model.pte" in text
+    html = page.read_text()
+    assert html.startswith("<!DOCTYPE html>") and "metadata-snapshot-mismatch" in html
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.md"]
+
+
+def test_describe_merges_diagnose_findings_without_duplicates() -> None:
+    dep = resolve_source(FIXTURES / "broken" / "legacy_default_bos_eos", default_adapters())
+    view = describe(dep)
+    codes = [f.code for f in view.findings]
+    assert codes.count("legacy-default-bos-eos") == 1
+    dep = resolve_source(FIXTURES / "broken" / "vocab_tokenizer_larger", default_adapters())
+    assert "vocab-tokenizer-larger" in {f.code for f in describe(dep).findings}
+
+
+def test_packed_clean_deployment_diagnoses_clean(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(FIXTURES / "legacy" / "with_ptd" / "program.pte", src / "program.pte")
+    shutil.copy(FIXTURES / "legacy" / "with_ptd" / "weights.ptd", src / "weights.ptd")
+    shutil.copy(FIXTURES / "legacy" / "with_ptd" / "tokenizer.model", src / "tokenizer.model")
+    result = pack(describe(resolve_source(src, default_adapters())), tmp_path / "m.etm")
+    findings = diagnose_archive(result.archive)
+    assert [f for f in findings if f.severity != "info"] == []
+    report = diagnose_path(tmp_path, default_adapters())
+    assert {d.kind for d in report.deployments} == {"deployment", "archive"}
+
+
+def test_backend_check_uses_the_registered_names() -> None:
+    subject = Subject("deployment", None, "tokenizer.model", "xnnpack.pte", {}, backends=("XnnpackBackend",))
+    assert [f.code for f in check_backends(subject, frozenset({"QnnBackend"}))] == ["backend-not-registered"]
+    assert check_backends(subject, frozenset({"XnnpackBackend"})) == []
+    assert check_backends(subject, None) == []
+
+
+def test_plain_diagnose_does_not_import_torch() -> None:
+    code = (
+        "import sys; from etm_compat.cli import main; "
+        f"rc = main(['diagnose', {str(FIXTURES / 'legacy')!r}, '--json']); "
+        "assert 'torch' not in sys.modules and 'executorch' not in sys.modules, 'imported'; "
+        "sys.exit(rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_runtime_backend_check_with_the_installed_runtime(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("executorch.runtime")
+    shutil.copy(FIXTURES / "programs" / "xnnpack.pte", tmp_path / "model.pte")
+    shutil.copy(FIXTURES / "tokenizers" / "sp.model", tmp_path / "tokenizer.model")
+    _code, report = run_json(capsys, str(tmp_path), "--runtime")
+    assert report["checks_skipped"] == []
+    # executorch's pybindings register XnnpackBackend, so nothing is reported for it.
+    assert "backend-not-registered" not in {f["code"] for d in report["deployments"] for f in d["findings"]}
