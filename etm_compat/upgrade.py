@@ -357,7 +357,7 @@ def default_jobs() -> int:
 
 @contextmanager
 def open_executor(
-    *, jobs: int, scheduler: str | None = None, pending: int = 1
+    *, jobs: int, scheduler: str | None = None, pending: int = 1, connect_timeout: float = 30.0
 ) -> Iterator[concurrent.futures.Executor | None]:
     """The executor the command line runs a plan on; None means "in this process".
 
@@ -370,7 +370,7 @@ def open_executor(
         yield None
         return
     if scheduler is not None:
-        with _dask_executor(scheduler) as executor:
+        with _dask_executor(scheduler, connect_timeout) as executor:
             yield executor
         return
     # spawn, not fork: the caller may run threads (the progress bar), and fork would copy them.
@@ -383,7 +383,7 @@ def open_executor(
 
 
 @contextmanager
-def _dask_executor(address: str) -> Iterator[concurrent.futures.Executor]:
+def _dask_executor(address: str, timeout: float) -> Iterator[concurrent.futures.Executor]:
     try:
         distributed: Any = importlib.import_module("distributed")
     except ImportError as exc:
@@ -392,7 +392,7 @@ def _dask_executor(address: str) -> Iterator[concurrent.futures.Executor]:
             hint="pip install 'etm-compat[dask]'",
         ) from exc
     try:
-        client = distributed.Client(address, timeout=30)
+        client = distributed.Client(address, timeout=timeout)
     except (OSError, TimeoutError, ValueError) as exc:
         raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
     try:
