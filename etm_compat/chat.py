@@ -21,6 +21,7 @@ import contextvars
 import dataclasses
 import json
 import re
+import string
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -161,6 +162,11 @@ def _tojson(
     sort_keys: bool = False,
 ) -> str:
     # HF replaces Jinja's tojson: no HTML escaping, non-ASCII kept, json.dumps defaults.
+    if indent:  # every line is indented up to depth * indent: bound it before json builds it
+        compact = json.dumps(x, ensure_ascii=ensure_ascii, separators=separators)
+        lines = 1 + sum(compact.count(c) for c in ",[{")
+        width = len(indent) if isinstance(indent, str) else max(int(indent), 0)
+        _check_size(len(compact) + lines * (1 + width * _bracket_depth(compact)), "tojson output")
     text = json.dumps(
         x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
     )
@@ -226,6 +232,53 @@ def _refuse_unsafe(value: Any) -> Any:
     return value
 
 
+#: A printf width or precision of 7+ digits (``'%1000000000s'``): refused before Python pads.
+_PERCENT_WIDTH: Final = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\d{7,}|\d*\.\d{7,})")
+
+
+def _bracket_depth(text: str) -> int:
+    """Deepest ``[``/``{`` nesting of JSON text (an upper bound: brackets in strings count)."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _check_percent_format(fmt: str, values: Sequence[Any]) -> None:
+    """Refuse printf formatting whose width or precision would build a huge string."""
+    budget = _BUDGET.get()
+    limit = budget.max_chars if budget is not None else RenderLimits().max_output_chars
+    stars = "*" in fmt and any(isinstance(v, int) and abs(v) > limit for v in values)
+    if stars or _PERCENT_WIDTH.search(fmt):
+        _limit("printf-style format with an oversized width or precision")
+
+
+def _check_format_spec(fmt: str, values: Sequence[Any]) -> None:
+    """Refuse ``str.format`` fields whose width or precision would build a huge string.
+
+    ``'{:>1000000000}'.format(x)`` and ``'{0:{1}}'.format(x, 10**9)`` allocate before any
+    result-size check could run. Nested specs take their numbers from the arguments.
+    """
+    budget = _BUDGET.get()
+    limit = budget.max_chars if budget is not None else RenderLimits().max_output_chars
+    try:
+        fields = list(string.Formatter().parse(fmt))
+    except ValueError:
+        return  # malformed: the sandbox's own formatter raises, and that becomes a TemplateError
+    for _, _, spec, _ in fields:
+        if not spec:
+            continue
+        numbers = re.findall(r"\d+", spec)
+        if "{" in spec:
+            numbers += [n for v in values for n in re.findall(r"\d+", str(v))]
+        if any(len(n) > 9 or int(n) > limit for n in numbers):
+            _limit("str.format with an oversized width or precision")
+
+
 def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     def guarded(*args: Any, **kwargs: Any) -> Any:
         _check_time()
@@ -242,6 +295,13 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
             _check_size(len(text) + count * max(0, len(new) - len(old)), "'replace' output")
         elif name == "format" and len(args) > 1 and re.search(r"\d{7,}", str(args[1])):
             _limit("'format' filter with an oversized width or precision")
+        elif name == "format" and args:
+            _check_percent_format(str(args[0]), [*args[1:], *kwargs.values()])
+        elif name == "wordwrap" and len(args) > 1:  # (environment, text, width, ...)
+            # textwrap splits a long word by re-slicing it: quadratic in the word / width.
+            width = args[2] if len(args) > 2 else kwargs.get("width", 79)
+            if isinstance(width, int) and len(str(args[1])) ** 2 // max(width, 1) > 2 * 10**9:
+                _limit("'wordwrap' of a long text at a tiny width")
         result = func(*args, **kwargs)
         if isinstance(result, str):
             _check_size(len(result), f"'{name}' output")
@@ -257,7 +317,7 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
     """HF's chat-template sandbox plus time and size checks on every operation it mediates."""
 
     code_generator_class = _GuardedCodeGenerator
-    intercepted_binops = frozenset({"*", "**", "+"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _check_time()
@@ -281,6 +341,19 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         if result_size is not None:
             _check_size(result_size, "call result")
         return result
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        fmt: str = value.__self__
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            mapped = list(args[0].values()) if args and isinstance(args[0], Mapping) else []
+            _check_format_spec(fmt, [*args, *mapped, *kwargs.values()])
+            return wrapped(*args, **kwargs)
+
+        return checked
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         _check_time()
@@ -309,6 +382,9 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
             and right * max(abs(left).bit_length(), 1) > 100_000
         ):
             _limit("integer power too large")
+        elif operator == "%" and isinstance(left, str):
+            values = right if isinstance(right, tuple) else (right,)
+            _check_percent_format(left, values)
         return super().call_binop(context, operator, left, right)
 
     def guarded_concat(self, parts: Sequence[Any]) -> str:

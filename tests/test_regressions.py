@@ -5,6 +5,8 @@ Each test replays the smallest input that escaped as a non-EtmError, through the
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from etm_compat.chat import STANDARD_CONVERSATIONS, render_chat
@@ -24,3 +26,47 @@ def test_loop_control_outside_a_loop_is_a_template_error(template: str) -> None:
     # `{% break %}` anywhere, and Python's compile() raised a bare SyntaxError.
     with pytest.raises(TemplateError, match="does not compile"):
         render_chat(template, STANDARD_CONVERSATIONS["user"])
+
+
+# Finding 2 (hostile-corpus probe): width/precision taken from a format string allocated the whole
+# padded string (1 GB, 5-30 s, up to 3 GB resident) before any size check ran. Each case must be
+# refused before Python pads, so it costs milliseconds.
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ '%1000000000s' | format('x') }}",
+        "{{ '%(a)1000000000s' | format(a=1) }}",
+        "{{ '%s%0*d' | format('a', 1000000000, 1) }}",
+        "{{ '%1000000000s' % 'x' }}",
+        "{{ '%*s' % (1000000000, 'x') }}",
+        "{{ '{:>1000000000}'.format('x') }}",
+        "{{ '{:.1000000000f}'.format(1.0) }}",
+        "{{ '{0:{1}}'.format('x', 1000000000) }}",
+        "{{ '{:>{w}}'.format('x', w=1000000000) }}",
+        "{{ '{a:{b}}'.format_map({'a': 'x', 'b': 1000000000}) }}",
+        # Finding 3: json.dumps built depth * 10**9 spaces per line before the size check.
+        "{{ messages | tojson(indent=1000000000) }}",
+        # Finding 4: textwrap re-slices a long word once per line: 900k chars at width 1 ran 20 s.
+        "{{ ('x' * 900000) | wordwrap(1) }}",
+    ],
+)
+def test_format_widths_are_refused_before_they_allocate(template: str) -> None:
+    start = time.monotonic()
+    with pytest.raises(TemplateError, match=r"oversized|tojson output|wordwrap"):
+        render_chat(template, STANDARD_CONVERSATIONS["user"])
+    assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("{{ '%5s|%d' % ('x', 3) }}", "    x|3"),
+        ("{{ 7 % 3 }}", "1"),
+        ("{{ '{:>5}|{:.2f}'.format('x', 1.5) }}", "    x|1.50"),
+        ("{{ '%-4s|' | format('ab') }}", "ab  |"),
+        ("{{ ('ab ' * 3) | wordwrap(4) }}", "ab\nab\nab"),
+        ("{{ [1] | tojson(indent=2) }}", "[\n  1\n]"),
+    ],
+)
+def test_ordinary_formatting_still_renders(template: str, expected: str) -> None:
+    assert render_chat(template, STANDARD_CONVERSATIONS["user"]) == expected
