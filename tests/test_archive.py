@@ -213,3 +213,24 @@ def test_member_view_is_zero_copy(tmp_path: Path) -> None:
         _, length = etm.member_range("model.pte")
         assert len(view) == length
         del view
+
+
+def _refuse_kernel_copy(*args: Any) -> int:
+    import errno
+
+    raise OSError(errno.EXDEV, "cross-device copy_file_range refused")
+
+
+@pytest.mark.parametrize("mode", ["no_copy_file_range", "copy_file_range_refused"])
+def test_archive_bytes_do_not_depend_on_the_copy_path(tmp_path: Path, monkeypatch, mode: str) -> None:
+    # The writer copies member bytes in the kernel where it can; other systems (no
+    # copy_file_range, or a filesystem that refuses it) must give the very same archive.
+    reference = pack(tmp_path / "kernel.etm")
+    if mode == "no_copy_file_range":
+        monkeypatch.delattr(os, "copy_file_range")
+    else:
+        monkeypatch.setattr(os, "copy_file_range", _refuse_kernel_copy)
+    other = pack(tmp_path / "fallback.etm")
+    assert other.read_bytes() == reference.read_bytes()
+    with open_archive(other) as etm:
+        assert etm.verify() == []
