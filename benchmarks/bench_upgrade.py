@@ -15,7 +15,7 @@ from pathlib import Path
 from common import ROOT, VENV_BIN, WORK, Result, Row, measure, median, spread
 
 sys.path.insert(0, str(ROOT / "tests"))
-from test_upgrade import build_tree  # noqa: E402  (the acceptance tests' tree generator)
+from test_upgrade import build_tree  # the acceptance tests' tree generator
 
 
 def make_tree(dest: Path, total: int, big: int) -> int:
