@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURES
 
 from etm_compat import cache
 from etm_compat.archive import open_archive
 from etm_compat.cli import main
 from etm_compat.errors import IntegrityError, UsageError
-
-from conftest import FIXTURES
 
 
 def _pack(src: str, dest: Path) -> Path:
@@ -219,7 +218,7 @@ def test_list_and_prune(archives: dict[str, Path], tmp_path: Path) -> None:
     old = time.time() - 10 * 86400
     os.utime(root / keys[0] / cache.MARKER, (old, old))
     entries = cache.list_entries(root)
-    assert [e.key for e in entries][0] == keys[0]  # least recently used first
+    assert next(e.key for e in entries) == keys[0]  # least recently used first
     assert {e.key for e in entries} == set(keys)
     sizes = {e.key: e.size for e in entries}
     with open_archive(archives["with_ptd"]) as etm:

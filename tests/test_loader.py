@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import FIXTURES
+
 from etm_compat.chat import render_chat
 from etm_compat.cli import main
 from etm_compat.errors import UnreadableError, UsageError
