@@ -25,9 +25,6 @@ from tests.conftest import FIXTURES
 
 BROKEN = sorted(p for p in (FIXTURES / "broken").iterdir() if p.is_dir()) if (FIXTURES / "broken").is_dir() else []
 CLEAN = sorted(p for p in (FIXTURES / "legacy").iterdir() if p.is_dir())
-#: Known inference findings on clean fixtures (not diagnose's checks): export_llm's yaml names
-#: model_class llama3 while its tokenizer is a SentencePiece llama2-style one.
-KNOWN_CLEAN = {("export_llm", "family-conflict")}
 SCHEMA = json.loads(resources.files("etm_compat").joinpath("schemas/diagnose.schema.json").read_text())
 
 
@@ -58,7 +55,7 @@ def test_clean_fixture_has_no_error_or_warning(folder: Path, capsys: pytest.Capt
         (f["code"], f["message"])
         for d in report["deployments"]
         for f in d["findings"]
-        if f["severity"] in ("error", "warning") and (folder.name, f["code"]) not in KNOWN_CLEAN
+        if f["severity"] in ("error", "warning")
     }
     assert bad == set()
     assert code == 0
