@@ -447,13 +447,29 @@ def test_legacy_variants_keep_their_own_lengths() -> None:
     assert lengths == [64, 128]
 
 
-def test_legacy_export_llm_reports_the_tokenizer_disagreement() -> None:
+def test_legacy_export_llm_agrees_with_its_tokenizer() -> None:
     (result,) = legacy("export_llm")
+    # model_class llama2 in the yaml and a llama2.c tokenizer: no conflict to report
+    assert result.family_id == "llama2"
+    assert not [c for c in result.conflicts if c.field == "family"]
+    assert "export_config.yaml" in {e.source for e in result.family_evidence}
+    assert result.max_seq_len == 128
+
+
+def test_export_llm_yaml_disagreeing_with_the_tokenizer_is_a_conflict(tmp_path: Path) -> None:
+    src = FIXTURES / "legacy" / "export_llm"
+    if not src.is_dir():
+        pytest.skip("fixtures/legacy/export_llm is missing")
+    folder = tmp_path / "export_llm"
+    shutil.copytree(src, folder)
+    yaml_path = folder / "export_config.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace("model_class: llama2", "model_class: llama3"))
+    deployments, _ = read_folder(folder, default_adapters())
+    (result,) = [infer(d) for d in deployments]
     # model_class llama3 + Llama 3 rope_theta, but a llama2.c tokenizer: kept as a conflict
     assert any(c.field == "family" for c in result.conflicts)
     assert "export_config.yaml" in {e.source for e in result.family_evidence}
     assert "params.json" in {e.source for e in result.family_evidence}
-    assert result.max_seq_len == 128
 
 
 # --- specificity: a tokenizer holding several families' fingerprints ----------------------
