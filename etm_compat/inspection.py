@@ -80,6 +80,8 @@ def inspect_path(path: str | os.PathLike[str], adapters: Sequence[Adapter]) -> d
         raise UnreadableError("no such file or folder", path=p)
     if p.is_dir():
         return inspect_folder(p, adapters)
+    if not p.is_file():  # opening a FIFO blocks until a writer appears: refuse, never hang
+        raise UnreadableError("not a regular file (a FIFO, socket or device)", path=p)
     if not os.access(p, os.R_OK):
         raise UnreadableError("permission denied", path=p)
     if is_pte_file(p):

@@ -5,12 +5,17 @@ Each test replays the smallest input that escaped as a non-EtmError, through the
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import pytest
+from conftest import FIXTURES
 
 from etm_compat.chat import STANDARD_CONVERSATIONS, render_chat
-from etm_compat.errors import TemplateError
+from etm_compat.cli import main
+from etm_compat.errors import TemplateError, UnreadableError
+from etm_compat.tokenizers import read_tokenizer
 
 
 @pytest.mark.parametrize(
@@ -70,3 +75,34 @@ def test_format_widths_are_refused_before_they_allocate(template: str) -> None:
 )
 def test_ordinary_formatting_still_renders(template: str, expected: str) -> None:
     assert render_chat(template, STANDARD_CONVERSATIONS["user"]) == expected
+
+
+def _fifo(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    os.mkfifo(path)
+    return path
+
+
+# Finding 5 (hostile corpus): a FIFO given as a tokenizer or to `inspect` blocked open() forever.
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifo_tokenizer_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = _fifo(tmp_path, "tokenizer.model")
+    with pytest.raises(UnreadableError, match="not a regular file"):
+        read_tokenizer(fifo, check_runner=False)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.parametrize("how", ["inspect", "pack"])
+def test_fifo_through_the_cli_is_exit_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    fifo = _fifo(tmp_path, "tokenizer.model")
+    argv = {
+        "inspect": ["inspect", str(fifo)],
+        "pack": ["pack", str(FIXTURES / "legacy" / "with_ptd"), "--tokenizer", str(fifo),
+                 "-o", str(tmp_path / "m.etm")],
+    }[how]
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert "not a regular file" in err and "Traceback" not in err
+    assert not (tmp_path / "m.etm").exists()
