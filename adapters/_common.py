@@ -112,6 +112,8 @@ def pair_weights(programs: Sequence[Path], ptds: Sequence[Path]) -> tuple[dict[P
     no other program claims, when it is the only such program; the note says so.
     """
     notes: list[str] = []
+    if not ptds:
+        return {p: [] for p in programs}, notes
     ptd_keys: dict[Path, frozenset[str]] = {}
     for ptd in ptds:
         try:

@@ -125,3 +125,14 @@ def test_sources_never_modified_by_reading(tmp_path):
     before = digest(LEGACY / "hf_style")
     _read("hf_style")
     assert digest(LEGACY / "hf_style") == before
+
+
+def test_a_corrupt_variant_does_not_hide_its_good_neighbour(tmp_path):
+    # Reading a folder never parses program heads unless weights need pairing, so one damaged
+    # program fails on its own later (when packed) instead of taking the whole folder with it.
+    shutil.copy(LEGACY / "variants" / "model_a.pte", tmp_path / "model_a.pte")
+    (tmp_path / "model_b.pte").write_bytes(b"\0\0\0\0ET12" + bytes(range(256)) * 8)
+    shutil.copy(LEGACY / "variants" / "tokenizer.model", tmp_path / "tokenizer.model")
+    found, skipped = read_folder(tmp_path, default_adapters())
+    assert skipped == []
+    assert sorted(d.program.name for d in found) == ["model_a.pte", "model_b.pte"]

@@ -68,12 +68,12 @@ def build_tree(root: Path, total: int = 200, *, big: int = 1) -> Tree:
         dest.mkdir(parents=True)
         (dest / "model.pte").write_bytes(b"\0\0\0\0ET12" + bytes(range(256)) * (8 + i))
         shutil.copy2(LEGACY / "et_example" / "tokenizer.model", dest)
-        tree.broken[str(dest.relative_to(root))] = "corrupt"
+        tree.broken[str((dest / "model.pte").relative_to(root))] = "corrupt"
         dest = folder("truncated")
         dest.mkdir(parents=True)
         (dest / "model.pte").write_bytes(et[: 200_000 + i])
         shutil.copy2(LEGACY / "et_example" / "tokenizer.model", dest)
-        tree.broken[str(dest.relative_to(root))] = "truncated"
+        tree.broken[str((dest / "model.pte").relative_to(root))] = "truncated"
         dest = folder("tokenizer-garbage")
         _copy("hf_style", dest)
         (dest / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": ')

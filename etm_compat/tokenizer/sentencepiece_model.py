@@ -116,11 +116,18 @@ def _piece(buf: bytes, f: Field) -> tuple[str, int]:
     return text, kind
 
 
+#: Fields the sniffer checks before deciding: plenty of evidence, and it keeps folder scans
+#: cheap (a 64 KiB prefix holds thousands of pieces; the full read checks every one anyway).
+SNIFF_FIELDS = 64
+
+
 def sniff(head: bytes, complete: bool) -> bool:
     """True if ``head`` starts like a ModelProto: well-formed fields and at least one piece."""
     pieces = 0
     try:
         for index, f in enumerate(walk(head, 0, len(head))):
+            if index >= SNIFF_FIELDS:
+                break
             if index == 0 and (f.number not in (1, 2) or f.wire != WIRE_LEN):
                 return False
             if f.number in _MODEL_LEN_FIELDS and f.wire != WIRE_LEN:
