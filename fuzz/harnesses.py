@@ -128,12 +128,13 @@ def run_tokenizer(data: bytes) -> None:
 def _good_archive() -> bytes:
     from etm_compat.cli import main
 
-    with tempfile.TemporaryDirectory(prefix="etm-fuzz-seed-") as tmp:
-        out = Path(tmp) / "m.etm"
-        code = main(["pack", str(FIXTURES / "legacy" / "with_ptd"), "-o", str(out)])
-        if code != 0:
-            raise RuntimeError(f"cannot pack the seed archive (exit {code})")
-        return out.read_bytes()
+    out = Scratch.dir() / "seed.etm"
+    code = main(["pack", str(FIXTURES / "legacy" / "with_ptd"), "-o", str(out), "--force"])
+    if code != 0:
+        raise RuntimeError(f"cannot pack the seed archive (exit {code})")
+    data = out.read_bytes()
+    out.unlink()
+    return data
 
 
 def archive_seeds() -> list[bytes]:
@@ -258,14 +259,14 @@ def mutate_document(doc: Any, src: _Bytes, rounds: int) -> Any:
 
 @functools.cache
 def _good_metadata() -> bytes:
-    with tempfile.TemporaryDirectory(prefix="etm-fuzz-seed-") as tmp:
-        path = Path(tmp) / "m.etm"
-        path.write_bytes(_good_archive())
-        with open_archive(path) as etm:
-            view = etm.member_view("metadata.json")
-            raw = bytes(view)
-            view.release()
-            return raw
+    path = Scratch.dir() / "seed-meta.etm"
+    path.write_bytes(_good_archive())
+    with open_archive(path) as etm:
+        view = etm.member_view("metadata.json")
+        raw = bytes(view)
+        view.release()
+    path.unlink()
+    return raw
 
 
 def metadata_seeds() -> list[bytes]:
