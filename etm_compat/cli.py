@@ -199,7 +199,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
             upgrade_report.render_plan(console, plan)
         return EXIT_OK
     if not args.json:
-        upgrade_report.render_plan(console, plan)
+        upgrade_report.render_plan(console, plan, full=False)
     jobs = args.jobs or default_jobs()
     with open_executor(jobs=jobs, scheduler=args.scheduler, pending=len(plan.pending)) as executor:
         if args.json:

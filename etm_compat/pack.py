@@ -6,6 +6,7 @@ configuration, the checks produce findings, and the archive writer packs the ori
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -203,10 +204,13 @@ def pack(
     dest_path = Path(dest)
     dep, tok = view.deployment, view.tokenizer
     assert dep.tokenizer is not None
-    with tempfile.TemporaryDirectory(prefix=".etm-pack-", dir=dest_path.parent or None) as scratch:
+    with contextlib.ExitStack() as stack:
         tokenizer_source, converted_from = dep.tokenizer, None
         if tok.variant == "llama2c_original":
             # The runner only loads the pytorch-tokenizers layout: convert, and record it.
+            scratch = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix=".etm-pack-", dir=dest_path.parent or None)
+            )
             tokenizer_source = Path(scratch) / "tokenizer.bin"
             convert_llama2c_original(dep.tokenizer, tokenizer_source)
             converted_from = "llama2c_original"

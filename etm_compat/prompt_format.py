@@ -15,6 +15,7 @@ rendering exactly on every standard conversation, with and without the generatio
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -247,7 +248,21 @@ def derive_prompt_format(
 
     None for templates that fail to render the probes, depend on the date (``strftime_now``),
     or treat messages by position (e.g. a system prompt folded into the first user turn).
+    The result depends only on the arguments, so it is cached: a bulk upgrade derives each
+    family's form once, not once per deployment.
     """
+    specials = tuple(sorted(special_tokens.items())) if special_tokens else ()
+    return _derive_cached(template, bos_token, eos_token, specials)
+
+
+@functools.lru_cache(maxsize=64)
+def _derive_cached(
+    template: str,
+    bos_token: str | None,
+    eos_token: str | None,
+    specials: tuple[tuple[str, str], ...],
+) -> PromptFormat | None:
+    special_tokens = dict(specials) or None
     try:
         compiled = compile_template(template)
     except TemplateError:

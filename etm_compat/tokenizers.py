@@ -12,8 +12,12 @@ The per-format readers live in :mod:`etm_compat.tokenizer`; this module is the i
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import logging
+import os
+import threading
 
 from etm_compat.constants import TOKENIZER_FORMATS, TOKENIZER_MAX_BYTES, TOKENIZER_SNIFF_BYTES
 from etm_compat.errors import EtmError, TokenizerFormatError
@@ -125,8 +129,10 @@ def read_tokenizer(
         if kind == "tekken":
             info = json_formats.parse_tekken(path, doc)
         elif kind == "hf_json":
-            configs = [json_formats.read_config(special_tokens_map_path),
-                       json_formats.read_config(config_path)]
+            configs = [
+                json_formats.read_config(special_tokens_map_path),
+                json_formats.read_config(config_path),
+            ]
             info = json_formats.parse_hf(path, doc, configs)
         else:
             raise TokenizerFormatError(
@@ -134,20 +140,47 @@ def read_tokenizer(
                 '"config" object and "vocab" list for tekken)',
                 path=path,
             )
-    elif fmt == "sentencepiece":
+    else:
+        info = _parse_binary(path, fmt, data)
+    logger.debug("tokenizer %s: %s, vocab %d", path, info.format, info.vocab_size)
+    if check_runner:
+        check = _runner.check_runner(
+            path,
+            info.format,
+            config_path=config_path,
+            special_tokens_map_path=special_tokens_map_path,
+        )
+        info = dataclasses.replace(info, runner=check)
+    return info
+
+
+#: Parsed binary tokenizers by content: a bulk upgrade meets the same tokenizer in many folders
+#: (variants, quantizations), and a SentencePiece parse in Python costs milliseconds.
+_PARSED: collections.OrderedDict[tuple[str, str], TokenizerInfo] = collections.OrderedDict()
+_PARSED_MAX = 8
+
+
+def _parse_binary(path: StrPath, fmt: TokenizerFormat, data: bytes) -> TokenizerInfo:
+    key = (fmt, hashlib.sha256(data).hexdigest())
+    with _PARSED_LOCK:
+        cached = _PARSED.get(key)
+        if cached is not None:
+            _PARSED.move_to_end(key)
+            return dataclasses.replace(cached, path=os.fspath(path))
+    if fmt == "sentencepiece":
         info = sentencepiece_model.parse(path, data)
     elif fmt == "tiktoken":
         info = tiktoken_file.parse(path, data)
     else:
         info = llama2c.parse(path, data)
-    logger.debug("tokenizer %s: %s, vocab %d", path, info.format, info.vocab_size)
-    if check_runner:
-        check = _runner.check_runner(
-            path, info.format, config_path=config_path,
-            special_tokens_map_path=special_tokens_map_path,
-        )
-        info = dataclasses.replace(info, runner=check)
+    with _PARSED_LOCK:
+        _PARSED[key] = info
+        while len(_PARSED) > _PARSED_MAX:
+            _PARSED.popitem(last=False)
     return info
+
+
+_PARSED_LOCK = threading.Lock()
 
 
 __all__ = [

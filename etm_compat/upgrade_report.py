@@ -54,13 +54,18 @@ def _archive_label(plan: UpgradePlan, archive: Path) -> str:
 # --- terminal ------------------------------------------------------------------------------------
 
 
-def render_plan(console: Console, plan: UpgradePlan) -> None:
-    """Which archive comes from which files, and what will be done; then what is skipped and why."""
+def render_plan(console: Console, plan: UpgradePlan, *, full: bool = True) -> None:
+    """Which archive comes from which files, and what will be done; then what is skipped and why.
+
+    Without ``full`` only the archives to (re)pack are listed and the up-to-date ones are
+    counted: a re-run over thousands of finished deployments prints a few lines, not a table.
+    """
     where = f"→ {plan.out}" if plan.out is not None else "(in place)"
     table = Table(title=safe(f"upgrade plan: {plan.root} {where}"), title_justify="left")
     for col in ("archive", "from", "status"):
         table.add_column(col, overflow="fold")
-    for item in plan.items:
+    shown = plan.items if full else plan.pending
+    for item in shown:
         program = plan.relative(item.deployment.program)
         others = [os.path.basename(p) for p in item.deployment.sources[1:]]
         style = STATUS_STYLE[item.status]
@@ -72,7 +77,8 @@ def render_plan(console: Console, plan: UpgradePlan) -> None:
             safe(" + ".join([program, *others])),
             status,
         )
-    console.print(table)
+    if shown:
+        console.print(table)
     for s in plan.skipped:
         console.print(
             f"[yellow]skipped[/yellow] {safe(plan.relative(Path(s.path)))}: {safe(s.reason)}"

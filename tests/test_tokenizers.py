@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -465,3 +466,18 @@ def test_imports_without_tokenizer_libraries() -> None:
                           check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_parsed_results_are_shared_by_content_but_keep_their_own_path(tmp_path):
+    src = fixture("sp.model")
+    a, b = tmp_path / "a" / "tokenizer.model", tmp_path / "b" / "renamed.bin"
+    for dest in (a, b):
+        dest.parent.mkdir()
+        shutil.copy(src, dest)
+    first = read_tokenizer(a, check_runner=False)
+    second = read_tokenizer(b, check_runner=False)
+    assert first.path == str(a) and second.path == str(b)
+    assert dataclasses.replace(second, path=first.path) == first
+    # A different file with the same name is parsed afresh, not served from the cache.
+    shutil.copy(fixture("tiktoken.model"), a)
+    assert read_tokenizer(a, check_runner=False).format == "tiktoken"

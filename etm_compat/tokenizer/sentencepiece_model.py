@@ -118,7 +118,7 @@ def _piece(buf: bytes, f: Field) -> tuple[str, int]:
 
 #: Fields the sniffer checks before deciding: plenty of evidence, and it keeps folder scans
 #: cheap (a 64 KiB prefix holds thousands of pieces; the full read checks every one anyway).
-SNIFF_FIELDS = 64
+SNIFF_FIELDS = 16
 
 
 def sniff(head: bytes, complete: bool) -> bool:
