@@ -88,10 +88,7 @@ def resolve_source(
         chosen = found[0]
     else:
         matches = [d for d in found if d.program.resolve() == path.resolve()]
-        if matches:
-            chosen = matches[0]
-        else:
-            chosen = Deployment(root=folder, program=path, layout="file")
+        chosen = matches[0] if matches else Deployment(root=folder, program=path, layout="file")
     if tokenizer is not None:
         chosen = replace(chosen, tokenizer=Path(tokenizer))
     if ptds:
@@ -223,7 +220,7 @@ def pack(
         if tok.format == "hf_json" and config is not None:
             members.append(MemberSpec(MEMBER_TOKENIZER_CONFIG, config, "tokenizer_config"))
         taken: set[str] = set()
-        for ptd_path, ptd in zip(dep.weights, view.weights):
+        for ptd_path, ptd in zip(dep.weights, view.weights, strict=True):
             members.append(MemberSpec(_weights_member(ptd_path, taken), ptd_path, "weights", tuple(sorted(ptd.keys))))
         meta = build_metadata(view, tokenizer_member=tokenizer_member, converted_from=converted_from)
         meta["weights"] = [{"member": m.name, "keys": list(m.keys)} for m in members if m.role == "weights"]

@@ -67,7 +67,7 @@ def render_ptd(console: Console, info: Mapping[str, Any]) -> None:
     for col in ("key", "dtype", "shape", "bytes"):
         table.add_column(col)
     for t in info["tensors"]:
-        shape = "×".join(str(d) for d in t["shape"]) if t["shape"] is not None else "-"
+        shape = "x".join(str(d) for d in t["shape"]) if t["shape"] is not None else "-"
         table.add_row(safe(t["key"]), safe(t["dtype"] or "-"), shape, f"{t['nbytes']:,}")
     console.print(table)
 

@@ -152,8 +152,8 @@ def test_control_characters_in_names_are_escaped(capsys, tmp_path):
 def test_inspect_does_not_import_torch_or_executorch(tmp_path):
     pte = fixture_file("programs/constants_all.pte")
     code = (
-        "import sys; from etm_compat.cli import main; rc = main(['inspect', '--json', %r]);"
+        f"import sys; from etm_compat.cli import main; rc = main(['inspect', '--json', {str(pte)!r}]);"
         "bad = [m for m in ('torch', 'executorch') if m in sys.modules]; print(bad); sys.exit(rc)"
-    ) % str(pte)
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip().splitlines()[-1] == "[]"
