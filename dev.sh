@@ -46,7 +46,16 @@ shift || true
 case "$cmd" in
     main)
         ensure_venv
-        exec "$VENV/bin/etm-compat" inspect fixtures/legacy "$@"
+        # Upgrade every legacy deployment shipped in fixtures/legacy into a fresh folder, then show
+        # the report (the summary table here; Markdown and HTML copies beside the archives).
+        out=out/legacy-etm
+        rm -rf "$out"
+        "$VENV/bin/etm-compat" upgrade fixtures/legacy --out "$out" \
+            --report "$out/report.html" --report "$out/report.md" "$@"
+        echo
+        cat "$out/report.md"
+        echo
+        echo "dev.sh: archives and reports in $out/ (report.html, report.md)"
         ;;
     test)
         ensure_venv

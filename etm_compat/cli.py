@@ -181,8 +181,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     from etm_compat import upgrade_report
     from etm_compat.upgrade import default_jobs, execute, open_executor, plan_upgrade
 
-    if args.report:
-        upgrade_report.report_format(args.report)  # a bad extension fails before any work
+    for report in args.report or ():
+        upgrade_report.report_format(report)  # a bad extension fails before any work
     plan = plan_upgrade(
         args.root,
         _adapters(),
@@ -207,8 +207,8 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         else:
             with upgrade_report.upgrade_progress(console, plan) as progress:
                 result = execute(plan, executor, progress=progress)
-    if args.report:
-        upgrade_report.write_report(args.report, result)
+    for report in args.report or ():
+        upgrade_report.write_report(report, result)
     if args.json:
         _emit_json(upgrade_report.to_json(result))
     else:
@@ -308,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="only print the plan")
     p.add_argument("-j", "--jobs", type=int, help="worker processes (default: the cores)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler (needs etm-compat[dask])")
-    p.add_argument("--report", metavar="FILE", help="write a report: .json, .md or .html")
+    p.add_argument(
+        "--report", metavar="FILE", action="append", help="write a report: .json, .md or .html (repeatable)"
+    )
     p.add_argument("--force", action="store_true", help="repack archives that are up to date")
     p.add_argument("--verify-existing", action="store_true", help="hash archives and sources to decide what is up to date")
     p.add_argument("--json", action="store_true", help="print the result (or, with --dry-run, the plan) as JSON")

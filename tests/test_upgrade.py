@@ -358,3 +358,17 @@ def test_two_hundred_deployments_upgrade_and_rerun(tmp_path, capsys):
     assert again["counts"]["up_to_date"] == len(tree.good) and again["counts"]["written"] == 0
     assert again["counts"]["failed"] == len(failed)  # broken ones are retried, and fail the same way
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.etm")} == stamps
+
+
+def test_one_run_writes_every_requested_report(tmp_path, capsys):
+    root = copy_legacy(tmp_path)
+    out = tmp_path / "out"
+    reports = [tmp_path / "r.json", tmp_path / "r.md", tmp_path / "r.html"]
+    args = ["upgrade", str(root), "--out", str(out), "-j", "1"]
+    for report in reports:
+        args += ["--report", str(report)]
+    assert main(args) == EXIT_OK
+    data = json.loads(reports[0].read_text())
+    assert data["counts"]["written"] == 7
+    assert "| et_example/model.pte | written |" in reports[1].read_text()
+    assert "written" in reports[2].read_text()
