@@ -204,9 +204,34 @@ def test_corrupt_archive_member_leaves_nothing(archives: dict[str, Path], tmp_pa
         fh.seek(offset + 1000)
         fh.write(bytes([byte[0] ^ 0xFF]))
     root = tmp_path / "cache"
-    with open_archive(bad) as etm, pytest.raises(IntegrityError, match="sha256"):
+    with open_archive(bad) as etm, pytest.raises(IntegrityError, match="CRC-32"):
         cache.materialize(etm, root=root)
     assert list(root.iterdir()) == []
+
+
+def test_verify_checks_sha256_even_when_the_crc_was_forged(archives: dict[str, Path], tmp_path: Path) -> None:
+    # Damage that also rewrites the zip's CRC-32 fields passes the cheap check on copy; the
+    # sha256 pass of verify=True still refuses it, and nothing is left in the cache.
+    import struct
+    import zlib
+
+    bad = tmp_path / "forged.etm"
+    shutil.copyfile(archives["with_ptd"], bad)
+    with open_archive(bad) as etm:
+        offset, size = etm.member_range("model.pte")
+        local = etm.members["model.pte"]
+    data = bytearray(bad.read_bytes())
+    data[offset + size - 1] ^= 0xFF
+    old_crc = struct.pack("<I", local.crc32)
+    new_crc = struct.pack("<I", zlib.crc32(bytes(data[offset : offset + size])))
+    assert data.count(old_crc) == 2  # the local header and the central directory
+    data = bytearray(bytes(data).replace(old_crc, new_crc))
+    bad.write_bytes(bytes(data))
+    root = tmp_path / "cache"
+    with open_archive(bad) as etm:
+        with pytest.raises(IntegrityError, match="sha256"):
+            cache.materialize(etm, root=root, verify=True)
+        assert list(root.iterdir()) == []
 
 
 def test_list_and_prune(archives: dict[str, Path], tmp_path: Path) -> None:
