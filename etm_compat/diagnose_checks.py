@@ -280,9 +280,12 @@ def check_runner_tokenizer(s: Subject) -> list[Finding]:
         ]
     if tok.format != "hf_json" or s.has_tokenizer_config:
         return []
+    # The eos it should find: its own, else the program's get_eos_ids, else the stop set's.
+    program_ids = None if is_legacy_default(s) else program_eos(s.constant_methods)[0]
     expected = tok.eos_id
-    if expected is None and s.stop_ids:
-        expected = s.stop_ids[0]
+    if expected is None:
+        found = program_ids or list(s.stop_ids)
+        expected = found[0] if found else None
     if tok.bos_id is not None and tok.eos_id is not None and runner.eos_id == expected:
         return []
     return [

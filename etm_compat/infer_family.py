@@ -286,6 +286,20 @@ def decide_family(
         "high" if exact or len(sources) >= 2 else "medium" if sources else "low"
     )
 
+    # A source that also voted for the chosen family (a weaker fingerprint tier) is not against it.
+    backing = {v.evidence.source for v in votes if chosen in v.families}
+    against = [
+        v
+        for v in votes
+        if v.strong and chosen not in v.families and v.evidence.source not in backing
+    ]
+    # A tie across groups whose every alternative a disagreeing source names is that
+    # disagreement: one fault, reported once, as family-conflict (which says how it chose).
+    tie_is_conflict = (
+        bool(alternatives)
+        and not one_group
+        and all(any(fid in v.families for v in against) for fid in alternatives)
+    )
     if alternatives:
         confidence = "medium" if confidence == "high" else confidence
         severity: Severity = "info" if one_group else "warning"
@@ -294,12 +308,13 @@ def decide_family(
             if one_group
             else "the first in registry order"
         )
-        ledger.find(
-            "family-ambiguous",
-            severity,
-            f"the evidence fits {', '.join(tied)} equally; chose {chosen}, {why}",
-            hint=f"if it is not {chosen}, pass --family with one of {', '.join(alternatives)}",
-        )
+        if not tie_is_conflict:
+            ledger.find(
+                "family-ambiguous",
+                severity,
+                f"the evidence fits {', '.join(tied)} equally; chose {chosen}, {why}",
+                hint=f"if it is not {chosen}, pass --family with one of {', '.join(alternatives)}",
+            )
         ledger.note(
             "registry",
             "family",
@@ -307,13 +322,6 @@ def decide_family(
             f"{chosen} chosen among {', '.join(tied)}; override with --family",
         )
 
-    # A source that also voted for the chosen family (a weaker fingerprint tier) is not against it.
-    backing = {v.evidence.source for v in votes if chosen in v.families}
-    against = [
-        v
-        for v in votes
-        if v.strong and chosen not in v.families and v.evidence.source not in backing
-    ]
     if against:
         support = [v for v in votes if v.strong and chosen in v.families]
         pairs = [(chosen, v.evidence.source) for v in support] or [(chosen, "inferred")]
@@ -328,7 +336,13 @@ def decide_family(
                 f"{v.evidence.source} {v.evidence.detail} suggests {', '.join(v.families)}"
                 for v in against
             )
-            + f"; chose {chosen}",
+            + f"; chose {chosen}"
+            + (
+                f" (the evidence fits {', '.join(tied)} equally: {chosen} is the first in "
+                "registry order)"
+                if tie_is_conflict
+                else ""
+            ),
             hint=f"check the files, or pass --family to choose (inferred {chosen})",
             paths=sorted({v.evidence.source for v in against}),
         )

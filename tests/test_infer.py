@@ -207,6 +207,34 @@ def test_config_model_type_against_the_tokenizer_is_a_conflict(tmp_path: Path) -
     assert result.family_confidence in ("low", "medium")
 
 
+def test_a_tie_between_disagreeing_sources_is_one_conflict(tmp_path: Path) -> None:
+    # A ChatML template (a qwen2_5 marker) against a gemma2 config.json (model_type and
+    # architectures): equal weight, two groups. The tie *is* the disagreement: one finding.
+    chatml = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    )
+    tok_path, cfg_path = hf_tokenizer(
+        tmp_path, ["<|endoftext|>"], bos=None, eos="<|endoftext|>", config={"chat_template": chatml}
+    )
+    config = write_json(
+        tmp_path / "config.json",
+        {"model_type": "gemma2", "architectures": ["Gemma2ForCausalLM"]},
+    )
+    deployment = Deployment(
+        tmp_path,
+        program(tmp_path),
+        "test",
+        tok_path,
+        configs={"tokenizer_config": cfg_path, "config": config},
+    )
+    result = infer(deployment)
+    assert {result.family_id, *result.family_alternatives} == {"qwen2_5", "gemma2"}
+    assert "family-ambiguous" not in codes(result)
+    (conflict,) = [f for f in result.findings if f.code == "family-conflict"]
+    assert conflict.severity == "warning" and conflict.paths == ("config.json",)
+    assert "equally" in conflict.message
+
+
 def test_bos_disagreement_is_kept(tmp_path: Path) -> None:
     tok_path = copy_fixture_tokenizer(tmp_path, "tokenizers/sp.model", "tokenizer.model")
     pte_path = program(tmp_path)

@@ -232,9 +232,26 @@ def test_llama2c_original_is_refused_by_runner() -> None:
     sp = spm.SentencePieceProcessor(model_file=str(fixture("sp.model")))
     info = read_tokenizer(path)
     assert info.vocab_size == sp.get_piece_size()
-    assert (info.bos_id, info.eos_id) == (None, None)
+    # llama2.c's exporter writes sp's bos/eos as "\n<s>\n"/"\n</s>\n": found by that piece.
+    assert (info.bos_id, info.eos_id) == (sp.bos_id(), sp.eos_id())
+    assert (info.bos_token, info.eos_token) == (
+        sp.id_to_piece(sp.bos_id()),
+        sp.id_to_piece(sp.eos_id()),
+    )
     assert info.runner is not None and info.runner.loadable is False
     assert info.runner.error is not None and "Llama2cTokenizer" in info.runner.error
+
+
+def test_llama2c_original_without_exported_pieces_has_no_bos_eos(tmp_path: Path) -> None:
+    data = fixture("llama2c_original.bin").read_bytes()
+    # Same-length pieces keep every record length: only the bos/eos texts change.
+    renamed = data.replace(b"\n<s>\n", b"[bos]").replace(b"\n</s>\n", b"[eos]\n")
+    assert len(renamed) == len(data)
+    path = tmp_path / "tokenizer.bin"
+    path.write_bytes(renamed)
+    info = read_tokenizer(path, check_runner=False)
+    assert info.variant == "llama2c_original"
+    assert (info.bos_id, info.eos_id, dict(info.special_tokens)) == (None, None, {})
 
 
 def _write_tekken(path: Path, with_specials: bool = True) -> None:
@@ -432,6 +449,10 @@ def test_convert_llama2c_original(tmp_path: Path) -> None:
     assert converted.encode(text, 1, 1) == reference.encode(text, 1, 1)
     info = read_tokenizer(dest, check_runner=False)
     assert info.variant == "pytorch_tokenizers"
+    original = read_tokenizer(src, check_runner=False)
+    assert (info.bos_id, info.bos_token, info.eos_id, info.eos_token) == (
+        original.bos_id, original.bos_token, original.eos_id, original.eos_token
+    )
 
 
 def test_convert_refuses_bad_requests(tmp_path: Path) -> None:

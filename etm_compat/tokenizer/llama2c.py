@@ -3,7 +3,12 @@
 * ``pytorch_tokenizers`` (what the ExecuTorch runner's ``Llama2cTokenizer`` loads): int32 LE
   header ``vocab_size, bos, eos, max_token_length``, then ``vocab_size`` records.
 * ``llama2c_original`` (Karpathy's llama2.c export): int32 ``max_token_length``, then records up
-  to the end of the file. bos/eos are not in the file (llama2.c's run.c hard-codes 1 and 2).
+  to the end of the file. The header has no bos/eos (llama2.c's run.c hard-codes 1 and 2), but
+  the exporter (``tokenizer.py export``) writes the SentencePiece bos/eos pieces as ``"\n<s>\n"``
+  and ``"\n</s>\n"``: the records holding those pieces are the bos and eos.
+
+In both layouts a bos/eos piece written that way is named ``<s>``/``</s>`` (the SentencePiece
+piece llama2.c wrapped in newlines), so a converted file reads the same as its original.
 
 A record is ``float32 score, int32 len, len bytes``; here a record must have a finite score and
 ``0 <= len <= max_token_length`` (the runner's encoder buffer is sized by max_token_length).
@@ -16,6 +21,7 @@ import os
 import struct
 import tempfile
 from pathlib import Path
+from typing import Final
 
 from etm_compat.constants import (
     LLAMA2C_MAX_TOKEN_LENGTH,
@@ -29,6 +35,10 @@ from etm_compat.tokenizer.model import TokenizerInfo
 
 _HEADER = struct.Struct("<4i")
 _RECORD = struct.Struct("<fi")
+#: The bos/eos pieces llama2.c's exporter writes, and the SentencePiece names they stand for.
+_EXPORTED_BOS: Final = b"\n<s>\n"
+_EXPORTED_EOS: Final = b"\n</s>\n"
+_EXPORTED_NAMES: Final = {_EXPORTED_BOS: "<s>", _EXPORTED_EOS: "</s>"}
 
 
 class _Bad(Exception):
@@ -120,10 +130,22 @@ def _text(piece: bytes) -> str:
     return piece.decode("utf-8", "backslashreplace")
 
 
+def _special_text(piece: bytes) -> str:
+    """A bos/eos piece's name: ``<s>`` for llama2.c's exported ``"\\n<s>\\n"``, else its text."""
+    return _EXPORTED_NAMES.get(piece) or _text(piece)
+
+
+def _exported_id(records: list[tuple[float, bytes]], piece: bytes) -> int:
+    """The first record holding ``piece`` (an original-layout bos/eos), or -1."""
+    return next((i for i, (_, p) in enumerate(records) if p == piece), -1)
+
+
 def parse(path: StrPath, data: bytes) -> TokenizerInfo:
     """TokenizerInfo of a whole file, variant ``pytorch_tokenizers`` or ``llama2c_original``.
 
-    special_tokens holds the bos/eos pieces (the format has no token types).
+    special_tokens holds the bos/eos pieces (the format has no token types). The original
+    layout's bos/eos are the records holding llama2.c's exported ``"\\n<s>\\n"``/``"\\n</s>\\n"``
+    (None when the file has no such piece).
     """
     try:
         (_, bos, eos, _), records = _pytorch_layout(data, False)
@@ -137,15 +159,18 @@ def parse(path: StrPath, data: bytes) -> TokenizerInfo:
                 f"as the original layout, {second}",
                 path=path,
             ) from None
-        variant, bos, eos = "llama2c_original", -1, -1
+        variant = "llama2c_original"
+        bos, eos = _exported_id(records, _EXPORTED_BOS), _exported_id(records, _EXPORTED_EOS)
     vocab: dict[str, int] = {}
     for index, (_, piece) in enumerate(records):
         vocab.setdefault(_text(piece), index)
-    specials = {_text(records[i][1]): i for i in (bos, eos) if i >= 0}
+    specials = {_special_text(records[i][1]): i for i in (bos, eos) if i >= 0}
     return TokenizerInfo(
         path=os.fspath(path), format="llama2c", variant=variant, vocab_size=len(records),
-        bos_id=bos if bos >= 0 else None, bos_token=_text(records[bos][1]) if bos >= 0 else None,
-        eos_id=eos if eos >= 0 else None, eos_token=_text(records[eos][1]) if eos >= 0 else None,
+        bos_id=bos if bos >= 0 else None,
+        bos_token=_special_text(records[bos][1]) if bos >= 0 else None,
+        eos_id=eos if eos >= 0 else None,
+        eos_token=_special_text(records[eos][1]) if eos >= 0 else None,
         special_tokens=specials, runner=None,
         vocab=vocab if len(records) <= TOKENIZER_VOCAB_LOOKUP_MAX else None,
     )
