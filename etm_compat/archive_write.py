@@ -314,8 +314,15 @@ def write_archive(
     metadata: Mapping[str, Any],
     members: Sequence[MemberSpec],
     overwrite: bool = False,
+    fsync: bool = True,
 ) -> ArchiveWriteResult:
     """Pack ``members`` and ``metadata`` into the ``.etm`` archive ``dest``, atomically.
+
+    The archive appears under its final name only once complete (temp file + rename), so a
+    crashed process never leaves half an archive. With ``fsync`` (the default) the data and the
+    folder entry also reach the disk before this returns, so the archive survives a power loss
+    too; ``fsync=False`` skips that, as ``cp`` and ``zip`` do, which is much faster for large
+    programs (the kernel writes the data back later).
 
     The writer fills ``metadata["members"]`` (name, size, sha256, role) and
     ``metadata["weights"]`` (member, keys) itself; the caller's mapping is not modified.
@@ -398,13 +405,15 @@ def write_archive(
                 out.seek(slot.header_offset + 14)
                 out.write(struct.pack("<I", slot.crc32))
             out.flush()
-            os.fsync(out.fileno())
+            if fsync:
+                os.fsync(out.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(dest.parent)
+    if fsync:
+        _fsync_dir(dest.parent)
     written = tuple(
         WrittenMember(s.name, s.role, s.data_offset, s.size, s.crc32, s.sha256) for s in slots[1:]
     )

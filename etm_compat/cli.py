@@ -88,7 +88,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     deployment = resolve_source(args.source, _adapters(), tokenizer=args.tokenizer, ptds=args.ptd or ())
     template = _read_text(args.chat_template, "chat template") if args.chat_template else None
     view = describe(deployment, family=args.family, chat_template=template)
-    result = pack(view, dest, overwrite=args.force)
+    result = pack(view, dest, overwrite=args.force, fsync=not args.no_fsync)
     if args.json:
         _emit_json(
             {
@@ -267,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", help="force the model family (see `etm-compat families`)")
     p.add_argument("--chat-template", help="use this Jinja chat template file")
     p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="do not wait for the archive to reach the disk (still atomic against crashes, not power loss)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_pack)
 

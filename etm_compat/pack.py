@@ -191,6 +191,7 @@ def pack(
     dest: str | os.PathLike[str],
     *,
     overwrite: bool = False,
+    fsync: bool = True,
 ) -> PackResult:
     """Write ``view``'s deployment as one archive at ``dest`` (atomically; sources untouched).
 
@@ -224,7 +225,7 @@ def pack(
             members.append(MemberSpec(_weights_member(ptd_path, taken), ptd_path, "weights", tuple(sorted(ptd.keys))))
         meta = build_metadata(view, tokenizer_member=tokenizer_member, converted_from=converted_from)
         meta["weights"] = [{"member": m.name, "keys": list(m.keys)} for m in members if m.role == "weights"]
-        result = write_archive(dest_path, metadata=meta, members=members, overwrite=overwrite)
+        result = write_archive(dest_path, metadata=meta, members=members, overwrite=overwrite, fsync=fsync)
     return PackResult(
         archive=dest_path,
         size=result.size,

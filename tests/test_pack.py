@@ -217,3 +217,10 @@ def test_inspect_archive_json(tmp_path, capsys):
     assert info["metadata"]["format"] == "etm"
     members = {m["name"]: m for m in info["members"]}
     assert members["model.pte"]["size"] == (LEGACY / "with_ptd" / "program.pte").stat().st_size
+
+
+def test_no_fsync_writes_the_same_archive(tmp_path, capsys):
+    durable, quick = tmp_path / "a.etm", tmp_path / "b.etm"
+    assert pack(LEGACY / "with_ptd", durable) == EXIT_OK
+    assert pack(LEGACY / "with_ptd", quick, "--no-fsync") == EXIT_OK
+    assert durable.read_bytes() == quick.read_bytes()
