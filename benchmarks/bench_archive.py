@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         rows.append(
             row(f"pack (default: fsync) {gib:g} GiB .pte (wall s)", pack_sync_t, "s",
-                "cp && sync -f", cp_sync_t, "<= 1.5x cp && sync", 1.5)  # fmt: skip
+                "cp && sync -f", cp_sync_t, "<= 1.5x cp && sync", 1.5)
         )
         if zip_t:
             r = row(f"pack --no-fsync {gib:g} GiB .pte vs zip -0 (wall s)", pack_t, "s", "zip -0", zip_t,
