@@ -41,6 +41,7 @@ from etm_compat.errors import (
     OutputError,
     UnreadableError,
 )
+from etm_compat.fileio import open_regular
 from etm_compat.metadata import Role, parse_metadata
 
 log = logging.getLogger(__name__)
@@ -528,7 +529,7 @@ def open_archive(path: str | os.PathLike[str]) -> EtmArchive:
     """
     path = Path(path)
     try:
-        f = open(path, "rb")  # noqa: SIM115 - owned by the EtmArchive on success
+        f = open_regular(path)  # owned by the EtmArchive on success
     except OSError as exc:
         raise UnreadableError(f"cannot open: {exc.strerror}", path=path) from None
     try:

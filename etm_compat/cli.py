@@ -28,6 +28,7 @@ from etm_compat.errors import (
     UnreadableError,
     UsageError,
 )
+from etm_compat.fileio import open_regular
 
 
 def _console(args: argparse.Namespace) -> Any:
@@ -49,7 +50,7 @@ def _adapters() -> list[Any]:
 
 def _read_text(path: str, what: str) -> str:
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             data = fh.read(4 * 1024 * 1024 + 1)
     except OSError as exc:
         raise UnreadableError(f"cannot read {what}: {exc.strerror}", path=path) from exc

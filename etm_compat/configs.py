@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from etm_compat.errors import InputError, UnreadableError
+from etm_compat.fileio import open_regular
 
 StrPath = str | os.PathLike[str]
 
@@ -36,7 +37,7 @@ _YAML_SUFFIXES: Final = (".yaml", ".yml")
 def read_bytes(path: StrPath, limit: int, *, what: str) -> bytes:
     """All of ``path``, refusing a file larger than ``limit`` bytes before reading it."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size > limit:
                 raise InputError(

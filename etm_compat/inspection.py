@@ -13,6 +13,7 @@ from typing import Any
 from etm_compat.constants import MEMBER_METADATA
 from etm_compat.deployment import Adapter
 from etm_compat.errors import EtmError, InputError, UnreadableError
+from etm_compat.fileio import open_regular
 from etm_compat.ptd import is_ptd_file, read_ptd
 from etm_compat.pte import is_pte_file, read_pte
 from etm_compat.tokenizers import read_tokenizer, sniff_tokenizer_format
@@ -24,9 +25,9 @@ TOKENIZER_SUFFIXES = (".model", ".json", ".bin", ".tiktoken", ".spm")
 
 def _is_zip(path: Path) -> bool:
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             return fh.read(4) == ZIP_MAGIC
-    except OSError:
+    except (OSError, UnreadableError):
         return False
 
 

@@ -28,6 +28,7 @@ from etm_compat.constants import (
     SCALAR_TYPES,
 )
 from etm_compat.errors import PtdFormatError, UnreadableError
+from etm_compat.fileio import open_regular
 from etm_compat.flatbuf import FlatBuffer, Table
 
 MAX_TENSORS: Final = 1_000_000
@@ -109,7 +110,7 @@ class _Header:
 def is_ptd_file(path: str | os.PathLike[str]) -> bool:
     """True if ``path`` starts like a flat-tensor data file (``FT01`` at bytes 4..8). Never raises."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             head = f.read(8)
     except (OSError, ValueError):
         return False
@@ -124,7 +125,7 @@ def read_ptd(path: str | os.PathLike[str]) -> PtdInfo:
     """
     name = os.fspath(path)
     try:
-        with open(name, "rb") as f:
+        with open_regular(name) as f:
             file_size = os.fstat(f.fileno()).st_size
             head = f.read(PTD_HEAD_BYTES)
             header = _parse_header(head, file_size, name)

@@ -43,6 +43,7 @@ from etm_compat.constants import (
     TENSOR_DATA_LOCATION_EXTERNAL,
 )
 from etm_compat.errors import PteFormatError, UnreadableError
+from etm_compat.fileio import open_regular
 from etm_compat.flatbuf import FlatBuffer, Table
 from etm_compat.treespec import ConstantValue, unflatten
 
@@ -126,7 +127,7 @@ class _Header:
 def is_pte_file(path: str | os.PathLike[str]) -> bool:
     """True if ``path`` starts like an ExecuTorch program (``ET12`` at bytes 4..8). Never raises."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             head = f.read(8)
     except (OSError, ValueError):
         return False
@@ -141,7 +142,7 @@ def read_pte(path: str | os.PathLike[str]) -> PteInfo:
     """
     name = os.fspath(path)
     try:
-        with open(name, "rb") as f:
+        with open_regular(name) as f:
             file_size = os.fstat(f.fileno()).st_size
             head = f.read(PTE_HEAD_BYTES)
             header = _parse_header(head, file_size, name)

@@ -6,11 +6,11 @@ import itertools
 import json
 import os
 import re
-import stat
-from typing import Any, BinaryIO
+from typing import Any
 
 from etm_compat.constants import TOKENIZER_JSON_MAX_DEPTH, TOKENIZER_SNIFF_BYTES
 from etm_compat.errors import TokenizerFormatError, UnreadableError
+from etm_compat.fileio import open_regular
 
 StrPath = str | os.PathLike[str]
 
@@ -19,21 +19,10 @@ _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _KEEP_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
-def _open_regular(path: StrPath) -> BinaryIO:
-    """Open for reading without blocking on a FIFO, and refuse anything but a regular file."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise UnreadableError("not a regular file (a FIFO, socket, device or folder)", path=path)
-    if hasattr(os, "set_blocking"):
-        os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
-
-
 def read_head(path: StrPath, limit: int = TOKENIZER_SNIFF_BYTES) -> bytes:
     """The first ``limit`` bytes of ``path`` (fewer if the file is shorter)."""
     try:
-        with _open_regular(path) as f:
+        with open_regular(path) as f:
             return f.read(limit)
     except OSError as exc:
         raise UnreadableError(f"cannot read tokenizer file: {exc.strerror or exc}", path=path) from exc
@@ -42,7 +31,7 @@ def read_head(path: StrPath, limit: int = TOKENIZER_SNIFF_BYTES) -> bytes:
 def read_bounded(path: StrPath, limit: int, *, what: str = "tokenizer file") -> bytes:
     """All of ``path``, refusing files larger than ``limit`` bytes before reading them."""
     try:
-        with _open_regular(path) as f:
+        with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size > limit:
                 raise TokenizerFormatError(

@@ -1,0 +1,41 @@
+"""Opening untrusted input paths: regular files only, never blocking on a FIFO.
+
+``open(path)`` on a FIFO blocks until a writer appears, and a device or socket can feed endless
+bytes; a migration tool run over thousands of folders must not hang on either. Every reader
+opens its input through :func:`open_regular`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import BinaryIO
+
+from etm_compat.errors import UnreadableError
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open ``path`` for binary reading; refuse anything but a regular file (after symlinks).
+
+    The file is opened non-blocking first, so a FIFO cannot stall the call, then checked with
+    ``fstat`` on the opened descriptor (no race between the check and the open).
+
+    >>> with open_regular("README.md") as fh:  # doctest: +SKIP
+    ...     head = fh.read(16)
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "folder" if stat.S_ISDIR(mode) else "FIFO, socket or device"
+            raise UnreadableError(f"not a regular file (a {kind})", path=path)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+__all__ = ["open_regular"]

@@ -1,0 +1,68 @@
+"""Every reader refuses a FIFO (which would block a plain open) quickly, with exit code 3."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from conftest import FIXTURES
+
+from etm_compat.archive import open_archive
+from etm_compat.cli import main
+from etm_compat.configs import read_bytes
+from etm_compat.errors import EXIT_BAD_INPUT, UnreadableError
+from etm_compat.fileio import open_regular
+from etm_compat.ptd import read_ptd
+from etm_compat.pte import is_pte_file, read_pte
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    path = tmp_path / "model.pte"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "reader",
+    [read_pte, read_ptd, open_archive, lambda p: read_bytes(p, 1024, what="config"), open_regular],
+    ids=["read_pte", "read_ptd", "open_archive", "read_config", "open_regular"],
+)
+def test_library_readers_refuse_a_fifo(fifo, reader):
+    start = time.monotonic()
+    with pytest.raises(UnreadableError, match="not a regular file"):
+        reader(fifo)
+    assert time.monotonic() - start < 2
+    assert not is_pte_file(fifo)
+
+
+def test_a_folder_is_not_a_regular_file(tmp_path):
+    with pytest.raises(UnreadableError, match="folder"):
+        open_regular(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["inspect", "{fifo}"],
+        ["verify", "{fifo}"],
+        ["unpack", "{fifo}", "-o", "{out}"],
+        ["pack", str(FIXTURES / "legacy" / "with_ptd"), "-o", "{out}/m.etm", "--ptd", "{fifo}"],
+        ["render", str(FIXTURES / "legacy" / "hf_style"), "--messages", "{fifo}"],
+        ["pack", str(FIXTURES / "legacy" / "et_example"), "-o", "{out}/m.etm", "--chat-template", "{fifo}"],
+    ],
+    ids=["inspect", "verify", "unpack", "pack-ptd", "render-messages", "pack-template"],
+)
+def test_cli_refuses_a_fifo_with_exit_3(fifo, tmp_path, capsys, args):
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = [a.format(fifo=fifo, out=out) for a in args]
+    start = time.monotonic()
+    assert main(argv) == EXIT_BAD_INPUT
+    assert time.monotonic() - start < 5
+    err = capsys.readouterr().err
+    assert "not a regular file" in err and err.count("\n") == 1
+    assert list(out.iterdir()) == []
