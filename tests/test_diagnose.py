@@ -39,7 +39,9 @@ def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[
 def test_broken_scenario_reports_its_code(scenario: Path, capsys: pytest.CaptureFixture[str]) -> None:
     expected = scenario.joinpath("EXPECTED").read_text().split()
     assert expected, "every scenario declares its code"
-    code, report = run_json(capsys, str(scenario))
+    # A scenario may need extra options, e.g. --runtime to ask the installed runtime its backends.
+    extra = scenario.joinpath("ARGS").read_text().split() if scenario.joinpath("ARGS").exists() else []
+    code, report = run_json(capsys, str(scenario), *extra)
     jsonschema.validate(report, SCHEMA)
     found = {f["code"] for d in report["deployments"] for f in d["findings"]}
     assert set(expected) <= found
