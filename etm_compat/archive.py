@@ -3,7 +3,8 @@
 >>> from etm_compat.archive import MemberSpec, open_archive, write_archive  # doctest: +SKIP
 
 See docs/FORMAT.md for the layout; :mod:`etm_compat.archive_write` and
-:mod:`etm_compat.archive_read` hold the implementations.
+:mod:`etm_compat.archive_read` hold the implementations, :mod:`etm_compat.zipfmt` the zip
+records both use and :mod:`etm_compat.archive_names` the member-name rules.
 """
 
 from __future__ import annotations

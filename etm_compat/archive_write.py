@@ -28,29 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from etm_compat.archive_read import (
-    ALIGN_EXTRA_ID,
-    ALIGN_EXTRA_MIN,
-    CD_FORMAT,
-    CD_SIG,
-    DOS_DATE,
-    DOS_TIME,
-    EOCD64_FORMAT,
-    EOCD64_LOCATOR_FORMAT,
-    EOCD64_LOCATOR_SIG,
-    EOCD64_SIG,
-    EOCD_FORMAT,
-    EOCD_SIG,
-    EXTERNAL_ATTR,
-    LOCAL_FORMAT,
-    LOCAL_SIG,
-    MAX16,
-    MAX32,
-    VERSION_MADE_BY_UNIX,
-    ZIP64_EXTRA_ID,
-    check_member_name,
-    role_of,
-)
+from etm_compat.archive_names import check_member_name, role_of
 from etm_compat.constants import (
     ETM_ALIGN_DEFAULT,
     ETM_ALIGN_MAPPED,
@@ -62,6 +40,7 @@ from etm_compat.constants import (
 )
 from etm_compat.errors import MetadataError, OutputError, UnreadableError, UsageError
 from etm_compat.metadata import SHA256_PLACEHOLDER, Role, serialize_metadata, validate_metadata
+from etm_compat.zipfmt import central_entry, end_records, local_header
 
 #: Bytes per read while streaming a member (constant memory whatever the member size).
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -121,98 +100,6 @@ class _Slot:
 
 def _alignment(name: str) -> int:
     return ETM_ALIGN_MAPPED if name.endswith((".pte", ".ptd")) else ETM_ALIGN_DEFAULT
-
-
-def _local_header(name: bytes, size: int, crc: int, header_offset: int, align: int) -> bytes:
-    zip64 = size >= MAX32
-    extra = struct.pack("<HHQQ", ZIP64_EXTRA_ID, 16, size, size) if zip64 else b""
-    unpadded = header_offset + struct.calcsize(LOCAL_FORMAT) + len(name) + len(extra)
-    pad = -unpadded % align
-    while 0 < pad < ALIGN_EXTRA_MIN:
-        pad += align
-    if pad:
-        extra += struct.pack("<HHH", ALIGN_EXTRA_ID, pad - 4, align) + bytes(pad - ALIGN_EXTRA_MIN)
-    shown = MAX32 if zip64 else size
-    head = struct.pack(
-        LOCAL_FORMAT,
-        LOCAL_SIG,
-        45 if zip64 else 20,
-        0,
-        0,
-        DOS_TIME,
-        DOS_DATE,
-        crc,
-        shown,
-        shown,
-        len(name),
-        len(extra),
-    )
-    return head + name + extra
-
-
-def _central_entry(slot: _Slot) -> bytes:
-    name = slot.name.encode("ascii")
-    fields: list[int] = []
-    size_shown = slot.size
-    if slot.size >= MAX32:
-        fields += [slot.size, slot.size]
-        size_shown = MAX32
-    offset_shown = slot.header_offset
-    if slot.header_offset >= MAX32:
-        fields.append(slot.header_offset)
-        offset_shown = MAX32
-    extra = (
-        struct.pack(f"<HH{len(fields)}Q", ZIP64_EXTRA_ID, 8 * len(fields), *fields)
-        if fields
-        else b""
-    )
-    needed = 45 if fields else 20
-    head = struct.pack(
-        CD_FORMAT,
-        CD_SIG,
-        VERSION_MADE_BY_UNIX | needed,
-        needed,
-        0,
-        0,
-        DOS_TIME,
-        DOS_DATE,
-        slot.crc32,
-        size_shown,
-        size_shown,
-        len(name),
-        len(extra),
-        0,
-        0,
-        0,
-        EXTERNAL_ATTR,
-        offset_shown,
-    )
-    return head + name + extra
-
-
-def _end_records(count: int, cd_offset: int, cd_size: int) -> bytes:
-    out = b""
-    if count > MAX16 or cd_offset >= MAX32 or cd_size >= MAX32:
-        eocd64_offset = cd_offset + cd_size
-        out += struct.pack(
-            EOCD64_FORMAT,
-            EOCD64_SIG,
-            44,
-            VERSION_MADE_BY_UNIX | 45,
-            45,
-            0,
-            0,
-            count,
-            count,
-            cd_size,
-            cd_offset,
-        )
-        out += struct.pack(EOCD64_LOCATOR_FORMAT, EOCD64_LOCATOR_SIG, 0, eocd64_offset, 1)
-    n = min(count, MAX16)
-    out += struct.pack(
-        EOCD_FORMAT, EOCD_SIG, 0, 0, n, n, min(cd_size, MAX32), min(cd_offset, MAX32), 0
-    )
-    return out
 
 
 def _check_specs(members: Sequence[MemberSpec]) -> list[MemberSpec]:
@@ -367,7 +254,7 @@ def write_archive(
     ]
     entries += [(s.name, s.role, s.source, sizes[s.name]) for s in ordered]
     for name, role, source, size in entries:
-        header = _local_header(name.encode("ascii"), size, 0, pos, _alignment(name))
+        header = local_header(name.encode("ascii"), size, 0, pos, _alignment(name))
         slot = _Slot(name, role or "program", source, size, pos, header, pos + len(header))
         slots.append(slot)
         pos = slot.data_offset + size
@@ -396,8 +283,11 @@ def write_archive(
             slots[0].crc32 = zlib.crc32(final)
             slots[0].sha256 = hashlib.sha256(final).hexdigest()
             cd_offset = out.tell()
-            central = b"".join(_central_entry(slot) for slot in slots)
-            out.write(central + _end_records(len(slots), cd_offset, len(central)))
+            central = b"".join(
+                central_entry(slot.name.encode("ascii"), slot.size, slot.crc32, slot.header_offset)
+                for slot in slots
+            )
+            out.write(central + end_records(len(slots), cd_offset, len(central)))
             total = out.tell()
             out.seek(slots[0].data_offset)
             out.write(final)

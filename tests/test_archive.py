@@ -19,9 +19,9 @@ from etm_compat.archive import (
     verify_archive,
     write_archive,
 )
-from etm_compat.archive_write import _end_records, _local_header
 from etm_compat.errors import OutputError, UnreadableError, UsageError
 from etm_compat.metadata import new_metadata
+from etm_compat.zipfmt import end_records, local_header
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 PTE = FIXTURES / "programs" / "ext_weights.pte"
@@ -193,16 +193,16 @@ def test_standard_tools_list_test_and_extract(tmp_path: Path) -> None:
 
 def test_zip64_records_when_sizes_need_them() -> None:
     # A member of 5 GiB cannot be written in a unit test, so check the records' encoding directly.
-    head = _local_header(b"model.pte", 5 << 30, 0, 0, 16384)
+    head = local_header(b"model.pte", 5 << 30, 0, 0, 16384)
     assert struct.unpack_from("<II", head, 18) == (0xFFFFFFFF, 0xFFFFFFFF)
     assert struct.unpack_from("<HHQQ", head, 30 + 9) == (1, 16, 5 << 30, 5 << 30)
     assert (len(head)) % 16384 == 0
-    tail = _end_records(3, 5 << 30, 200)
+    tail = end_records(3, 5 << 30, 200)
     assert (
         tail[:4] == b"PK\x06\x06" and tail[56:60] == b"PK\x06\x07" and tail[76:80] == b"PK\x05\x06"
     )
     assert struct.unpack_from("<I", tail, 76 + 16)[0] == 0xFFFFFFFF
-    assert _end_records(3, 100, 200)[:4] == b"PK\x05\x06"
+    assert end_records(3, 100, 200)[:4] == b"PK\x05\x06"
 
 
 def test_member_view_is_zero_copy(tmp_path: Path) -> None:
