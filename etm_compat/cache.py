@@ -44,6 +44,7 @@ from typing import Any, Final, Literal
 from etm_compat.archive_read import EtmArchive
 from etm_compat.constants import MEMBER_METADATA
 from etm_compat.errors import IntegrityError, OutputError, UsageError
+from etm_compat.fileio import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +119,6 @@ def _signature(path: Path) -> dict[str, int]:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_marker(folder: Path) -> dict[str, Any] | None:
@@ -158,7 +153,7 @@ def _check_entry(folder: Path, archive: EtmArchive, *, verify: bool) -> dict[str
         }:
             log.warning("%s: cache entry file changed on disk (size or mtime)", path)
             return None
-        if verify and _sha256_file(path) != entry["sha256"]:
+        if verify and sha256_file(path) != entry["sha256"]:
             log.warning("%s: cache entry file fails its sha256 check", path)
             return None
         files[name] = path
@@ -239,7 +234,7 @@ def build_entry(archive: EtmArchive, root: Path, key: str, *, verify: bool = Fal
                         path=archive.path,
                         hint="the archive is corrupt; repack it from the original files",
                     )
-                if verify and (digest := _sha256_file(path)) != entry["sha256"]:
+                if verify and (digest := sha256_file(path)) != entry["sha256"]:
                     raise IntegrityError(
                         f"member {name!r}: sha256 is {digest}, metadata.json says {entry['sha256']}",
                         path=archive.path,

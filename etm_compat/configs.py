@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from etm_compat.errors import InputError, UnreadableError
 from etm_compat.fileio import open_regular
+from etm_compat.jsonlimits import json_nesting
 
 StrPath = str | os.PathLike[str]
 
@@ -64,30 +65,6 @@ def _decode(data: bytes, path: StrPath, what: str) -> str:
         ) from exc
 
 
-def json_nesting(text: str) -> int:
-    """Deepest ``[``/``{`` nesting of JSON text, ignoring brackets inside strings.
-
-    >>> json_nesting('{"a": [1, {"b": "[[["}]}')
-    3
-    """
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
 
 
 def value_depth(value: Any, limit: int = CONFIG_MAX_DEPTH) -> int:

@@ -7,6 +7,7 @@ opens its input through :func:`open_regular`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from typing import BinaryIO
@@ -38,4 +39,13 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
         raise
 
 
-__all__ = ["open_regular"]
+def sha256_file(path: str | os.PathLike[str], *, chunk: int = 4 * 1024 * 1024) -> str:
+    """The sha256 hex digest of a regular file, read in chunks (constant memory)."""
+    digest = hashlib.sha256()
+    with open_regular(path) as fh:
+        while data := fh.read(chunk):
+            digest.update(data)
+    return digest.hexdigest()
+
+
+__all__ = ["open_regular", "sha256_file"]

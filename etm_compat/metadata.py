@@ -29,6 +29,7 @@ from etm_compat.constants import (
     ETM_SUPPORTED_VERSIONS,
 )
 from etm_compat.errors import MetadataError, UnsupportedVersionError
+from etm_compat.jsonlimits import json_nesting
 from etm_compat.metadata_check import describe_kind, is_kind, validate_metadata
 
 Confidence = Literal["high", "medium", "low", "none"]
@@ -209,26 +210,6 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _bracket_depth(text: str) -> int:
-    """Upper bound of JSON nesting found by counting brackets outside strings, before parsing."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
 
 
 def parse_metadata(raw: bytes, *, name: str) -> dict[str, Any]:
@@ -253,7 +234,7 @@ def parse_metadata(raw: bytes, *, name: str) -> dict[str, Any]:
         raise MetadataError(
             f"metadata.json is not UTF-8 ({exc.reason} at byte {exc.start})", path=name, hint=hint
         ) from None
-    if _bracket_depth(text) > ETM_MAX_METADATA_DEPTH:
+    if json_nesting(text) > ETM_MAX_METADATA_DEPTH:
         raise MetadataError(
             f"metadata.json nests deeper than {ETM_MAX_METADATA_DEPTH} levels", path=name, hint=hint
         )

@@ -7,7 +7,6 @@ configuration, the checks produce findings, and the archive writer packs the ori
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from etm_compat.constants import (
 )
 from etm_compat.deployment import Adapter, Deployment
 from etm_compat.errors import InputError, UnreadableError, UsageError
+from etm_compat.fileio import sha256_file
 from etm_compat.findings import Finding
 from etm_compat.infer import Inference, infer
 from etm_compat.metadata import new_metadata
@@ -32,8 +32,6 @@ from etm_compat.ptd import PtdInfo, read_ptd
 from etm_compat.pte import PteInfo, read_pte
 from etm_compat.scan import read_folder
 from etm_compat.tokenizers import TokenizerInfo, convert_llama2c_original, read_tokenizer
-
-HASH_CHUNK = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -124,12 +122,6 @@ def describe(
     return replace(view, findings=merge_findings(inference.findings, diagnose_view(view)))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _weights_member(ptd: Path, taken: set[str]) -> str:
@@ -178,7 +170,7 @@ def build_metadata(view: DeploymentView, *, tokenizer_member: str, converted_fro
             {
                 "path": os.path.relpath(path, dep.root),
                 "size": st.st_size,
-                "sha256": _sha256(path),
+                "sha256": sha256_file(path),
                 "mtime_ns": st.st_mtime_ns,
             }
         )

@@ -16,11 +16,11 @@ from etm_compat.fileio import open_regular
 from etm_compat.ptd import read_ptd
 from etm_compat.pte import is_pte_file, read_pte
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
-
 
 @pytest.fixture
 def fifo(tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this system")
     path = tmp_path / "model.pte"
     os.mkfifo(path)
     return path
@@ -66,3 +66,12 @@ def test_cli_refuses_a_fifo_with_exit_3(fifo, tmp_path, capsys, args):
     err = capsys.readouterr().err
     assert "not a regular file" in err and err.count("\n") == 1
     assert list(out.iterdir()) == []
+
+
+def test_sha256_file_matches_hashlib_on_a_real_program():
+    import hashlib
+
+    from etm_compat.fileio import sha256_file
+
+    program = FIXTURES / "llama" / "tiny_llama.pte"
+    assert sha256_file(program, chunk=4096) == hashlib.sha256(program.read_bytes()).hexdigest()

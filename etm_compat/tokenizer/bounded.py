@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import re
 from typing import Any
 
 from etm_compat.constants import TOKENIZER_JSON_MAX_DEPTH, TOKENIZER_SNIFF_BYTES
 from etm_compat.errors import TokenizerFormatError, UnreadableError
 from etm_compat.fileio import open_regular
+from etm_compat.jsonlimits import json_nesting
 
 StrPath = str | os.PathLike[str]
 
-# A complete JSON string literal; removing them leaves only structure, numbers and literals.
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_KEEP_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 def read_head(path: StrPath, limit: int = TOKENIZER_SNIFF_BYTES) -> bytes:
@@ -47,16 +43,9 @@ def read_bounded(path: StrPath, limit: int, *, what: str = "tokenizer file") -> 
     return data
 
 
-def json_depth(data: bytes) -> int:
-    """Deepest ``[``/``{`` nesting in JSON text, not counting brackets inside strings."""
-    brackets = _JSON_STRING.sub(b"", data).translate(None, _KEEP_BRACKETS)
-    steps = (1 if b in b"[{" else -1 for b in brackets)
-    return max(itertools.accumulate(steps, initial=0))
-
-
 def load_json(data: bytes, path: StrPath, *, what: str = "tokenizer JSON") -> Any:
     """Parse JSON bytes with a nesting limit; every failure is a :class:`TokenizerFormatError`."""
-    depth = json_depth(data)
+    depth = json_nesting(data)
     if depth > TOKENIZER_JSON_MAX_DEPTH:
         raise TokenizerFormatError(
             f"{what} is nested {depth} levels deep, more than the {TOKENIZER_JSON_MAX_DEPTH} accepted",
