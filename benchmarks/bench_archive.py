@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{prog.stat().st_size / (1 << 20):.0f} MiB of float32 constants, exported in "
                      f"{time.perf_counter() - t:.0f} s.")  # fmt: skip
         arch = WORK / "big_program.etm"
-        child([PY, "-c", PACK, str(arch), str(prog)], env)
+        child([PY, "-c", PACK, str(arch), str(prog), "fsync"], env)
         loose_t, loose_m, arch_t, arch_m, results = [], [], [], [], set()
         for _ in range(reps):
             for kind, path, times in (

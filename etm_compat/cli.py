@@ -25,10 +25,9 @@ from etm_compat.errors import (
     EXIT_USAGE,
     EtmError,
     InputError,
-    UnreadableError,
     UsageError,
 )
-from etm_compat.fileio import open_regular
+from etm_compat.fileio import read_capped
 
 
 def _console(args: argparse.Namespace) -> Any:
@@ -49,13 +48,7 @@ def _adapters() -> list[Any]:
 
 
 def _read_text(path: str, what: str) -> str:
-    try:
-        with open_regular(path) as fh:
-            data = fh.read(4 * 1024 * 1024 + 1)
-    except OSError as exc:
-        raise UnreadableError(f"cannot read {what}: {exc.strerror}", path=path) from exc
-    if len(data) > 4 * 1024 * 1024:
-        raise InputError(f"{what} is larger than 4 MiB", path=path)
+    data = read_capped(path, 4 * 1024 * 1024, what=what)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from etm_compat.errors import InputError, UnreadableError
-from etm_compat.fileio import open_regular
+from etm_compat.errors import InputError
+from etm_compat.fileio import read_capped
 from etm_compat.jsonlimits import json_nesting
 
 StrPath = str | os.PathLike[str]
@@ -37,21 +37,7 @@ _YAML_SUFFIXES: Final = (".yaml", ".yml")
 
 def read_bytes(path: StrPath, limit: int, *, what: str) -> bytes:
     """All of ``path``, refusing a file larger than ``limit`` bytes before reading it."""
-    try:
-        with open_regular(path) as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > limit:
-                raise InputError(
-                    f"{what} is {size} bytes, more than the {limit} bytes accepted",
-                    path=path,
-                    hint="pass the right file, or remove it from the folder",
-                )
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise UnreadableError(f"cannot read {what}: {exc.strerror or exc}", path=path) from exc
-    if len(data) > limit:  # the file grew while it was read
-        raise InputError(f"{what} is larger than {limit} bytes", path=path)
-    return data
+    return read_capped(path, limit, what=what, hint="pass the right file, or remove it from the folder")
 
 
 def _decode(data: bytes, path: StrPath, what: str) -> str:

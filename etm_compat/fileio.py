@@ -12,7 +12,7 @@ import os
 import stat
 from typing import BinaryIO
 
-from etm_compat.errors import UnreadableError
+from etm_compat.errors import InputError, UnreadableError
 
 
 def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
@@ -39,6 +39,32 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
         raise
 
 
+def read_capped(
+    path: str | os.PathLike[str],
+    limit: int,
+    *,
+    what: str,
+    too_large: type[InputError] = InputError,
+    hint: str | None = None,
+) -> bytes:
+    """All of a regular file, refusing one larger than ``limit`` bytes before reading it.
+
+    ``too_large`` is the error class for an oversized file (a tokenizer reader raises its own
+    format error); an unreadable path is always :class:`UnreadableError`.
+    """
+    try:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                raise too_large(f"{what} is {size} bytes, more than the {limit} bytes accepted", path=path, hint=hint)
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise UnreadableError(f"cannot read {what}: {exc.strerror or exc}", path=path) from exc
+    if len(data) > limit:  # the file grew while it was read
+        raise too_large(f"{what} is larger than {limit} bytes", path=path, hint=hint)
+    return data
+
+
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 4 * 1024 * 1024) -> str:
     """The sha256 hex digest of a regular file, read in chunks (constant memory)."""
     digest = hashlib.sha256()
@@ -48,4 +74,4 @@ def sha256_file(path: str | os.PathLike[str], *, chunk: int = 4 * 1024 * 1024) -
     return digest.hexdigest()
 
 
-__all__ = ["open_regular", "sha256_file"]
+__all__ = ["open_regular", "read_capped", "sha256_file"]

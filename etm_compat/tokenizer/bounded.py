@@ -8,7 +8,7 @@ from typing import Any
 
 from etm_compat.constants import TOKENIZER_JSON_MAX_DEPTH, TOKENIZER_SNIFF_BYTES
 from etm_compat.errors import TokenizerFormatError, UnreadableError
-from etm_compat.fileio import open_regular
+from etm_compat.fileio import open_regular, read_capped
 from etm_compat.jsonlimits import json_nesting
 
 StrPath = str | os.PathLike[str]
@@ -26,21 +26,10 @@ def read_head(path: StrPath, limit: int = TOKENIZER_SNIFF_BYTES) -> bytes:
 
 def read_bounded(path: StrPath, limit: int, *, what: str = "tokenizer file") -> bytes:
     """All of ``path``, refusing files larger than ``limit`` bytes before reading them."""
-    try:
-        with open_regular(path) as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > limit:
-                raise TokenizerFormatError(
-                    f"{what} is {size} bytes, more than the {limit} bytes accepted",
-                    path=path,
-                    hint="this is not a tokenizer, or pass the right file",
-                )
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise UnreadableError(f"cannot read {what}: {exc.strerror or exc}", path=path) from exc
-    if len(data) > limit:  # the file grew while we read it
-        raise TokenizerFormatError(f"{what} is larger than {limit} bytes", path=path)
-    return data
+    return read_capped(
+        path, limit, what=what, too_large=TokenizerFormatError,
+        hint="this is not a tokenizer, or pass the right file",
+    )  # fmt: skip
 
 
 def load_json(data: bytes, path: StrPath, *, what: str = "tokenizer JSON") -> Any:
