@@ -54,6 +54,9 @@ class MemberSpec:
     """One file to pack: its archive ``name``, the ``source`` path, its ``role``.
 
     ``keys`` lists the named-data keys a ``weights`` member provides (recorded in metadata).
+    ``provenance`` is the index of the ``metadata["provenance"]["sources"]`` entry this file
+    came from unchanged: the writer fills that entry's sha256 with the digest it computes while
+    copying, so a packer never reads a multi-GB source twice just to record its hash.
 
     >>> MemberSpec("model.pte", Path("legacy/model.pte"), "program").name
     'model.pte'
@@ -63,6 +66,7 @@ class MemberSpec:
     source: Path
     role: Role
     keys: tuple[str, ...] = ()
+    provenance: int | None = None
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,12 @@ def write_archive(
     meta["weights"] = [
         {"member": s.name, "keys": list(s.keys)} for s in ordered if s.role == "weights"
     ]
+    sources = meta.get("provenance", {}).get("sources", [])
+    for spec in ordered:
+        if spec.provenance is not None:
+            if not 0 <= spec.provenance < len(sources):
+                raise UsageError(f"member {spec.name!r}: no provenance source #{spec.provenance}")
+            sources[spec.provenance]["sha256"] = SHA256_PLACEHOLDER
     problems = validate_metadata(meta)
     if problems:
         raise MetadataError(
@@ -275,8 +285,12 @@ def write_archive(
                     ) from None
                 with src:
                     slot.crc32, slot.sha256 = _stream(src, out, slot.size, pool)
+            by_name = {spec.name: spec for spec in ordered}
             for entry, slot in zip(meta["members"], slots[1:], strict=True):
                 entry["sha256"] = slot.sha256
+                index = by_name[slot.name].provenance
+                if index is not None:
+                    sources[index]["sha256"] = slot.sha256
             final = serialize_metadata(meta)
             if len(final) != len(placeholder):  # pragma: no cover - sha256 hex has a fixed length
                 raise AssertionError("metadata changed length")

@@ -7,9 +7,10 @@ configuration, the checks produce findings, and the archive writer packs the ori
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from etm_compat.errors import InputError, UnreadableError, UsageError
 from etm_compat.fileio import sha256_file
 from etm_compat.findings import Finding
 from etm_compat.infer import Inference, infer
-from etm_compat.metadata import new_metadata
+from etm_compat.metadata import SHA256_PLACEHOLDER, new_metadata
 from etm_compat.ptd import PtdInfo, read_ptd
 from etm_compat.pte import PteInfo, read_pte
 from etm_compat.scan import read_folder
@@ -134,8 +135,18 @@ def _weights_member(ptd: Path, taken: set[str]) -> str:
     return name
 
 
-def build_metadata(view: DeploymentView, *, tokenizer_member: str, converted_from: str | None) -> dict[str, Any]:
-    """The metadata.json content for a deployment (members and hashes are filled by the writer)."""
+def build_metadata(
+    view: DeploymentView,
+    *,
+    tokenizer_member: str,
+    converted_from: str | None,
+    digested_by_writer: Collection[Path] = (),
+) -> dict[str, Any]:
+    """The metadata.json content for a deployment (members and hashes are filled by the writer).
+
+    Sources in ``digested_by_writer`` are packed unchanged: their provenance sha256 is left as a
+    placeholder for the archive writer, which hashes them anyway while copying.
+    """
     dep, pte, tok, inf = view.deployment, view.pte, view.tokenizer, view.inference
     meta = new_metadata(tool_version=__version__)
     fields = inf.metadata_fields()
@@ -163,6 +174,7 @@ def build_metadata(view: DeploymentView, *, tokenizer_member: str, converted_fro
         "converted_from": converted_from,
     }
     meta["diagnostics"] = [f.to_json() for f in view.findings]
+    later = set(digested_by_writer)
     sources = []
     for path in dep.sources:
         st = path.stat()
@@ -170,7 +182,7 @@ def build_metadata(view: DeploymentView, *, tokenizer_member: str, converted_fro
             {
                 "path": os.path.relpath(path, dep.root),
                 "size": st.st_size,
-                "sha256": sha256_file(path),
+                "sha256": SHA256_PLACEHOLDER if path in later else sha256_file(path),
                 "mtime_ns": st.st_mtime_ns,
             }
         )
@@ -215,7 +227,17 @@ def pack(
         taken: set[str] = set()
         for ptd_path, ptd in zip(dep.weights, view.weights, strict=True):
             members.append(MemberSpec(_weights_member(ptd_path, taken), ptd_path, "weights", tuple(sorted(ptd.keys))))
-        meta = build_metadata(view, tokenizer_member=tokenizer_member, converted_from=converted_from)
+        # Files packed unchanged get their provenance digest from the writer's single pass.
+        index = {path: i for i, path in enumerate(dep.sources)}
+        members = [
+            dataclasses.replace(m, provenance=index[m.source]) if m.source in index else m for m in members
+        ]
+        meta = build_metadata(
+            view,
+            tokenizer_member=tokenizer_member,
+            converted_from=converted_from,
+            digested_by_writer=[m.source for m in members if m.provenance is not None],
+        )
         meta["weights"] = [{"member": m.name, "keys": list(m.keys)} for m in members if m.role == "weights"]
         result = write_archive(dest_path, metadata=meta, members=members, overwrite=overwrite, fsync=fsync)
     return PackResult(

@@ -234,3 +234,21 @@ def test_archive_bytes_do_not_depend_on_the_copy_path(tmp_path: Path, monkeypatc
     assert other.read_bytes() == reference.read_bytes()
     with open_archive(other) as etm:
         assert etm.verify() == []
+
+
+def test_writer_fills_provenance_digests_and_refuses_a_bad_index(tmp_path: Path) -> None:
+    members = specs()
+    meta = new_metadata(tool_version="0.1.0")
+    meta["provenance"]["sources"] = [
+        {"path": "model.pte", "size": PTE.stat().st_size, "sha256": "f" * 64, "mtime_ns": 0}
+    ]
+    program = next(m for m in members if m.name == "model.pte")
+    linked = [MemberSpec(m.name, m.source, m.role, m.keys, provenance=0) if m is program else m for m in members]
+    result = write_archive(tmp_path / "m.etm", metadata=meta, members=linked)
+    assert result.metadata["provenance"]["sources"][0]["sha256"] == sha(PTE)
+    with open_archive(result.path) as etm:
+        assert etm.metadata["provenance"]["sources"][0]["sha256"] == sha(PTE)
+    bad = [MemberSpec(m.name, m.source, m.role, m.keys, provenance=5) if m is program else m for m in members]
+    with pytest.raises(UsageError, match="provenance"):
+        write_archive(tmp_path / "bad.etm", metadata=meta, members=bad)
+    assert not (tmp_path / "bad.etm").exists()

@@ -224,3 +224,34 @@ def test_no_fsync_writes_the_same_archive(tmp_path, capsys):
     assert pack(LEGACY / "with_ptd", durable) == EXIT_OK
     assert pack(LEGACY / "with_ptd", quick, "--no-fsync") == EXIT_OK
     assert durable.read_bytes() == quick.read_bytes()
+
+
+@pytest.mark.parametrize("name", ["hf_style", "with_ptd", "export_llm"])
+def test_provenance_records_every_source_with_its_real_digest(tmp_path, capsys, name):
+    # Program, tokenizer and weights get their digest from the writer's copy pass; config files
+    # are hashed on their own. Either way the recorded digest is the file's sha256.
+    folder = LEGACY / name
+    out = tmp_path / "m.etm"
+    assert pack(folder, out) == EXIT_OK
+    with open_archive(out) as archive:
+        sources = archive.metadata["provenance"]["sources"]
+    assert {s["path"] for s in sources} == {p.name for p in folder.iterdir() if p.is_file()}
+    for source in sources:
+        path = folder / source["path"]
+        assert source["sha256"] == sha(path), source["path"]
+        assert source["size"] == path.stat().st_size
+
+
+def test_converted_tokenizer_keeps_the_original_files_digest(tmp_path, capsys):
+    src = FIXTURES / "tokenizers" / "llama2c_original.bin"
+    folder = tmp_path / "old"
+    folder.mkdir()
+    shutil.copy(LEGACY / "et_example" / "model.pte", folder / "model.pte")
+    shutil.copy(src, folder / "tokenizer.bin")
+    out = tmp_path / "m.etm"
+    assert pack(folder, out) == EXIT_OK
+    with open_archive(out) as archive:
+        recorded = {s["path"]: s["sha256"] for s in archive.metadata["provenance"]["sources"]}
+        member = {m["name"]: m["sha256"] for m in archive.metadata["members"]}
+    assert recorded["tokenizer.bin"] == sha(src)  # the source as found, not the converted member
+    assert member["tokenizer.bin"] != recorded["tokenizer.bin"]
