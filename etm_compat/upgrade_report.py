@@ -65,6 +65,11 @@ def render_plan(console: Console, plan: UpgradePlan, *, full: bool = True) -> No
     for col in ("archive", "from", "status"):
         table.add_column(col, overflow="fold")
     shown = plan.items if full else plan.pending
+    hidden = 0
+    if not full and len(shown) > FULL_TABLE_LIMIT:
+        # Thousands of rows help nobody on a terminal: the report file has every one.
+        hidden = len(shown) - FULL_TABLE_LIMIT
+        shown = shown[:FULL_TABLE_LIMIT]
     for item in shown:
         program = plan.relative(item.deployment.program)
         others = [os.path.basename(p) for p in item.deployment.sources[1:]]
@@ -79,6 +84,8 @@ def render_plan(console: Console, plan: UpgradePlan, *, full: bool = True) -> No
         )
     if shown:
         console.print(table)
+    if hidden:
+        console.print(f"... and {hidden} more to pack (all listed by --dry-run and in --report files)")
     for s in plan.skipped:
         console.print(
             f"[yellow]skipped[/yellow] {safe(plan.relative(Path(s.path)))}: {safe(s.reason)}"

@@ -372,3 +372,16 @@ def test_one_run_writes_every_requested_report(tmp_path, capsys):
     assert data["counts"]["written"] == 7
     assert "| et_example/model.pte | written |" in reports[1].read_text()
     assert "written" in reports[2].read_text()
+
+
+def test_large_plans_are_summarised_on_the_terminal_but_complete_in_reports(tmp_path, capsys):
+    root = tmp_path / "tree"
+    for i in range(60):  # 60 small deployments: more rows than a terminal table should show
+        _copy("with_ptd", root / f"team{i % 3}" / f"model-{i:02d}")
+    report = tmp_path / "r.json"
+    assert main(["upgrade", str(root), "--out", str(tmp_path / "out"), "-j", "1", "--report", str(report)]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert "... and 10 more to pack" in text
+    assert len(json.loads(report.read_text())["items"]) == 60
+    assert main(["upgrade", str(root), "--out", str(tmp_path / "out2"), "--dry-run"]) == EXIT_OK
+    assert "more to pack" not in capsys.readouterr().out  # --dry-run lists every item
