@@ -16,6 +16,8 @@ import importlib
 import logging
 import multiprocessing
 import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -373,13 +375,31 @@ def open_executor(
         with _dask_executor(scheduler, connect_timeout) as executor:
             yield executor
         return
-    # spawn, not fork: the caller may run threads (the progress bar), and fork would copy them.
-    context = multiprocessing.get_context("spawn")
+    context = _pool_context()
     pool = concurrent.futures.ProcessPoolExecutor(min(jobs, pending), mp_context=context)
     try:
+        if context.get_start_method() == "fork":
+            # Start every worker now, while this process still has a single thread: the progress
+            # bar's thread starts later and must not be copied into a forked child.
+            pool.submit(_ready).result()
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ready() -> bool:
+    """A no-op task that makes a process pool start its workers."""
+    return True
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """fork where it is safe (Linux, one thread): workers inherit the imported modules, so none
+    pays the start-up and import cost again; spawn everywhere else."""
+    if sys.platform == "linux" and threading.active_count() == 1:
+        importlib.import_module("etm_compat.upgrade_task")  # what every worker will run
+        importlib.import_module("etm_compat.pack")
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
 
 
 @contextmanager
