@@ -16,7 +16,7 @@ from typing import Any
 
 from etm_compat.constants import MEMBER_METADATA, MEMBER_PROGRAM, MEMBER_TOKENIZER_CONFIG
 from etm_compat.diagnose import family_of, run_checks
-from etm_compat.diagnose_checks import Subject, _f
+from etm_compat.diagnose_subject import Subject, _f
 from etm_compat.errors import EtmError
 from etm_compat.findings import Finding
 from etm_compat.ptd import read_ptd_bytes

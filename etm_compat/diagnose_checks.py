@@ -1,4 +1,5 @@
-"""The mismatch checks that need no template: tokenizer vs model, program, weights.
+"""The mismatch checks that need no template: tokenizer vs model (program, weights and backends
+are in :mod:`etm_compat.diagnose_weights`, re-exported here).
 
 Every check reads one :class:`Subject` (what a deployment or an archive says, reduced to plain
 values) and returns findings; none stops the others. Codes, severities and fixes are listed in
@@ -10,50 +11,13 @@ docs/DIAGNOSTICS.md. Codes inference already emits (``legacy-default-bos-eos``,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from etm_compat.constants import LEGACY_DEFAULT_BOS_ID, LEGACY_DEFAULT_EOS_IDS
-from etm_compat.families import Family
-from etm_compat.findings import Finding, Severity
-from etm_compat.tokenizer.model import TokenizerInfo
-
-SubjectKind = Literal["deployment", "archive"]
-
-
-@dataclass(frozen=True)
-class Subject:
-    """What the checks look at, for one deployment or one archive.
-
-    Labels (``tokenizer_label``...) are the file or member names findings cite. ``stop_ids``
-    and ``num_bos`` are what the *packed* configuration uses (inference for a deployment,
-    metadata.json for an archive); the program's own ``get_eos_ids`` is in ``constant_methods``.
-    ``template_from_files`` is False when the template is a registry guess, not shipped.
-    """
-
-    kind: SubjectKind
-    tokenizer: TokenizerInfo | None
-    tokenizer_label: str
-    program_label: str
-    constant_methods: Mapping[str, Any]
-    external_keys: tuple[str, ...] = ()
-    backends: tuple[str, ...] = ()
-    weights: tuple[tuple[str, frozenset[str]], ...] = ()
-    model_vocab: tuple[tuple[int, str], ...] = ()
-    config_ids: tuple[tuple[str, int, str], ...] = ()
-    template: str | None = None
-    template_label: str = "chat template"
-    template_from_files: bool = True
-    family: Family | None = None
-    stop_ids: tuple[int, ...] = ()
-    num_bos: int = 0
-    add_bos_token: bool | None = None
-    has_tokenizer_config: bool = False
-    prior_codes: frozenset[str] = field(default_factory=frozenset)
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+from etm_compat.diagnose_subject import Subject, _f, _int
+from etm_compat.diagnose_subject import SubjectKind as SubjectKind  # re-exported
+from etm_compat.diagnose_weights import check_backends, check_program, check_weights
+from etm_compat.findings import Finding
 
 
 def _ints(value: Any) -> list[int] | None:
@@ -85,10 +49,6 @@ def is_legacy_default(s: Subject) -> bool:
     return (bos is not None and tok.bos_id != LEGACY_DEFAULT_BOS_ID) or (
         eos is not None and tok.eos_id not in LEGACY_DEFAULT_EOS_IDS
     )
-
-
-def _f(code: str, severity: Severity, message: str, hint: str, *paths: str) -> Finding:
-    return Finding(code, severity, message, hint, tuple(dict.fromkeys(paths)))
 
 
 # --- tokenizer vs model ---------------------------------------------------------------------
@@ -298,112 +258,6 @@ def check_runner_tokenizer(s: Subject) -> list[Finding]:
             "ship tokenizer_config.json (with bos_token/eos_token) next to tokenizer.json",
             s.tokenizer_label,
         )
-    ]
-
-
-# --- program ----------------------------------------------------------------------------------
-
-
-def check_program(s: Subject) -> list[Finding]:
-    """Constant methods the ExecuTorch LLM runner requires or compares."""
-    cm = s.constant_methods
-    out: list[Finding] = []
-    seq = _int(cm.get("get_max_seq_len"))
-    if "get_max_seq_len" not in cm:
-        out.append(
-            _f(
-                "max-seq-len-missing",
-                "error",
-                f"{s.program_label} has no get_max_seq_len constant method; the ExecuTorch LLM "
-                "runner refuses such a program (\"Required metadata method get_max_seq_len not found\")",
-                "re-export with constant_methods={'get_max_seq_len': N} (export_llm writes it)",
-                s.program_label,
-            )
-        )
-    ctx = _int(cm.get("get_max_context_len"))
-    if seq is not None and ctx is not None and ctx < seq:
-        out.append(
-            _f(
-                "context-shorter-than-seq",
-                "error",
-                f"{s.program_label}: get_max_context_len={ctx} is smaller than "
-                f"get_max_seq_len={seq}; a full-length prefill would overrun the KV cache",
-                "re-export with max_context_length >= max_seq_length",
-                s.program_label,
-            )
-        )
-    return out
-
-
-def check_weights(s: Subject) -> list[Finding]:
-    """External keys against the .ptd files: missing, duplicated, unused."""
-    out: list[Finding] = []
-    providers: dict[str, list[str]] = {}
-    for label, keys in s.weights:
-        for key in keys:
-            providers.setdefault(key, []).append(label)
-    missing = [k for k in s.external_keys if k not in providers]
-    if missing:
-        shown = ", ".join(repr(k) for k in missing[:8]) + (" ..." if len(missing) > 8 else "")
-        out.append(
-            _f(
-                "weights-missing-key",
-                "error",
-                f"{s.program_label} needs {len(missing)} external tensor(s) no .ptd provides: {shown}",
-                "ship the .ptd written with the program (write_tensor_data_to_file), or pass --ptd",
-                s.program_label,
-            )
-        )
-    shared: dict[tuple[str, ...], list[str]] = {}
-    for key, labels in sorted(providers.items()):
-        if len(labels) > 1:
-            shared.setdefault(tuple(labels), []).append(key)
-    for files, dup_keys in shared.items():
-        out.append(
-            _f(
-                "weights-duplicate-key",
-                "error",
-                f"{', '.join(files)} all provide {len(dup_keys)} key(s): "
-                + ", ".join(repr(k) for k in dup_keys[:8]),
-                "keep one .ptd per key; the runtime refuses duplicate keys in merged data maps",
-                *files,
-            )
-        )
-    # Delegate-owned keys (XNNPACK...) are not listed in the program head: cannot judge use.
-    if not s.backends:
-        used = set(s.external_keys)
-        for label, keys in s.weights:
-            unused = sorted(keys - used)
-            if unused:
-                out.append(
-                    _f(
-                        "weights-unused-key",
-                        "warning",
-                        f"{label} provides {len(unused)} key(s) {s.program_label} never uses: "
-                        + ", ".join(repr(k) for k in unused[:8]),
-                        "check the .ptd belongs to this program; unused data only costs space",
-                        label,
-                        s.program_label,
-                    )
-                )
-    return out
-
-
-def check_backends(s: Subject, registered: frozenset[str] | None) -> list[Finding]:
-    """Backends the program delegates to that the installed runtime does not register."""
-    if registered is None:
-        return []
-    return [
-        _f(
-            "backend-not-registered",
-            "info",
-            f"{s.program_label} delegates to {name}, which the installed ExecuTorch runtime "
-            f"does not register (it has: {', '.join(sorted(registered)) or 'none'})",
-            "run it with a runtime built with that backend (the device's may differ from this one)",
-            s.program_label,
-        )
-        for name in s.backends
-        if name not in registered
     ]
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from etm_compat.chat import STANDARD_CONVERSATIONS, render_chat
-from etm_compat.diagnose_checks import Subject, _f, _int
+from etm_compat.diagnose_subject import Subject, _f, _int
 from etm_compat.errors import EtmError
 from etm_compat.findings import Finding
 
