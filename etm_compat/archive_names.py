@@ -9,6 +9,8 @@ Shared by the writer (refuse to pack a bad name) and the reader (refuse to open 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from pathlib import Path
 
 from etm_compat.constants import (
     MEMBER_METADATA,
@@ -19,7 +21,7 @@ from etm_compat.constants import (
 )
 from etm_compat.metadata import Role
 
-__all__ = ["check_member_name", "role_of"]
+__all__ = ["check_member_name", "role_of", "weights_member_names"]
 
 _WEIGHTS_NAME = re.compile(r"weights/[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.ptd\Z")
 
@@ -52,3 +54,22 @@ def check_member_name(name: str) -> str | None:
         f"{', '.join(MEMBER_TOKENIZER_NAMES)}, {MEMBER_TOKENIZER_CONFIG}, "
         f"{MEMBER_WEIGHTS_DIR}<name>.ptd)"
     )
+
+
+def weights_member_names(paths: Sequence[Path]) -> list[str]:
+    """The archive member names for these ``.ptd`` files, in order: ``weights/<stem>.ptd`` with the
+    stem reduced to safe characters, and ``_2``, ``_3``... where two stems collide. ``pack`` names
+    members with it and the loader predicts them with it, so the two always agree.
+
+    >>> weights_member_names([Path("a/w.ptd"), Path("b/w.ptd"), Path("x y.ptd")])
+    ['weights/w.ptd', 'weights/w_2.ptd', 'weights/x_y.ptd']
+    """
+    names: list[str] = []
+    for path in paths:
+        stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in path.stem) or "weights"
+        name, n = f"{MEMBER_WEIGHTS_DIR}{stem}.ptd", 1
+        while name in names:
+            n += 1
+            name = f"{MEMBER_WEIGHTS_DIR}{stem}_{n}.ptd"
+        names.append(name)
+    return names

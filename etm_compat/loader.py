@@ -21,11 +21,11 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Literal
 
+from etm_compat.archive_names import weights_member_names
 from etm_compat.archive_read import EtmArchive, open_archive
 from etm_compat.constants import (
     ETM_SUFFIX,
     MEMBER_PROGRAM,
-    MEMBER_WEIGHTS_DIR,
     TOKENIZER_MEMBER_BY_FORMAT,
 )
 from etm_compat.deployment import Adapter, Deployment
@@ -70,18 +70,6 @@ def _map_file(path: Path) -> tuple[mmap.mmap | None, memoryview]:
         mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     return mapped, memoryview(mapped)
 
-
-def _weights_member_names(paths: Sequence[Path]) -> list[str]:
-    """The member names ``etm-compat pack`` would give these ``.ptd`` files."""
-    names: list[str] = []
-    for path in paths:
-        stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in path.stem) or "weights"
-        name, n = f"{MEMBER_WEIGHTS_DIR}{stem}.ptd", 1
-        while name in names:
-            n += 1
-            name = f"{MEMBER_WEIGHTS_DIR}{stem}_{n}.ptd"
-        names.append(name)
-    return names
 
 
 class Bundle:
@@ -210,7 +198,7 @@ class Bundle:
                 assert self._deployment is not None
                 paths = self._deployment.weights
                 views = {
-                    n: self._view_of(p) for n, p in zip(_weights_member_names(paths), paths, strict=True)
+                    n: self._view_of(p) for n, p in zip(weights_member_names(paths), paths, strict=True)
                 }
             self._weights = MappingProxyType(views)
         return self._weights
@@ -331,7 +319,7 @@ def _legacy_metadata(deployment: Deployment) -> dict[str, Any]:
     view = describe(deployment, check_runner=False)
     member = TOKENIZER_MEMBER_BY_FORMAT[view.tokenizer.format]
     meta = build_metadata(view, tokenizer_member=member, converted_from=None)
-    weight_names = _weights_member_names(deployment.weights)
+    weight_names = weights_member_names(deployment.weights)
     meta["weights"] = [
         {"member": name, "keys": sorted(ptd.keys)} for name, ptd in zip(weight_names, view.weights, strict=True)
     ]

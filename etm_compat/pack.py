@@ -17,10 +17,10 @@ from typing import Any
 
 from etm_compat import __version__
 from etm_compat.archive import MemberSpec, write_archive
+from etm_compat.archive_names import weights_member_names
 from etm_compat.constants import (
     MEMBER_PROGRAM,
     MEMBER_TOKENIZER_CONFIG,
-    MEMBER_WEIGHTS_DIR,
     TOKENIZER_MEMBER_BY_FORMAT,
 )
 from etm_compat.deployment import Adapter, Deployment
@@ -123,18 +123,6 @@ def describe(
     return replace(view, findings=merge_findings(inference.findings, diagnose_view(view)))
 
 
-
-
-def _weights_member(ptd: Path, taken: set[str]) -> str:
-    stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in ptd.stem) or "weights"
-    name, n = f"{MEMBER_WEIGHTS_DIR}{stem}.ptd", 1
-    while name in taken:
-        n += 1
-        name = f"{MEMBER_WEIGHTS_DIR}{stem}_{n}.ptd"
-    taken.add(name)
-    return name
-
-
 def build_metadata(
     view: DeploymentView,
     *,
@@ -224,9 +212,9 @@ def pack(
         config = dep.configs.get("tokenizer_config")
         if tok.format == "hf_json" and config is not None:
             members.append(MemberSpec(MEMBER_TOKENIZER_CONFIG, config, "tokenizer_config"))
-        taken: set[str] = set()
-        for ptd_path, ptd in zip(dep.weights, view.weights, strict=True):
-            members.append(MemberSpec(_weights_member(ptd_path, taken), ptd_path, "weights", tuple(sorted(ptd.keys))))
+        names = weights_member_names(dep.weights)
+        for name, ptd_path, ptd in zip(names, dep.weights, view.weights, strict=True):
+            members.append(MemberSpec(name, ptd_path, "weights", tuple(sorted(ptd.keys))))
         # Files packed unchanged get their provenance digest from the writer's single pass.
         index = {path: i for i, path in enumerate(dep.sources)}
         members = [
