@@ -1,12 +1,12 @@
 """Readers of legacy multi-file deployment layouts (installed as ``etm_compat.adapters``).
 
-Each module reads one layout behind the :class:`etm_compat.deployment.Adapter` protocol. The
+Each module reads one layout behind the :class:`etm_compat.legacy.deployment.Adapter` protocol. The
 order of :func:`default_adapters` matters: the most specific layout is tried first.
 """
 
 from __future__ import annotations
 
-from etm_compat.deployment import Adapter
+from etm_compat.legacy.deployment import Adapter
 
 from .executorch_example import ExecutorchExampleAdapter
 from .export_llm import ExportLlmAdapter

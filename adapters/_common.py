@@ -6,11 +6,11 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from etm_compat.deployment import ConfigRole, Deployment
+from etm_compat.legacy.deployment import ConfigRole, Deployment
 from etm_compat.errors import InputError
-from etm_compat.ptd import is_ptd_file, read_ptd
-from etm_compat.pte import is_pte_file, read_pte
-from etm_compat.tokenizers import looks_like_tokenizer
+from etm_compat.formats.ptd import is_ptd_file, read_ptd
+from etm_compat.formats.pte import is_pte_file, read_pte
+from etm_compat.formats.tokenizer.detect import looks_like_tokenizer
 
 #: Fixed file names of configuration files, by role.
 CONFIG_NAMES: Mapping[str, ConfigRole] = {

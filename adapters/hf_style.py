@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from etm_compat.deployment import Deployment
+from etm_compat.legacy.deployment import Deployment
 
 from ._common import find_configs, has_program, list_files, read_folder
 

@@ -31,7 +31,7 @@ PACK = """
 import sys
 from pathlib import Path
 from etm_compat.archive import MemberSpec, write_archive
-from etm_compat.metadata import new_metadata
+from etm_compat.archive.metadata import new_metadata
 write_archive(sys.argv[1], metadata=new_metadata(tool_version="bench"),
               members=[MemberSpec("model.pte", Path(sys.argv[2]), "program")], overwrite=True,
               fsync=sys.argv[3] == "fsync")
@@ -49,7 +49,7 @@ import sys, time
 import torch
 from executorch.runtime import Runtime
 from etm_compat.archive import open_archive
-from etm_compat.runtime import load_program_from_archive
+from etm_compat.compat.runtime import load_program_from_archive
 rt = Runtime.get()
 x = torch.ones(1, int(sys.argv[3]))
 t = time.perf_counter()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from etm_compat.cli import main
+from etm_compat.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

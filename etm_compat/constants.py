@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Final
 
+#: The version of etm-compat (the package's ``__version__``; recorded in archives it writes).
+VERSION: Final = "0.1.0"
+
 # --- .pte (ExecuTorch program FlatBuffer) -----------------------------------------------------
 PTE_IDENTIFIER: Final = b"ET12"
 PTE_IDENTIFIER_OFFSET: Final = 4
@@ -76,6 +79,8 @@ LLAMA2C_MAX_TOKEN_LENGTH: Final = 64 * 1024
 
 # --- .etm archive -----------------------------------------------------------------------------
 ETM_SUFFIX: Final = ".etm"
+#: The first bytes of a zip file (a local file header's signature).
+ZIP_LOCAL_MAGIC: Final = b"PK\x03\x04"
 ETM_FORMAT: Final = "etm"
 ETM_FORMAT_VERSION: Final = 1
 ETM_SUPPORTED_VERSIONS: Final = (1,)

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from etm_compat.constants import MEMBER_METADATA
-from etm_compat.deployment import Adapter
+from etm_compat.legacy.deployment import Adapter
 from etm_compat.errors import EtmError, InputError, UnreadableError
 from etm_compat.fileio import open_regular
-from etm_compat.ptd import is_ptd_file, read_ptd
-from etm_compat.pte import is_pte_file, read_pte
-from etm_compat.tokenizers import read_tokenizer, sniff_tokenizer_format
+from etm_compat.formats.ptd import is_ptd_file, read_ptd
+from etm_compat.formats.pte import is_pte_file, read_pte
+from etm_compat.formats.tokenizer.detect import read_tokenizer, sniff_tokenizer_format
 
 ZIP_MAGIC = b"PK\x03\x04"
 #: Suffixes for which a sniffing failure is reported as the tokenizer reader's own error.
@@ -44,8 +44,8 @@ def inspect_archive(path: Path) -> dict[str, Any]:
 
 def inspect_folder(folder: Path, adapters: Sequence[Adapter]) -> dict[str, Any]:
     """Every deployment under ``folder``: its files, what the readers say, and the inference."""
-    from etm_compat.pack import describe
-    from etm_compat.scan import scan
+    from etm_compat.packing import describe
+    from etm_compat.legacy.scan import scan
 
     result = scan(folder, adapters)
     deployments = []

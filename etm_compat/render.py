@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from etm_compat.deployment import Adapter
+from etm_compat.legacy.deployment import Adapter
 from etm_compat.errors import InputError, UsageError
 
 MAX_MESSAGES = 10_000
@@ -63,7 +63,7 @@ def render_prompt(
     family: str | None = None,
 ) -> str:
     """Render ``messages`` with the chat template of an archive or a legacy folder/``.pte``."""
-    from etm_compat.chat import render_chat
+    from etm_compat.prompt.chat import render_chat
 
     p = Path(path)
     if p.is_file() and p.suffix != ".pte":
@@ -73,12 +73,12 @@ def render_prompt(
         eos_tokens = [t for t in tok.get("eos_tokens") or [] if t]
         eos_token = eos_tokens[0] if eos_tokens else None
         if family is not None:
-            from etm_compat.families import get_family
+            from etm_compat.prompt.families import get_family
 
             fam = get_family(family)
             template, bos_token, eos_token = fam.chat_template, fam.bos_token, fam.eos_token
     else:
-        from etm_compat.pack import describe, resolve_source
+        from etm_compat.packing import describe, resolve_source
 
         view = describe(resolve_source(p, adapters), family=family, check_runner=False)
         inf = view.inference
@@ -86,7 +86,7 @@ def render_prompt(
         bos_token = inf.bos_token
         eos_token = view.tokenizer.eos_token
         if inf.family_id is not None:
-            from etm_compat.families import get_family
+            from etm_compat.prompt.families import get_family
 
             fam = get_family(inf.family_id)
             bos_token = bos_token or fam.bos_token

@@ -11,7 +11,7 @@ After :func:`install`:
   they accept a program path. The tokenizer and weights come from the archive when the caller
   passes none, or passes the archive again. ``load_program`` reads the program from the archive's
   bytes (nothing is extracted); the runner only takes paths, so it gets the archive's files from
-  the materialization cache (:mod:`etm_compat.cache`, extracted once, then reused).
+  the materialization cache (:mod:`etm_compat.compat.cache`, extracted once, then reused).
 * A path that no longer exists because its folder was upgraded (``model.pte`` and
   ``tokenizer.model`` replaced by ``model.etm``) is redirected to the archive beside it: the
   ``.etm`` in the same folder whose provenance lists that file name, else the only ``.etm`` there.
@@ -76,7 +76,7 @@ def _is_archive_file(path: Path) -> bool:
 
 def _source_names(archive: Path) -> set[str] | None:
     """File names the archive was packed from (its provenance), or None if it is unreadable."""
-    from etm_compat.archive_read import open_archive
+    from etm_compat.archive.read import open_archive
     from etm_compat.errors import EtmError
 
     try:
@@ -124,7 +124,7 @@ class _Archives:
     def legacy_paths(self, archive: Path) -> Any:
         key = archive.resolve()
         if key not in self._paths:
-            from etm_compat.loader import load
+            from etm_compat.compat.loader import load
 
             with load(archive) as bundle:
                 self._paths[key] = bundle.legacy_paths()
@@ -212,12 +212,12 @@ def _make_load_program(original: Callable[..., Any]) -> Callable[..., Any]:
                     _Archives().legacy_paths(data_archive), data_archive
                 )
             return original(self, data, *args, **kwargs)
-        from etm_compat.archive_read import open_archive
+        from etm_compat.archive.read import open_archive
 
         own_weights = data_path is None or data_archive == archive
         extra = set(kwargs) - {"verification", "data_path"}
         if own_weights and not args and not extra:
-            from etm_compat.runtime import load_program_from_archive
+            from etm_compat.compat.runtime import load_program_from_archive
 
             with open_archive(archive) as etm:  # program bytes, .ptd in memory: nothing on disk
                 return load_program_from_archive(etm, verification=kwargs.get("verification"))

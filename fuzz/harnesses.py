@@ -26,17 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from etm_compat.archive import open_archive
-from etm_compat.chat import STANDARD_CONVERSATIONS, RenderLimits, render_chat
+from etm_compat.prompt.chat import STANDARD_CONVERSATIONS, RenderLimits, render_chat
 from etm_compat.errors import EtmError
-from etm_compat.metadata import parse_metadata
-from etm_compat.prompt_format import PromptFormat, derive_prompt_format
-from etm_compat.ptd import read_ptd_bytes
-from etm_compat.pte import read_pte_bytes
-from etm_compat.tokenizers import read_tokenizer, sniff_tokenizer_bytes
+from etm_compat.archive.metadata import parse_metadata
+from etm_compat.prompt.substitution import PromptFormat, derive_prompt_format
+from etm_compat.formats.ptd import read_ptd_bytes
+from etm_compat.formats.pte import read_pte_bytes
+from etm_compat.formats.tokenizer.detect import read_tokenizer, sniff_tokenizer_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
-TEMPLATES = ROOT / "etm_compat" / "families" / "templates"
+TEMPLATES = ROOT / "etm_compat" / "prompt" / "families" / "templates"
 
 #: A hostile template may run this long before the renderer's own limit stops it.
 TEMPLATE_LIMITS = RenderLimits(max_seconds=0.25, max_output_chars=200_000)
@@ -126,7 +126,7 @@ def run_tokenizer(data: bytes) -> None:
 
 @functools.cache
 def _good_archive() -> bytes:
-    from etm_compat.cli import main
+    from etm_compat.cli.main import main
 
     out = Scratch.dir() / "seed.etm"
     code = main(["pack", str(FIXTURES / "legacy" / "with_ptd"), "-o", str(out), "--force"])

@@ -14,9 +14,9 @@ from etm_compat.adapters import (
     default_adapters,
 )
 
-from etm_compat.ptd import read_ptd
-from etm_compat.pte import read_pte
-from etm_compat.scan import read_folder
+from etm_compat.formats.ptd import read_ptd
+from etm_compat.formats.pte import read_pte
+from etm_compat.legacy.scan import read_folder
 
 LEGACY = FIXTURES / "legacy"
 
@@ -31,7 +31,7 @@ def _read(name: str):
 
 
 def test_every_adapter_satisfies_the_protocol():
-    from etm_compat.deployment import Adapter
+    from etm_compat.legacy.deployment import Adapter
 
     for adapter in default_adapters():
         assert isinstance(adapter, Adapter)

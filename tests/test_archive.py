@@ -20,8 +20,8 @@ from etm_compat.archive import (
     write_archive,
 )
 from etm_compat.errors import OutputError, UnreadableError, UsageError
-from etm_compat.metadata import new_metadata
-from etm_compat.zipfmt import end_records, local_header
+from etm_compat.archive.metadata import new_metadata
+from etm_compat.archive.zipfmt import end_records, local_header
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 PTE = FIXTURES / "programs" / "ext_weights.pte"

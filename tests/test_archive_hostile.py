@@ -28,7 +28,7 @@ from etm_compat.errors import (
     OutputError,
     UnsupportedVersionError,
 )
-from etm_compat.metadata import new_metadata, serialize_metadata
+from etm_compat.archive.metadata import new_metadata, serialize_metadata
 
 REG = (0o100644 << 16, (3 << 8) | 20)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES
 
-from etm_compat import cache
+from etm_compat.compat import cache
 from etm_compat.archive import open_archive
-from etm_compat.cli import main
+from etm_compat.cli.main import main
 from etm_compat.errors import IntegrityError, UsageError
 
 
@@ -91,7 +91,7 @@ _CHILD = textwrap.dedent(
     """
     import json, os, sys, time
     from etm_compat.archive import open_archive
-    from etm_compat.cache import materialize
+    from etm_compat.compat.cache import materialize
     archive, root, go = sys.argv[1:4]
     while not os.path.exists(go):
         time.sleep(0.001)

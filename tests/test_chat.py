@@ -1,4 +1,4 @@
-"""etm_compat.chat: byte-identical to transformers' apply_chat_template, and a sandbox that holds."""
+"""etm_compat.prompt.chat: byte-identical to transformers' apply_chat_template, and a sandbox that holds."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from etm_compat import chat
-from etm_compat.chat import (
+from etm_compat.prompt import chat
+from etm_compat.prompt.chat import (
     STANDARD_CONVERSATIONS,
     RenderLimits,
     compile_template,
     render_chat,
 )
 from etm_compat.errors import TemplateError, UsageError
-from etm_compat.families import load_registry
+from etm_compat.prompt.families import load_registry
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

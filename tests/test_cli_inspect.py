@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import FIXTURES, fixture_file
 
-from etm_compat.cli import main
+from etm_compat.cli.main import main
 from etm_compat.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_USAGE
 
 
@@ -152,7 +152,7 @@ def test_control_characters_in_names_are_escaped(capsys, tmp_path):
 def test_inspect_does_not_import_torch_or_executorch(tmp_path):
     pte = fixture_file("programs/constants_all.pte")
     code = (
-        f"import sys; from etm_compat.cli import main; rc = main(['inspect', '--json', {str(pte)!r}]);"
+        f"import sys; from etm_compat.cli.main import main; rc = main(['inspect', '--json', {str(pte)!r}]);"
         "bad = [m for m in ('torch', 'executorch') if m in sys.modules]; print(bad); sys.exit(rc)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from etm_compat.configs import (
+from etm_compat.formats.configs import (
     json_nesting,
     read_config,
     read_json_config,

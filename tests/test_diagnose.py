@@ -18,10 +18,10 @@ import jsonschema
 import pytest
 from etm_compat.adapters import default_adapters
 
-from etm_compat.cli import main
-from etm_compat.diagnose import diagnose_archive, diagnose_path
-from etm_compat.diagnose_checks import Subject, check_backends
-from etm_compat.pack import describe, pack, resolve_source
+from etm_compat.cli.main import main
+from etm_compat.diagnosis import diagnose_archive, diagnose_path
+from etm_compat.checks.tokens import Subject, check_backends
+from etm_compat.packing import describe, pack, resolve_source
 from tests.conftest import FIXTURES
 
 BROKEN = sorted(p for p in (FIXTURES / "broken").iterdir() if p.is_dir()) if (FIXTURES / "broken").is_dir() else []
@@ -142,7 +142,7 @@ def test_backend_check_uses_the_registered_names() -> None:
 
 def test_plain_diagnose_does_not_import_torch() -> None:
     code = (
-        "import sys; from etm_compat.cli import main; "
+        "import sys; from etm_compat.cli.main import main; "
         f"rc = main(['diagnose', {str(FIXTURES / 'legacy')!r}, '--json']); "
         "assert 'torch' not in sys.modules and 'executorch' not in sys.modules, 'imported'; "
         "sys.exit(rc)"

@@ -1,4 +1,4 @@
-"""etm_compat.families: the registry data, its validation, detection and matching."""
+"""etm_compat.prompt.families: the registry data, its validation, detection and matching."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from importlib import resources
 
 import pytest
 
-from etm_compat import families
+from etm_compat.prompt import families
 from etm_compat.errors import UsageError
-from etm_compat.families import (
+from etm_compat.prompt.families import (
     detect_family_from_template,
     get_family,
     load_registry,
@@ -110,7 +110,7 @@ def test_match_template_rejects_edited_and_unknown_templates() -> None:
 def test_gemma2_template_bytes_match_the_recorded_lfs_digest() -> None:
     # SOURCES.md: the LFS pointer of google-gemma-2-2b-it.jinja gives size 591 and this sha256.
     data = (
-        resources.files("etm_compat.families")
+        resources.files("etm_compat.prompt.families")
         .joinpath("templates", "google-gemma-2-2b-it.jinja")
         .read_bytes()
     )
@@ -122,7 +122,7 @@ def test_gemma2_template_bytes_match_the_recorded_lfs_digest() -> None:
 
 
 def test_sources_md_records_every_template_file() -> None:
-    root = resources.files("etm_compat.families")
+    root = resources.files("etm_compat.prompt.families")
     sources = root.joinpath("SOURCES.md").read_text(encoding="utf-8")
     names = [e.name for e in root.joinpath("templates").iterdir() if e.name.endswith(".jinja")]
     assert names
@@ -131,7 +131,7 @@ def test_sources_md_records_every_template_file() -> None:
 
 
 def _good_files() -> dict[str, str]:
-    root = resources.files("etm_compat.families")
+    root = resources.files("etm_compat.prompt.families")
     return {
         e.name: e.read_text(encoding="utf-8") for e in root.iterdir() if e.name.endswith(".json")
     }

@@ -9,12 +9,12 @@ import pytest
 from conftest import FIXTURES
 
 from etm_compat.archive import open_archive
-from etm_compat.cli import main
-from etm_compat.configs import read_bytes
+from etm_compat.cli.main import main
+from etm_compat.formats.configs import read_bytes
 from etm_compat.errors import EXIT_BAD_INPUT, UnreadableError
 from etm_compat.fileio import open_regular
-from etm_compat.ptd import read_ptd
-from etm_compat.pte import is_pte_file, read_pte
+from etm_compat.formats.ptd import read_ptd
+from etm_compat.formats.pte import is_pte_file, read_pte
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ import pytest
 from conftest import FIXTURES
 
 from etm_compat.archive import open_archive
-from etm_compat.cli import main
+from etm_compat.cli.main import main
 from etm_compat.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE
-from etm_compat.pte import read_pte
-from etm_compat.tokenizers import read_tokenizer
+from etm_compat.formats.pte import read_pte
+from etm_compat.formats.tokenizer.detect import read_tokenizer
 
 LEGACY = FIXTURES / "legacy"
 SINGLE = ["et_example", "hf_style", "with_ptd", "export_llm", "tiktoken_llama3"]

@@ -42,8 +42,8 @@ def test_built_wheel_carries_adapters_templates_and_schemas(tmp_path):
     )
     (wheel,) = tmp_path.glob("etm_compat-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    templates = {p.name for p in (ROOT / "etm_compat" / "families" / "templates").glob("*.jinja")}
-    assert templates and all(f"etm_compat/families/templates/{t}" in names for t in templates)
+    templates = {p.name for p in (ROOT / "etm_compat" / "prompt" / "families" / "templates").glob("*.jinja")}
+    assert templates and all(f"etm_compat/prompt/families/templates/{t}" in names for t in templates)
     assert "etm_compat/schemas/metadata.schema.json" in names
     assert "etm_compat/adapters/__init__.py" in names
     assert "etm_compat/py.typed" in names

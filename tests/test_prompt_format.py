@@ -1,4 +1,4 @@
-"""etm_compat.prompt_format: the substitution form equals the Jinja rendering wherever it is stored."""
+"""etm_compat.prompt.substitution: the substitution form equals the Jinja rendering wherever it is stored."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from etm_compat.chat import STANDARD_CONVERSATIONS, render_chat
+from etm_compat.prompt.chat import STANDARD_CONVERSATIONS, render_chat
 from etm_compat.errors import MetadataError, UsageError
-from etm_compat.families import get_family, load_registry
-from etm_compat.prompt_format import PromptFormat, apply_prompt_format, derive_prompt_format
+from etm_compat.prompt.families import get_family, load_registry
+from etm_compat.prompt.substitution import PromptFormat, apply_prompt_format, derive_prompt_format
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

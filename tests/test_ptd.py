@@ -1,4 +1,4 @@
-"""Tests of etm_compat.ptd: the lazy .ptd (flat-tensor data) reader.
+"""Tests of etm_compat.formats.ptd: the lazy .ptd (flat-tensor data) reader.
 
 Ground truth for the current layout is executorch's own FlatTensorSerializer; the v0.6 layout is
 synthesized here with the flatbuffers Builder. Malformed cases each mutate one thing of a good file.
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from etm_compat.errors import PtdFormatError, PteFormatError, UnreadableError
-from etm_compat.ptd import PtdInfo, is_ptd_file, read_ptd, read_ptd_bytes
+from etm_compat.formats.ptd import PtdInfo, is_ptd_file, read_ptd, read_ptd_bytes
 
 PTD_FIXTURES = fixture_glob("**/*.ptd")
 RUNTIME_WARNINGS = pytest.mark.filterwarnings("ignore::DeprecationWarning:importlib.*")
@@ -69,7 +69,7 @@ def test_header_fields_and_keys() -> None:
     assert info.file_size == len(raw)
     assert info.keys == frozenset(t.key for t in info.tensors)
     # The program that uses these weights names exactly these keys.
-    from etm_compat.pte import read_pte
+    from etm_compat.formats.pte import read_pte
 
     assert info.keys == set(read_pte(fixture_file("programs/ext_weights.pte")).external_keys)
 

@@ -1,4 +1,4 @@
-"""Tests of etm_compat.pte: the lazy .pte head reader.
+"""Tests of etm_compat.formats.pte: the lazy .pte head reader.
 
 Ground truth comes from the real tools: executorch.runtime for constant values, executorch's own
 FlatBuffer deserializer for the program table, torch's pytree for the shape of the values.
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from etm_compat.constants import LEGACY_KEYS
 from etm_compat.errors import PteFormatError, UnreadableError
-from etm_compat.pte import PteInfo, is_pte_file, read_pte, read_pte_bytes
+from etm_compat.formats.pte import PteInfo, is_pte_file, read_pte, read_pte_bytes
 
 PTE_FIXTURES = fixture_glob("**/*.pte")
 EXT_HEADER_FIXTURES = [p for p in PTE_FIXTURES if p.read_bytes()[8:12] == b"eh00"]

@@ -8,7 +8,7 @@ import os
 import pytest
 from conftest import FIXTURES
 
-from etm_compat.cli import main
+from etm_compat.cli.main import main
 from etm_compat.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_USAGE
 
 HF = FIXTURES / "legacy" / "hf_style"

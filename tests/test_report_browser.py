@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from etm_compat.cli import main
+from etm_compat.cli.main import main
 from tests.conftest import FIXTURES
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

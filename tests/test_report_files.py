@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from etm_compat.errors import OutputError, UsageError
-from etm_compat.report_files import to_html, to_markdown, write_report
+from etm_compat.cli.report_files import to_html, to_markdown, write_report
 
 HOSTILE = "<script>alert(1)</script> | **bold** [x](http://evil.invalid) \x1b[31m"
 

@@ -10,7 +10,7 @@ from conftest import FIXTURES
 from etm_compat.adapters import default_adapters
 
 from etm_compat.errors import InputError, UnreadableError
-from etm_compat.scan import scan
+from etm_compat.legacy.scan import scan
 
 LEGACY = FIXTURES / "legacy"
 

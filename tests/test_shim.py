@@ -16,7 +16,7 @@ import pytest
 from conftest import FIXTURES
 
 from etm_compat import shim
-from etm_compat.cli import main
+from etm_compat.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD_APP = ROOT / "tests" / "old_app.py"
@@ -79,7 +79,7 @@ def test_importing_the_shim_imports_nothing_heavy() -> None:
     assert "etm_compat.shim" in modules
     heavy = sorted(m for m in modules if m.split(".")[0] in {"torch", "executorch", "rich", "jinja2", "numpy"})
     assert heavy == []
-    assert not any(m in modules for m in ("etm_compat.cli", "etm_compat.pack", "etm_compat.chat"))
+    assert not any(m in modules for m in ("etm_compat.cli.main", "etm_compat.packing", "etm_compat.prompt.chat"))
 
 
 # --- finding the archive ------------------------------------------------------------------------

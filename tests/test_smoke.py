@@ -1,4 +1,4 @@
-from etm_compat.cli import main
+from etm_compat.cli.main import main
 
 
 def test_version(capsys):

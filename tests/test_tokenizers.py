@@ -1,4 +1,4 @@
-"""Tests of etm_compat.tokenizers: detection by content, values against the real libraries."""
+"""Tests of etm_compat.formats.tokenizer.detect: detection by content, values against the real libraries."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from etm_compat.constants import TOKENIZER_SNIFF_BYTES
 from etm_compat.errors import TokenizerFormatError, UsageError
-from etm_compat.tokenizers import (
+from etm_compat.formats.tokenizer.detect import (
     convert_llama2c_original,
     looks_like_tokenizer,
     read_tokenizer,
@@ -382,7 +382,7 @@ def test_llama2c_length_past_eof(tmp_path: Path) -> None:
 
 
 def test_oversized_file_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import etm_compat.tokenizers as mod
+    import etm_compat.formats.tokenizer.detect as mod
 
     monkeypatch.setattr(mod, "TOKENIZER_MAX_BYTES", 1000)
     path = tmp_path / "sp.model"
@@ -476,7 +476,7 @@ def test_imports_without_tokenizer_libraries() -> None:
     code = (
         "import sys\n"
         f"for name in {blocked!r}: sys.modules[name] = None\n"
-        "from etm_compat.tokenizers import read_tokenizer\n"
+        "from etm_compat.formats.tokenizer.detect import read_tokenizer\n"
         f"info = read_tokenizer({str(fixture('sp.model'))!r})\n"
         "assert info.runner is not None and info.runner.loadable is None, info.runner\n"
         "assert info.vocab_size == 512\n"

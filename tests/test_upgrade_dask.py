@@ -9,9 +9,9 @@ import pytest
 from test_upgrade import build_tree
 
 from etm_compat.archive import verify_archive
-from etm_compat.cli import main
+from etm_compat.cli.main import main
 from etm_compat.errors import UsageError
-from etm_compat.upgrade import open_executor
+from etm_compat.bulk.upgrade import open_executor
 
 distributed = pytest.importorskip("distributed")
 

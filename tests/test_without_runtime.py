@@ -21,7 +21,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError(f"{name} is not installed (blocked by the test)")
         return None
 sys.meta_path.insert(0, Block())
-from etm_compat.cli import main
+from etm_compat.cli.main import main
 rc = main(sys.argv[1:])
 leaked = [m for m in ("torch", "executorch") if m in sys.modules]
 assert not leaked, leaked

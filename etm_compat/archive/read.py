@@ -1,0 +1,363 @@
+"""Read ``.etm`` archives safely: validate the zip structure, map members in place.
+
+Opening reads only the end records, the central directory, the local headers and
+``metadata.json``: O(1) in the size of the model. Everything read is untrusted; every structural
+problem found is collected and reported at once (:class:`ArchiveError`), naming the member.
+Member bytes are then served zero-copy from one ``mmap`` of the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import mmap
+import os
+import tempfile
+import zlib
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, Final
+
+from etm_compat.archive.names import check_member_name, role_of
+from etm_compat.constants import (
+    ETM_MAX_METADATA_BYTES,
+    ETM_SUFFIX,
+    MEMBER_METADATA,
+    MEMBER_PROGRAM,
+    ZIP_LOCAL_MAGIC,
+)
+from etm_compat.errors import (
+    ArchiveError,
+    IntegrityError,
+    MetadataError,
+    OutputError,
+    UnreadableError,
+)
+from etm_compat.fileio import open_regular
+from etm_compat.archive.metadata import parse_metadata
+from etm_compat.archive.zipfmt import HINT_REPACK, MemberInfo, read_at, read_directory
+
+__all__ = [
+    "EtmArchive",
+    "MemberInfo",
+    "Problem",
+    "check_member_name",
+    "is_archive",
+    "open_archive",
+    "role_of",
+    "verify_archive",
+]
+
+log = logging.getLogger(__name__)
+_CHUNK: Final = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One verification finding about one member."""
+
+    member: str
+    code: str
+    message: str
+    hint: str
+
+    def __str__(self) -> str:
+        return f"{self.member}: {self.message}"
+
+
+class EtmArchive:
+    """An open, validated ``.etm`` archive; use :func:`open_archive`.
+
+    >>> with open_archive("model.etm") as etm:     # doctest: +SKIP
+    ...     etm.metadata["tokenizer"]["format"], etm.member_range("model.pte")
+    ('sentencepiece', (16384, 2304))
+    """
+
+    def __init__(
+        self, path: Path, file: BinaryIO, members: dict[str, MemberInfo], metadata: dict[str, Any]
+    ) -> None:
+        self.path = path
+        self.metadata = metadata
+        self.members: Mapping[str, MemberInfo] = members
+        self._file = file
+        self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def __enter__(self) -> EtmArchive:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Unmap and close; views handed out by :meth:`member_view` must be released first."""
+        try:
+            self._map.close()
+        except BufferError:
+            log.warning(
+                "%s: member views still in use; the mapping stays until they are freed", self.path
+            )
+        self._file.close()
+
+    def _info(self, name: str) -> MemberInfo:
+        try:
+            return self.members[name]
+        except KeyError:
+            raise ArchiveError(
+                f"no member {name!r} (members: {sorted(self.members)})", path=self.path
+            ) from None
+
+    def member_range(self, name: str) -> tuple[int, int]:
+        """``(offset, length)`` of the member's data in the archive file."""
+        info = self._info(name)
+        return info.offset, info.size
+
+    def member_view(self, name: str) -> memoryview:
+        """The member's bytes, zero-copy over the archive's mapping (read-only)."""
+        info = self._info(name)
+        return memoryview(self._map)[info.offset : info.offset + info.size]
+
+    def _expected_sha(self) -> dict[str, str]:
+        return {m["name"]: m["sha256"] for m in self.metadata["members"]}
+
+    def _chunks(self, info: MemberInfo) -> Iterator[bytes]:
+        self._file.seek(info.offset)
+        left = info.size
+        while left:
+            chunk = self._file.read(min(_CHUNK, left))
+            if not chunk:
+                raise IntegrityError(
+                    f"member {info.name!r} is truncated", path=self.path, hint=HINT_REPACK
+                )
+            left -= len(chunk)
+            yield chunk
+
+    def _hash(
+        self, info: MemberInfo, pool: ThreadPoolExecutor, sink: BinaryIO | None = None
+    ) -> tuple[int, str]:
+        sha = hashlib.sha256()
+        crc = 0
+        pending: Future[None] | None = None
+        for chunk in self._chunks(info):
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(sha.update, chunk)
+            crc = zlib.crc32(chunk, crc)
+            if sink is not None:
+                sink.write(chunk)
+        if pending is not None:
+            pending.result()
+        return crc, sha.hexdigest()
+
+    def _check(self, info: MemberInfo, crc: int, sha: str) -> list[Problem]:
+        found: list[Problem] = []
+        hint = "the archive is corrupt; repack it from the original files"
+        if crc != info.crc32:
+            found.append(
+                Problem(
+                    info.name,
+                    "crc-mismatch",
+                    f"CRC32 is {crc:08x}, the central directory says {info.crc32:08x}",
+                    hint,
+                )
+            )
+        want = self._expected_sha().get(info.name)
+        if info.name != MEMBER_METADATA and sha != want:
+            found.append(
+                Problem(
+                    info.name,
+                    "sha256-mismatch",
+                    f"sha256 is {sha}, metadata.json says {want}",
+                    hint,
+                )
+            )
+        return found
+
+    def verify(self) -> list[Problem]:
+        """Stream every member; compare CRC32 and sha256 with the directory and metadata."""
+        problems: list[Problem] = []
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            for info in self.members.values():
+                try:
+                    crc, sha = self._hash(info, pool)
+                except IntegrityError as exc:
+                    problems.append(Problem(info.name, "truncated", exc.message, HINT_REPACK))
+                    continue
+                problems.extend(self._check(info, crc, sha))
+        return problems
+
+    def extract(
+        self,
+        dest_dir: str | os.PathLike[str],
+        *,
+        force: bool = False,
+        include_metadata: bool = False,
+    ) -> list[Path]:
+        """Restore the loose layout into ``dest_dir``: ``weights/x.ptd`` becomes ``x.ptd``.
+
+        Refuses to replace existing files unless ``force``; each file is written to a temp file
+        beside it, checked against its sha256 and CRC, and renamed only once every member has
+        been checked, so a corrupt archive leaves nothing behind.
+        """
+        root = Path(dest_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        real_root = root.resolve()
+        plan: list[tuple[MemberInfo, Path]] = []
+        for info in self.members.values():
+            if info.name == MEMBER_METADATA and not include_metadata:
+                continue
+            target = root / info.name.rsplit("/", 1)[-1]
+            # Names were validated at open; this guards against a future name rule slipping.
+            if target.parent.resolve() != real_root:
+                raise ArchiveError(
+                    f"member {info.name!r} would be written outside {root}", path=self.path
+                )
+            plan.append((info, target))
+        existing = [str(t) for _, t in plan if t.exists() or t.is_symlink()]
+        if existing and not force:
+            raise OutputError(
+                f"would overwrite {', '.join(existing)}",
+                path=root,
+                hint="extract into an empty folder or pass --force",
+            )
+        temps: list[tuple[Path, Path]] = []
+        try:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                for info, target in plan:
+                    fd, tmp_name = tempfile.mkstemp(
+                        prefix=f".{target.name}.", suffix=".tmp", dir=root
+                    )
+                    temps.append((Path(tmp_name), target))
+                    with os.fdopen(fd, "wb") as out:
+                        crc, sha = self._hash(info, pool, out)
+                        out.flush()
+                        os.fsync(out.fileno())
+                    found = self._check(info, crc, sha)
+                    if found:
+                        raise IntegrityError(
+                            "; ".join(map(str, found)), path=self.path, hint=found[0].hint
+                        )
+            for tmp, target in temps:
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, target)
+        except BaseException:
+            for tmp, _ in temps:
+                tmp.unlink(missing_ok=True)
+            raise
+        return [target for _, target in plan]
+
+
+def is_archive(path: str | os.PathLike[str]) -> bool:
+    """Whether a path is meant as an archive: the ``.etm`` suffix, or a zip local header first.
+
+    The one rule every command uses to choose between the archive reader and the legacy path. A
+    ``.etm`` that is not a valid zip still counts, so that the archive reader says what is wrong.
+    Only regular files are opened (a FIFO would block).
+
+    >>> is_archive("fixtures/programs/xnnpack.pte")
+    False
+    """
+    p = Path(path)
+    if p.suffix == ETM_SUFFIX:
+        return True
+    try:
+        with open_regular(p) as fh:
+            return fh.read(len(ZIP_LOCAL_MAGIC)) == ZIP_LOCAL_MAGIC
+    except (OSError, UnreadableError):
+        return False
+
+
+def open_archive(path: str | os.PathLike[str]) -> EtmArchive:
+    """Open and validate an ``.etm`` archive (structure and metadata, not member hashes).
+
+    >>> with open_archive("model.etm") as etm:     # doctest: +SKIP
+    ...     etm.metadata["generation"]["stop_token_ids"]
+    [2]
+    """
+    path = Path(path)
+    try:
+        f = open_regular(path)  # owned by the EtmArchive on success
+    except OSError as exc:
+        raise UnreadableError(f"cannot open: {exc.strerror}", path=path) from None
+    try:
+        size = os.fstat(f.fileno()).st_size
+        members, problems = read_directory(f, size, path)
+        if problems:
+            raise ArchiveError(
+                "unsafe or malformed archive: " + "; ".join(problems), path=path, hint=HINT_REPACK
+            )
+        if MEMBER_METADATA not in members:
+            raise MetadataError(f"no {MEMBER_METADATA} member", path=path, hint=HINT_REPACK)
+        metadata = _read_metadata(f, members, path)
+        return EtmArchive(path, f, members, metadata)
+    except BaseException:
+        f.close()
+        raise
+
+
+def _read_metadata(f: BinaryIO, members: dict[str, MemberInfo], path: Path) -> dict[str, Any]:
+    info = members[MEMBER_METADATA]
+    name = f"{path}!{MEMBER_METADATA}"
+    if info.size > ETM_MAX_METADATA_BYTES:
+        raise MetadataError(
+            f"metadata.json is {info.size} bytes, more than the {ETM_MAX_METADATA_BYTES} allowed",
+            path=name,
+            hint=HINT_REPACK,
+        )
+    raw = read_at(f, info.offset, info.size)
+    if zlib.crc32(raw) != info.crc32:
+        raise IntegrityError("metadata.json fails its CRC32 check", path=name, hint=HINT_REPACK)
+    meta = parse_metadata(raw, name=name)
+    problems: list[str] = []
+    listed: dict[str, Any] = {}
+    for entry in meta["members"]:
+        if entry["name"] in listed:
+            problems.append(f"{entry['name']!r} listed twice")
+        listed[entry["name"]] = entry
+    actual = {n for n in members if n != MEMBER_METADATA}
+    for name_ in sorted(actual - listed.keys()):
+        problems.append(f"member {name_!r} is in the archive but not in metadata.json")
+    for name_ in sorted(listed.keys() - actual):
+        problems.append(f"{name_!r} is listed in metadata.json but not in the archive")
+    for name_ in sorted(actual & listed.keys()):
+        entry = listed[name_]
+        if entry["size"] != members[name_].size:
+            problems.append(
+                f"member {name_!r} is {members[name_].size} bytes, metadata.json says {entry['size']}"
+            )
+        if entry["role"] != role_of(name_):
+            problems.append(
+                f"member {name_!r} has role {entry['role']!r}, expected {role_of(name_)!r}"
+            )
+    if MEMBER_PROGRAM not in actual:
+        problems.append(f"no {MEMBER_PROGRAM} member")
+    if problems:
+        raise MetadataError(
+            "metadata.json disagrees with the archive: " + "; ".join(problems),
+            path=name,
+            hint=HINT_REPACK,
+        )
+    return meta
+
+
+def verify_archive(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Open and fully verify an archive; raise :class:`IntegrityError` listing every problem.
+
+    Returns the metadata when every member's CRC32 and sha256 match.
+    """
+    with open_archive(path) as etm:
+        problems = etm.verify()
+        if problems:
+            raise IntegrityError(
+                f"{len(problems)} problem(s): " + "; ".join(map(str, problems)),
+                path=path,
+                hint=problems[0].hint,
+            )
+        return etm.metadata

@@ -1,0 +1,225 @@
+"""One unit of upgrade work: the up-to-date rule, and the worker function that packs one archive.
+
+:func:`upgrade_task` is top level and takes and returns plain data (:class:`Task`,
+:class:`TaskOutcome`: paths as strings, findings as JSON), so any ``concurrent.futures`` executor
+can run it: a process pool, or a Dask worker on another machine that sees the same paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypedDict, cast
+
+from etm_compat.constants import ETM_FORMAT_VERSION
+from etm_compat.legacy.deployment import ConfigRole, Deployment
+from etm_compat.errors import EtmError
+from etm_compat.findings import Finding
+
+log = logging.getLogger(__name__)
+
+#: What the plan says about an archive before any work is done.
+Status = Literal["new", "stale", "up_to_date"]
+#: What happened to a deployment.
+Outcome = Literal["written", "up_to_date", "locked", "failed"]
+
+# --- the up-to-date rule --------------------------------------------------------------------------
+
+
+def fingerprint(deployment: Deployment) -> dict[str, tuple[int, int]]:
+    """``{path relative to the deployment root: (size, mtime_ns)}`` of every source (stat only)."""
+    out: dict[str, tuple[int, int]] = {}
+    for path in deployment.sources:
+        st = os.stat(path)
+        out[os.path.relpath(path, deployment.root)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@dataclass(frozen=True)
+class ArchiveCheck:
+    """Whether an archive is up to date, why, and (when it opens) what it records."""
+
+    status: Status
+    reason: str
+    size: int | None = None
+    family: str | None = None
+    findings: tuple[Finding, ...] = ()
+
+
+def check_archive(archive: Path, deployment: Deployment, *, deep: bool = False) -> ArchiveCheck:
+    """Is ``archive`` an up-to-date packing of ``deployment``? Never raises for a bad archive.
+
+    Up to date iff the archive opens and validates (structure + metadata, no member hashing), has
+    this tool's format version, and its recorded provenance lists exactly the deployment's current
+    source files with the same sizes and mtimes. ``deep`` adds a full pass: every member's CRC and
+    sha256, and every source's sha256 against the recorded one.
+
+    >>> check_archive(Path("out/model.etm"), deployment).status  # doctest: +SKIP
+    'up_to_date'
+    """
+    from etm_compat.archive import open_archive
+
+    if not os.path.lexists(archive):
+        return ArchiveCheck("new", "no archive yet")
+    try:
+        current = fingerprint(deployment)
+    except OSError as exc:
+        return ArchiveCheck("stale", f"a source cannot be read: {exc.strerror}: {exc.filename}")
+    try:
+        with open_archive(archive) as etm:
+            meta = etm.metadata
+            problems = [str(p) for p in etm.verify()] if deep else []
+            size = archive.stat().st_size
+    except EtmError as exc:
+        return ArchiveCheck("stale", f"the existing archive does not open: {exc.message}")
+    except OSError as exc:
+        return ArchiveCheck("stale", f"the existing archive cannot be read: {exc.strerror}")
+    if problems:
+        return ArchiveCheck("stale", f"the existing archive fails verification: {problems[0]}")
+    if meta.get("format_version") != ETM_FORMAT_VERSION:
+        found = meta.get("format_version")
+        return ArchiveCheck(
+            "stale", f"format version {found}; this tool writes {ETM_FORMAT_VERSION}"
+        )
+    recorded = {s["path"]: s for s in meta["provenance"]["sources"]}
+    if recorded.keys() != current.keys():
+        added = sorted(current.keys() - recorded.keys())
+        removed = sorted(recorded.keys() - current.keys())
+        return ArchiveCheck(
+            "stale", f"the source files changed (added {added or '-'}, gone {removed or '-'})"
+        )
+    for rel, (src_size, mtime_ns) in sorted(current.items()):
+        if (recorded[rel]["size"], recorded[rel]["mtime_ns"]) != (src_size, mtime_ns):
+            return ArchiveCheck("stale", f"{rel} changed since it was packed (size or mtime)")
+    if deep:
+        for rel in sorted(current):
+            if _sha256(deployment.root / rel) != recorded[rel]["sha256"]:
+                return ArchiveCheck("stale", f"{rel} has different bytes than the packed copy")
+    what = "paths, sizes, mtimes" + (", hashes" if deep else "")
+    return ArchiveCheck(
+        "up_to_date",
+        f"archive matches its sources ({what})",
+        size=size,
+        family=(meta.get("family") or {}).get("id"),
+        findings=tuple(Finding.from_json(d) for d in meta.get("diagnostics") or []),
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(4 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- one task: plain data in, plain data out -------------------------------------------------
+
+
+class Task(TypedDict):
+    root: str
+    program: str
+    layout: str
+    tokenizer: str | None
+    weights: list[str]
+    configs: dict[str, str]
+    notes: list[str]
+    archive: str
+    force: bool
+    verify_existing: bool
+
+
+class TaskOutcome(TypedDict):
+    archive: str
+    outcome: Outcome
+    reason: str
+    size: int | None
+    family: str | None
+    findings: list[dict[str, Any]]
+    seconds: float
+
+
+def upgrade_task(task: Task) -> TaskOutcome:
+    """Pack one deployment under its archive lock; every error becomes a ``failed`` outcome.
+
+    Top level and plain data only, so it runs in a process pool or on a Dask worker.
+    """
+    from etm_compat.packing import describe, pack
+    from etm_compat.bulk.lock import archive_lock, remove_stale_temporaries
+
+    start = time.perf_counter()
+    archive = Path(task["archive"])
+    configs = cast(
+        Mapping[ConfigRole, Path], {role: Path(p) for role, p in task["configs"].items()}
+    )
+    dep = Deployment(
+        root=Path(task["root"]),
+        program=Path(task["program"]),
+        layout=task["layout"],
+        tokenizer=Path(task["tokenizer"]) if task["tokenizer"] is not None else None,
+        weights=tuple(Path(p) for p in task["weights"]),
+        configs=configs,
+        notes=tuple(task["notes"]),
+    )
+
+    def done(
+        outcome: Outcome,
+        reason: str,
+        *,
+        size: int | None = None,
+        family: str | None = None,
+        findings: Sequence[Finding] = (),
+    ) -> TaskOutcome:
+        return {
+            "archive": str(archive),
+            "outcome": outcome,
+            "reason": reason,
+            "size": size,
+            "family": family,
+            "findings": [f.to_json() for f in findings],
+            "seconds": time.perf_counter() - start,
+        }
+
+    try:
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        with archive_lock(archive) as mine:
+            if not mine:
+                return done("locked", "another run holds this archive's lock; it is writing it now")
+            remove_stale_temporaries(archive)
+            check = check_archive(archive, dep, deep=task["verify_existing"])
+            if check.status == "up_to_date" and not task["force"]:
+                return done(
+                    "up_to_date",
+                    check.reason,
+                    size=check.size,
+                    family=check.family,
+                    findings=check.findings,
+                )
+            view = describe(dep)
+            result = pack(view, archive, overwrite=True)
+    except EtmError as exc:
+        return done("failed", str(exc))
+    except OSError as exc:
+        return done("failed", f"{exc.filename or archive}: {exc.strerror or exc}")
+    except Exception as exc:  # one deployment's bug must not stop the tree; it is reported
+        log.exception("internal error while upgrading %s", dep.program)
+        return done("failed", f"internal error (a bug in etm-compat): {type(exc).__name__}: {exc}")
+    reason = "packed" if check.status == "new" else f"repacked: {check.reason}"
+    return done("written", reason, size=result.size, family=result.family, findings=result.findings)
+
+
+__all__ = [
+    "ArchiveCheck",
+    "Outcome",
+    "Status",
+    "Task",
+    "TaskOutcome",
+    "check_archive",
+    "fingerprint",
+    "upgrade_task",
+]

@@ -1,0 +1,190 @@
+"""Archive checks: integrity, metadata snapshot vs the archived program and tokenizer.
+
+No runtime is needed: the archived ``model.pte`` head is read from the archive mapping with
+:func:`~etm_compat.formats.pte.read_pte_bytes`, each ``.ptd`` with :func:`~etm_compat.formats.ptd.read_ptd_bytes`,
+and the tokenizer (which the readers take by path) is copied to a scratch folder, read, and
+deleted. Then the mismatch checks run on what metadata.json records (template, stop set,
+num_bos) against those archived files.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from etm_compat.constants import MEMBER_METADATA, MEMBER_PROGRAM, MEMBER_TOKENIZER_CONFIG
+from etm_compat.diagnosis import family_of, run_checks
+from etm_compat.checks.subject import Subject, _f
+from etm_compat.errors import EtmError
+from etm_compat.findings import Finding
+from etm_compat.formats.ptd import read_ptd_bytes
+from etm_compat.formats.pte import PteInfo, read_pte_bytes
+from etm_compat.formats.tokenizer.model import TokenizerInfo
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values (bools are not ints; floats compared with a relative tolerance)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, float) or isinstance(b, float):
+        if not (isinstance(a, int | float) and isinstance(b, int | float)):
+            return False
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def _snapshot(pte: PteInfo, meta: Mapping[str, Any]) -> list[Finding]:
+    program = meta.get("program") if isinstance(meta.get("program"), dict) else {}
+    recorded = program.get("constant_methods") if isinstance(program, dict) else None
+    if not isinstance(recorded, dict):
+        return []
+    real = dict(pte.constant_methods)
+    diffs: list[str] = []
+    for name in sorted(set(real) | set(recorded)):
+        if name not in real:
+            diffs.append(f"{name}: recorded {recorded[name]!r}, absent from the program")
+        elif name not in recorded:
+            diffs.append(f"{name}: the program returns {real[name]!r}, not recorded")
+        elif not _same(real[name], recorded[name]):
+            diffs.append(f"{name}: the program returns {real[name]!r}, metadata says {recorded[name]!r}")
+    if not diffs:
+        return []
+    return [
+        _f(
+            "metadata-snapshot-mismatch",
+            "error",
+            f"metadata.json's constant-method snapshot disagrees with {MEMBER_PROGRAM}: "
+            + "; ".join(diffs[:6])
+            + (" ..." if len(diffs) > 6 else ""),
+            "re-pack the deployment: the metadata must describe the program it ships with",
+            MEMBER_METADATA,
+            MEMBER_PROGRAM,
+        )
+    ]
+
+
+def _tokenizer_meta(tok: TokenizerInfo, member: str, meta: Mapping[str, Any]) -> list[Finding]:
+    recorded = meta.get("tokenizer")
+    if not isinstance(recorded, dict):
+        return []
+    diffs = []
+    for key, real in (("format", tok.format), ("vocab_size", tok.vocab_size)):
+        if key in recorded and recorded[key] != real:
+            diffs.append(f"{key}: metadata says {recorded[key]!r}, {member} has {real!r}")
+    if not diffs:
+        return []
+    return [
+        _f(
+            "metadata-tokenizer-mismatch",
+            "error",
+            "metadata.json does not describe the archived tokenizer: " + "; ".join(diffs),
+            "re-pack the deployment with its own tokenizer",
+            MEMBER_METADATA,
+            member,
+        )
+    ]
+
+
+def _read_tokenizer(archive: Any, member: str) -> TokenizerInfo:
+    from etm_compat.formats.tokenizer.detect import read_tokenizer
+
+    with tempfile.TemporaryDirectory(prefix="etm-diagnose-") as tmp:
+        target = Path(tmp) / Path(member).name
+        with archive.member_view(member) as view:
+            target.write_bytes(view)
+        config = None
+        if MEMBER_TOKENIZER_CONFIG in archive.members:
+            config = Path(tmp) / MEMBER_TOKENIZER_CONFIG
+            with archive.member_view(MEMBER_TOKENIZER_CONFIG) as view:
+                config.write_bytes(view)
+        return read_tokenizer(target, config_path=config, check_runner=True)
+
+
+def _ints(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value if isinstance(v, int) and not isinstance(v, bool))
+
+
+def check_archive(path: Path) -> list[Finding]:
+    """Every archive-level finding (see :func:`etm_compat.diagnosis.diagnose_archive`)."""
+    from etm_compat.archive import open_archive
+
+    findings: list[Finding] = []
+    with open_archive(path) as archive:
+        damaged: set[str] = set()
+        for problem in archive.verify():
+            damaged.add(problem.member)
+            findings.append(
+                _f("archive-integrity", "error", str(problem), problem.hint, problem.member)
+            )
+        meta = archive.metadata
+        pte: PteInfo | None = None
+        # A damaged member is reported once, as damaged, and not read further.
+        if MEMBER_PROGRAM in archive.members and MEMBER_PROGRAM not in damaged:
+            try:
+                with archive.member_view(MEMBER_PROGRAM) as view:
+                    pte = read_pte_bytes(view, name=MEMBER_PROGRAM)
+            except EtmError as exc:
+                findings.append(_f("archive-unreadable", "error", str(exc), exc.hint or "", MEMBER_PROGRAM))
+        if pte is not None:
+            findings += _snapshot(pte, meta)
+        tok_meta = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), dict) else {}
+        member = tok_meta.get("member") if isinstance(tok_meta, dict) else None
+        tok: TokenizerInfo | None = None
+        if isinstance(member, str) and member in archive.members and member not in damaged:
+            try:
+                tok = _read_tokenizer(archive, member)
+            except EtmError as exc:
+                findings.append(_f("archive-unreadable", "error", str(exc), exc.hint or "", member))
+        if tok is not None and isinstance(member, str):
+            findings += _tokenizer_meta(tok, member, meta)
+        weights: list[tuple[str, frozenset[str]]] = []
+        for name in sorted(archive.members):
+            if name.startswith("weights/") and name.endswith(".ptd") and name not in damaged:
+                try:
+                    with archive.member_view(name) as view:
+                        weights.append((name, read_ptd_bytes(view, name=name).keys))
+                except EtmError as exc:
+                    findings.append(_f("archive-unreadable", "error", str(exc), exc.hint or "", name))
+        if pte is None:
+            return findings
+        family = meta.get("family") if isinstance(meta.get("family"), dict) else {}
+        generation = meta.get("generation") if isinstance(meta.get("generation"), dict) else {}
+        assert isinstance(family, dict) and isinstance(generation, dict)
+        template = meta.get("chat_template")
+        source = meta.get("chat_template_source")
+        num_bos = generation.get("num_bos")
+        vocab = pte.constant_methods.get("get_vocab_size")
+        model_vocab = (
+            ((vocab, MEMBER_PROGRAM),) if isinstance(vocab, int) and not isinstance(vocab, bool) else ()
+        )
+        subject = Subject(
+            kind="archive",
+            tokenizer=tok,
+            tokenizer_label=member if isinstance(member, str) else "tokenizer",
+            program_label=MEMBER_PROGRAM,
+            constant_methods=dict(pte.constant_methods),
+            external_keys=tuple(pte.external_keys),
+            backends=tuple(pte.backends),
+            weights=tuple(weights),
+            model_vocab=model_vocab,
+            template=template if isinstance(template, str) else None,
+            template_label=f"{MEMBER_METADATA} chat_template",
+            template_from_files=not (isinstance(source, str) and source.startswith("registry")),
+            family=family_of(family.get("id") if isinstance(family.get("id"), str) else None),
+            stop_ids=_ints(generation.get("stop_token_ids")),
+            num_bos=num_bos if isinstance(num_bos, int) and not isinstance(num_bos, bool) else 0,
+            has_tokenizer_config=MEMBER_TOKENIZER_CONFIG in archive.members,
+        )
+        findings += run_checks(subject)
+    return findings
+
+
+__all__ = ["check_archive"]

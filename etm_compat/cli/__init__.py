@@ -1,0 +1,1 @@
+"""The command line: argument parsing, console views and report files; the only part that prints."""

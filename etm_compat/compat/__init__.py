@@ -1,0 +1,1 @@
+"""Using deployments as they are: one loader, the materialization cache, loading into ExecuTorch."""

@@ -1,0 +1,184 @@
+"""The cache folder itself: where it is, what a complete entry looks like on disk, and the
+administration ``etm-compat cache list`` and ``etm-compat cache prune`` run on it.
+
+Building and reusing entries is :mod:`etm_compat.compat.cache`, which re-exports everything public here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from etm_compat.errors import UsageError
+
+MARKER: Final = ".complete"
+_TMP_PREFIX: Final = ".tmp-"
+_TRASH_PREFIX: Final = ".trash-"
+#: A temp folder older than this is a build that died; ``prune`` removes it.
+_STALE_TMP_SECONDS: Final = 3600.0
+_KEY_LEN: Final = 64
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """A complete cache entry, as ``etm-compat cache list`` shows it."""
+
+    key: str
+    folder: Path
+    size: int
+    created: float
+    last_used: float
+    archive: str
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    removed: tuple[CacheEntry, ...]
+    freed: int
+    #: Temp folders of dead builds and leftovers of earlier removals that were cleaned up.
+    leftovers: int
+
+
+def cache_dir() -> Path:
+    """The cache root: ``$ETM_CACHE_DIR``, ``$XDG_CACHE_HOME/etm-compat`` or ``~/.cache/etm-compat``."""
+    explicit = os.environ.get("ETM_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "etm-compat"
+
+
+def _read_marker(folder: Path) -> dict[str, Any] | None:
+    try:
+        with open(folder / MARKER, "rb") as fh:
+            data = json.loads(fh.read(1024 * 1024))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("files"), dict) else None
+
+
+def _discard(folder: Path) -> None:
+    """Remove an entry: first rename it aside (one atomic step), then delete it."""
+    trash = Path(tempfile.mkdtemp(prefix=_TRASH_PREFIX, dir=folder.parent))
+    with contextlib.suppress(FileNotFoundError):  # another process removed it first
+        os.rename(folder, trash / "entry")
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _entries(root: Path) -> Iterator[CacheEntry]:
+    try:
+        children = sorted(root.iterdir())
+    except FileNotFoundError:
+        return
+    for folder in children:
+        if len(folder.name) != _KEY_LEN or not folder.is_dir():
+            continue
+        marker = _read_marker(folder)
+        if marker is None:
+            continue
+        try:
+            last_used = (folder / MARKER).stat().st_mtime
+        except OSError:
+            continue
+        size = sum(int(f.get("size", 0)) for f in marker["files"].values() if isinstance(f, dict))
+        yield CacheEntry(
+            key=folder.name,
+            folder=folder,
+            size=size,
+            created=float(marker.get("created", last_used)),
+            last_used=last_used,
+            archive=str(marker.get("archive", "")),
+        )
+
+
+def list_entries(root: str | os.PathLike[str] | None = None) -> list[CacheEntry]:
+    """Every complete entry of the cache, least recently used first."""
+    base = Path(root) if root is not None else cache_dir()
+    return sorted(_entries(base), key=lambda e: e.last_used)
+
+
+def prune(
+    *,
+    remove_all: bool = False,
+    older_than_days: float | None = None,
+    max_size: int | None = None,
+    root: str | os.PathLike[str] | None = None,
+    now: float | None = None,
+) -> PruneResult:
+    """Remove entries: all, those unused for ``older_than_days``, then least recently used ones
+    until the cache holds at most ``max_size`` bytes. Dead builds' temp folders go too.
+
+    >>> prune(older_than_days=30).freed                       # doctest: +SKIP
+    1073741824
+    """
+    if not remove_all and older_than_days is None and max_size is None:
+        raise UsageError(
+            "nothing to prune by", hint="pass --all, --older-than DAYS or --max-size SIZE"
+        )
+    base = Path(root) if root is not None else cache_dir()
+    clock = time.time() if now is None else now
+    entries = list_entries(base)
+    doomed: list[CacheEntry] = []
+    kept: list[CacheEntry] = []
+    for entry in entries:
+        old = older_than_days is not None and clock - entry.last_used > older_than_days * 86400
+        (doomed if remove_all or old else kept).append(entry)
+    if max_size is not None:
+        total = sum(e.size for e in kept)
+        while kept and total > max_size:
+            victim = kept.pop(0)  # least recently used first
+            doomed.append(victim)
+            total -= victim.size
+    for entry in doomed:
+        _discard(entry.folder)
+    leftovers = 0
+    if base.is_dir():
+        for child in base.iterdir():
+            stale = child.name.startswith(_TMP_PREFIX) and (
+                remove_all or clock - child.stat().st_mtime > _STALE_TMP_SECONDS
+            )
+            if child.name.startswith(_TRASH_PREFIX) or stale:
+                shutil.rmtree(child, ignore_errors=True)
+                leftovers += 1
+    return PruneResult(tuple(doomed), sum(e.size for e in doomed), leftovers)
+
+
+def parse_size(text: str) -> int:
+    """``"500M"``, ``"2G"``, ``"1.5GiB"``, ``"1000"`` -> bytes (binary multiples).
+
+    >>> parse_size("2G")
+    2147483648
+    """
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = raw[-1:] if raw[-1:] in units and raw[-1:] else ""
+    number = raw[: len(raw) - len(unit)].strip()
+    try:
+        value = float(number)
+    except ValueError:
+        raise UsageError(
+            f"not a size: {text!r}", hint="write it like 500M, 2G or 1048576"
+        ) from None
+    if value < 0:
+        raise UsageError(f"negative size: {text!r}")
+    return int(value * units[unit])
+
+
+__all__ = [
+    "MARKER",
+    "CacheEntry",
+    "PruneResult",
+    "cache_dir",
+    "list_entries",
+    "parse_size",
+    "prune",
+]

@@ -1,0 +1,373 @@
+"""One loader for every deployment: an ``.etm`` archive, a legacy folder, or a ``.pte`` file.
+
+:func:`load` returns a :class:`Bundle` with the same API either way: the metadata (the dict
+shape of an archive's metadata.json; for a legacy folder it is inferred on first access exactly
+as ``etm-compat pack`` would), zero-copy views of the program, tokenizer and weights, the chat
+template renderer, a runner ``GenerationConfig``, and real file paths for path-only runners
+(:meth:`Bundle.legacy_paths`; an archive is materialized once in :mod:`etm_compat.compat.cache`).
+
+Nothing heavy is imported here: the inference pipeline (jinja2 and friends) is imported when a
+legacy folder's metadata is first needed, executorch when a ``GenerationConfig`` is asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Any, Final, Literal
+
+from etm_compat.archive.names import weights_member_names
+from etm_compat.archive.read import EtmArchive, open_archive
+from etm_compat.constants import (
+    ETM_SUFFIX,
+    MEMBER_PROGRAM,
+    TOKENIZER_MEMBER_BY_FORMAT,
+)
+from etm_compat.legacy.deployment import Adapter, Deployment
+from etm_compat.errors import RuntimeUnavailableError, UnreadableError, UsageError
+
+log = logging.getLogger(__name__)
+
+#: The ``GenerationConfig`` fields :meth:`Bundle.generation_config` accepts as overrides.
+GENERATION_FIELDS: Final = frozenset(
+    {"echo", "max_new_tokens", "warming", "seq_len", "temperature", "num_bos", "num_eos"}
+)
+
+
+@dataclass(frozen=True)
+class LegacyPaths:
+    """Real files of a deployment, for code that only takes paths.
+
+    ``folder`` holds them all (for HF tokenizers, ``tokenizer.json`` beside
+    ``tokenizer_config.json``).
+    """
+
+    program: Path
+    tokenizer: Path
+    weights: tuple[Path, ...]
+    folder: Path
+
+
+def _is_archive(path: Path) -> bool:
+    if path.suffix == ETM_SUFFIX:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
+def _map_file(path: Path) -> tuple[mmap.mmap | None, memoryview]:
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return None, memoryview(b"")
+        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    return mapped, memoryview(mapped)
+
+
+
+class Bundle:
+    """A loaded deployment; use :func:`load`. A context manager: ``close()`` unmaps everything.
+
+    >>> with load("model.etm") as bundle:                     # doctest: +SKIP
+    ...     prompt = bundle.render([{"role": "user", "content": "Hi"}])
+    ...     config = bundle.generation_config(occupied=len(prompt_tokens), temperature=0)
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        archive: EtmArchive | None = None,
+        deployment: Deployment | None = None,
+    ) -> None:
+        if (archive is None) == (deployment is None):
+            raise UsageError("a Bundle wraps either an archive or a deployment")
+        self.path = path
+        self.kind: Literal["archive", "legacy"] = "archive" if archive is not None else "legacy"
+        self._archive = archive
+        self._deployment = deployment
+        self._metadata: dict[str, Any] | None = archive.metadata if archive is not None else None
+        self._maps: dict[Path, mmap.mmap | None] = {}
+        self._weights: Mapping[str, memoryview] | None = None
+
+    # --- lifetime ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Bundle:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Unmap the files; views handed out should be released first (else they stay mapped)."""
+        if self._weights is not None:
+            for view in self._weights.values():
+                view.release()
+            self._weights = None
+        for path, mapped in self._maps.items():
+            if mapped is None:
+                continue
+            try:
+                mapped.close()
+            except BufferError:
+                log.warning("%s: views still in use; the mapping stays until they are freed", path)
+        self._maps.clear()
+        if self._archive is not None:
+            self._archive.close()
+
+    # --- metadata ---------------------------------------------------------------------------
+
+    @property
+    def deployment(self) -> Deployment | None:
+        """The legacy deployment behind this bundle (None for an archive)."""
+        return self._deployment
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The archive's metadata.json, or what ``etm-compat pack`` would write for a folder."""
+        if self._metadata is None:
+            assert self._deployment is not None
+            self._metadata = _legacy_metadata(self._deployment)
+        return self._metadata
+
+    @property
+    def tokenizer_format(self) -> str:
+        """``hf_json``, ``tekken``, ``sentencepiece``, ``tiktoken`` or ``llama2c``."""
+        if self._deployment is not None and self._metadata is None:
+            from etm_compat.formats.tokenizer.detect import sniff_tokenizer_format
+
+            assert self._deployment.tokenizer is not None
+            return sniff_tokenizer_format(self._deployment.tokenizer)
+        tokenizer = self.metadata.get("tokenizer") or {}
+        return str(tokenizer.get("format"))
+
+    # --- bytes ------------------------------------------------------------------------------
+
+    def _view_of(self, path: Path) -> memoryview:
+        if path not in self._maps:
+            mapped, view = _map_file(path)
+            self._maps[path] = mapped
+            return view
+        mapped = self._maps[path]
+        return memoryview(mapped) if mapped is not None else memoryview(b"")
+
+    def program_bytes(self) -> memoryview:
+        """The program, zero-copy (the archive member's mapping, or an mmap of the ``.pte``)."""
+        if self._archive is not None:
+            return self._archive.member_view(MEMBER_PROGRAM)
+        assert self._deployment is not None
+        return self._view_of(self._deployment.program)
+
+    def tokenizer_bytes(self) -> memoryview:
+        """The tokenizer file's bytes, zero-copy."""
+        if self._archive is not None:
+            return self._archive.member_view(self._tokenizer_member())
+        assert self._deployment is not None and self._deployment.tokenizer is not None
+        return self._view_of(self._deployment.tokenizer)
+
+    def _tokenizer_member(self) -> str:
+        tokenizer = self.metadata.get("tokenizer") or {}
+        member = tokenizer.get("member")
+        if not isinstance(member, str):
+            found = [m["name"] for m in self.metadata["members"] if m["role"] == "tokenizer"]
+            if not found:
+                raise UsageError("the archive holds no tokenizer", path=self.path)
+            member = found[0]
+        return member
+
+    @property
+    def weights(self) -> Mapping[str, memoryview]:
+        """``weights/<name>.ptd`` -> zero-copy view, for archives and folders alike."""
+        if self._weights is None:
+            if self._archive is not None:
+                names = [m["name"] for m in self.metadata["members"] if m["role"] == "weights"]
+                views = {n: self._archive.member_view(n) for n in names}
+            else:
+                assert self._deployment is not None
+                paths = self._deployment.weights
+                views = {
+                    n: self._view_of(p) for n, p in zip(weights_member_names(paths), paths, strict=True)
+                }
+            self._weights = MappingProxyType(views)
+        return self._weights
+
+    # --- use --------------------------------------------------------------------------------
+
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        **extra: Any,
+    ) -> str:
+        """Render a conversation with the deployment's chat template and bos/eos tokens.
+
+        >>> bundle.render([{"role": "user", "content": "Hi"}])   # doctest: +SKIP
+        '<|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\nHi<|eot_id|>...'
+        """
+        from etm_compat.prompt.chat import render_chat
+
+        meta = self.metadata
+        template = meta.get("chat_template")
+        if not template:
+            raise UsageError(
+                "no chat template: none shipped and the model family is unknown",
+                path=self.path,
+                hint="repack with `etm-compat pack --family ID` or --chat-template FILE",
+            )
+        tokenizer = meta.get("tokenizer") or {}
+        eos_tokens = [t for t in tokenizer.get("eos_tokens") or [] if t]
+        return render_chat(
+            template,
+            [dict(m) for m in messages],
+            add_generation_prompt=add_generation_prompt,
+            bos_token=tokenizer.get("bos_token"),
+            eos_token=eos_tokens[0] if eos_tokens else None,
+            **extra,
+        )
+
+    def max_new_tokens(self, occupied: int = 0) -> int:
+        """How many tokens may still be generated after ``occupied`` positions are used.
+
+        The context budget (``max_context_len``, else ``max_seq_len``) minus ``occupied``, capped
+        by the metadata's own ``max_new_tokens`` default when there is one; -1 when unknown.
+        """
+        gen = self.metadata.get("generation") or {}
+        context = gen.get("max_context_len") or gen.get("max_seq_len")
+        default = gen.get("max_new_tokens")
+        if not context:
+            return int(default) if default else -1
+        budget = max(int(context) - occupied, 0)
+        return min(budget, int(default)) if default else budget
+
+    def generation_config(self, *, occupied: int = 0, **overrides: Any) -> Any:
+        """An ``executorch.extension.llm.runner.GenerationConfig`` filled from the metadata.
+
+        ``occupied`` is how many context positions the caller expects to use before generating
+        (the prompt's tokens); ``max_new_tokens`` is what fits in the rest. ``overrides`` set
+        any field (``temperature=0`` for greedy decoding...).
+
+        >>> runner.generate(prompt, bundle.generation_config(occupied=12, temperature=0))  # doctest: +SKIP
+        """
+        unknown = set(overrides) - GENERATION_FIELDS
+        if unknown:
+            raise UsageError(
+                f"unknown GenerationConfig field(s): {', '.join(sorted(unknown))}",
+                hint=f"fields are {', '.join(sorted(GENERATION_FIELDS))}",
+            )
+        try:
+            from executorch.extension.llm.runner import GenerationConfig
+        except (ImportError, RuntimeError) as exc:
+            raise RuntimeUnavailableError(
+                f"the ExecuTorch LLM runner cannot be imported ({exc})",
+                hint="pip install 'etm-compat[runtime]' (torch + executorch)",
+            ) from None
+        gen = self.metadata.get("generation") or {}
+        config = GenerationConfig()
+        config.num_bos = int(gen.get("num_bos") or 0)
+        config.num_eos = int(gen.get("num_eos") or 0)
+        if gen.get("temperature") is not None:
+            config.temperature = float(gen["temperature"])
+        if gen.get("max_seq_len"):
+            config.seq_len = int(gen["max_seq_len"])
+        config.max_new_tokens = self.max_new_tokens(occupied)
+        for name, value in overrides.items():
+            setattr(config, name, value)
+        return config
+
+    def legacy_paths(self, *, verify: bool = False, cache_root: str | os.PathLike[str] | None = None) -> LegacyPaths:
+        """Real file paths: the original files of a folder, or the archive's cache entry.
+
+        An archive is materialized once (see :mod:`etm_compat.compat.cache`); later calls, in any
+        process, reuse the entry after a cheap check (sizes and stat signature; full sha256
+        with ``verify=True``).
+        """
+        if self._deployment is not None:
+            dep = self._deployment
+            assert dep.tokenizer is not None
+            return LegacyPaths(dep.program, dep.tokenizer, tuple(dep.weights), dep.root)
+        assert self._archive is not None
+        from etm_compat.compat.cache import materialize
+
+        entry = materialize(self._archive, verify=verify, root=cache_root)
+        weights = tuple(
+            entry.files[m["name"]] for m in self.metadata["members"] if m["role"] == "weights"
+        )
+        return LegacyPaths(
+            entry.files[MEMBER_PROGRAM], entry.files[self._tokenizer_member()], weights, entry.folder
+        )
+
+    def __repr__(self) -> str:
+        return f"<Bundle {self.kind} {str(self.path)!r}>"
+
+
+def _legacy_metadata(deployment: Deployment) -> dict[str, Any]:
+    """What ``etm-compat pack`` would write as metadata.json for this deployment."""
+    from etm_compat.packing import build_metadata, describe
+
+    view = describe(deployment, check_runner=False)
+    member = TOKENIZER_MEMBER_BY_FORMAT[view.tokenizer.format]
+    meta = build_metadata(view, tokenizer_member=member, converted_from=None)
+    weight_names = weights_member_names(deployment.weights)
+    meta["weights"] = [
+        {"member": name, "keys": sorted(ptd.keys)} for name, ptd in zip(weight_names, view.weights, strict=True)
+    ]
+    digests = {s["path"]: s["sha256"] for s in meta["provenance"]["sources"]}
+    assert deployment.tokenizer is not None
+    files: list[tuple[str, Path, str]] = [
+        (MEMBER_PROGRAM, deployment.program, "program"),
+        (member, deployment.tokenizer, "tokenizer"),
+    ]
+    config = deployment.configs.get("tokenizer_config")
+    if view.tokenizer.format == "hf_json" and config is not None:
+        files.append(("tokenizer_config.json", config, "tokenizer_config"))
+    files.extend((n, p, "weights") for n, p in zip(weight_names, deployment.weights, strict=True))
+    meta["members"] = [
+        {
+            "name": name,
+            "size": path.stat().st_size,
+            "sha256": digests[os.path.relpath(path, deployment.root)],
+            "role": role,
+        }
+        for name, path, role in files
+    ]
+    return meta
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    adapters: Sequence[Adapter] | None = None,
+) -> Bundle:
+    """Open an ``.etm`` archive, a legacy folder, or a ``.pte`` (siblings found by the adapters).
+
+    >>> with load("fixtures/legacy/et_example") as bundle:    # doctest: +SKIP
+    ...     bundle.metadata["generation"]["stop_token_ids"], bundle.legacy_paths().tokenizer
+    ([2], PosixPath('fixtures/legacy/et_example/tokenizer.model'))
+    """
+    target = Path(path)
+    if not target.exists():
+        raise UnreadableError("no such file or folder", path=target)
+    if target.is_file() and _is_archive(target):
+        return Bundle(target, archive=open_archive(target))
+    from etm_compat.packing import resolve_source
+
+    if adapters is None:
+        from etm_compat.adapters import default_adapters
+
+        adapters = default_adapters()
+    return Bundle(target, deployment=resolve_source(target, adapters))
+
+
+__all__ = ["GENERATION_FIELDS", "Bundle", "LegacyPaths", "load"]

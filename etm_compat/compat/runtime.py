@@ -1,0 +1,116 @@
+"""Load the program of an ``.etm`` archive into the ExecuTorch runtime without extracting it.
+
+torch and executorch are imported lazily, inside the function: importing this module costs
+nothing, and a missing runtime raises :class:`RuntimeUnavailableError` only when asked for.
+
+What executorch 1.5.1's Python API allows (``executorch/runtime/__init__.py``): the program may be
+``bytes`` (so the mapped member is copied once into memory with ``bytes(view)``; a
+``memoryview`` or ``bytearray`` is refused or copied by the binding), but a ``.ptd`` is only
+accepted as a *path* (``data_path``). The weights member is therefore copied into an anonymous
+in-memory file (``memfd_create``) and passed as ``/proc/self/fd/<n>``: nothing touches the disk.
+Where ``memfd_create`` does not exist, the ``.ptd`` alone is written to a private temp file that
+is removed when the program is freed. See docs/FORMAT.md, "Loading in place".
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import weakref
+from typing import Any
+
+from etm_compat.archive.read import EtmArchive
+from etm_compat.constants import MEMBER_PROGRAM
+from etm_compat.errors import RuntimeUnavailableError, UsageError
+
+_COPY_CHUNK = 8 * 1024 * 1024
+
+
+def _weights_path(view: memoryview) -> tuple[str, int | None, str | None]:
+    """An in-memory file holding ``view``: (path to pass, fd to close, temp path to delete)."""
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fd = os.memfd_create("etm-weights.ptd", os.MFD_CLOEXEC)
+        path: str | None = None
+        target = f"/proc/self/fd/{fd}"
+    else:  # pragma: no cover - non-Linux fallback
+        fd, path = tempfile.mkstemp(suffix=".ptd")
+        target = path
+    try:
+        for start in range(0, len(view), _COPY_CHUNK):
+            os.write(fd, view[start : start + _COPY_CHUNK])
+    except BaseException:
+        os.close(fd)
+        if path is not None:  # pragma: no cover
+            os.unlink(path)
+        raise
+    return target, fd, path
+
+
+def _release(fd: int | None, path: str | None) -> None:
+    if fd is not None:
+        os.close(fd)
+    if path is not None:  # pragma: no cover - non-Linux fallback
+        os.unlink(path)
+
+
+def load_program_from_archive(archive: EtmArchive, *, verification: Any = None) -> Any:
+    """Load ``model.pte`` (and its ``.ptd`` weights, if any) from an open archive.
+
+    Returns an ``executorch.runtime.Program``. ``verification`` is an
+    ``executorch.runtime.Verification`` (default: ``InternalConsistency``).
+
+    >>> with open_archive("model.etm") as etm:               # doctest: +SKIP
+    ...     program = load_program_from_archive(etm)
+    ...     program.load_method("forward").execute([torch.ones(1, 4)])
+    """
+    try:
+        from executorch.runtime import Runtime, Verification
+    except ImportError as exc:
+        raise RuntimeUnavailableError(
+            f"the ExecuTorch runtime cannot be imported ({exc})",
+            hint="pip install 'etm-compat[runtime]' (torch + executorch)",
+        ) from None
+    weights = [m for m in archive.metadata["members"] if m["role"] == "weights"]
+    if len(weights) > 1:
+        raise UsageError(
+            f"the program has {len(weights)} weight files; executorch's Python API takes one data_path",
+            path=archive.path,
+            hint="load with the C++ runtime, which accepts several data maps",
+        )
+    view = archive.member_view(MEMBER_PROGRAM)
+    try:
+        program_bytes = bytes(view)  # the API demands bytes: the one copy of the program
+    finally:
+        view.release()
+    data_path: str | None = None
+    fd: int | None = None
+    temp: str | None = None
+    if weights:
+        wview = archive.member_view(weights[0]["name"])
+        try:
+            data_path, fd, temp = _weights_path(wview)
+        finally:
+            wview.release()
+    try:
+        program = Runtime.get().load_program(
+            program_bytes,
+            verification=verification
+            if verification is not None
+            else Verification.InternalConsistency,
+            data_path=data_path,
+        )
+    except RuntimeError as exc:
+        _release(fd, temp)
+        raise RuntimeUnavailableError(
+            f"the runtime refused the program: {exc}", path=archive.path
+        ) from None
+    except BaseException:
+        _release(fd, temp)
+        raise
+    if fd is not None or temp is not None:
+        # The runtime may read the data file lazily (at load_method): keep it until the program goes.
+        weakref.finalize(program, _release, fd, temp)
+    return program
+
+
+__all__ = ["load_program_from_archive"]

@@ -1,0 +1,195 @@
+"""Tokenizer files by content: sniff the format, read what the file defines, cross-check.
+
+Five formats (``constants.TOKENIZER_FORMATS``), decided by content and never by file name: a
+Llama 3 ``tokenizer.model`` is tiktoken, a ``tokenizer.json`` may be anything.
+
+>>> info = read_tokenizer("fixtures/tokenizers/sp.model")  # doctest: +SKIP
+>>> info.format, info.vocab_size, info.bos_id, info.eos_id  # doctest: +SKIP
+('sentencepiece', 512, 1, 2)
+
+The per-format readers live in :mod:`etm_compat.formats.tokenizer`; this module is the import point.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import logging
+import os
+import threading
+
+from etm_compat.constants import TOKENIZER_FORMATS, TOKENIZER_MAX_BYTES, TOKENIZER_SNIFF_BYTES
+from etm_compat.errors import EtmError, TokenizerFormatError
+from etm_compat.formats.tokenizer import json_formats, llama2c, sentencepiece_model, tiktoken_file
+from etm_compat.formats.tokenizer import runner as _runner
+from etm_compat.formats.tokenizer.bounded import StrPath, load_json, read_bounded, read_head
+from etm_compat.formats.tokenizer.llama2c import convert_llama2c_original
+from etm_compat.formats.tokenizer.model import RunnerCheck, TokenizerFormat, TokenizerInfo
+
+logger = logging.getLogger(__name__)
+
+
+def sniff_tokenizer_bytes(head: bytes) -> TokenizerFormat | None:
+    """The format of a file from its first ``TOKENIZER_SNIFF_BYTES`` bytes, or None.
+
+    ``head`` is taken to be the whole file when shorter than the sniff limit, so a short file
+    must be complete (llama2.c records end at its end, no truncated protobuf field).
+
+    >>> sniff_tokenizer_bytes(b"IQ== 0\\nIg== 1\\n")
+    'tiktoken'
+    """
+    head = head[:TOKENIZER_SNIFF_BYTES]
+    complete = len(head) < TOKENIZER_SNIFF_BYTES
+    if not head:
+        return None
+    json_kind = json_formats.sniff(head)
+    if json_kind is not None:
+        return json_kind
+    if head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{"):
+        return None
+    # The strictest structural check first: a consistent header and records.
+    if llama2c.sniff(head, complete, original=False):
+        return "llama2c"
+    if sentencepiece_model.sniff(head, complete):
+        return "sentencepiece"
+    if tiktoken_file.sniff(head, complete):
+        return "tiktoken"
+    if llama2c.sniff(head, complete, original=True):
+        return "llama2c"
+    return None
+
+
+def sniff_tokenizer_format(path: StrPath) -> TokenizerFormat:
+    """The format of the tokenizer file at ``path``, from a bounded prefix.
+
+    Raises :class:`TokenizerFormatError` when it is none of the known formats.
+
+    >>> sniff_tokenizer_format("fixtures/tokenizers/tiktoken.model")  # doctest: +SKIP
+    'tiktoken'
+    """
+    head = read_head(path)
+    found = sniff_tokenizer_bytes(head)
+    if found is not None:
+        return found
+    if not head:
+        raise TokenizerFormatError("tokenizer file is empty", path=path)
+    complete = len(head) < TOKENIZER_SNIFF_BYTES
+    for explain in (llama2c.explain, sentencepiece_model.explain, tiktoken_file.explain):
+        reason = explain(head, complete)
+        if reason is not None:
+            raise TokenizerFormatError(reason, path=path)
+    expected = ", ".join(TOKENIZER_FORMATS)
+    if head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{"):
+        raise TokenizerFormatError(
+            'JSON file is neither an HF tokenizer.json (an object with "model") nor a '
+            'tekken.json ("config" and a "vocab" list)',
+            path=path,
+            hint="pass the tokenizer.json itself, not a config or vocab file",
+        )
+    raise TokenizerFormatError(
+        f"not a tokenizer file of a known format (expected one of: {expected})",
+        path=path,
+        hint="check that this is the tokenizer the model was exported with",
+    )
+
+
+def looks_like_tokenizer(path: StrPath) -> bool:
+    """True if ``path`` sniffs as a tokenizer; cheap and never raises (for folder scans)."""
+    try:
+        sniff_tokenizer_format(path)
+    except (EtmError, OSError, ValueError):
+        return False
+    return True
+
+
+def read_tokenizer(
+    path: StrPath,
+    *,
+    config_path: StrPath | None = None,
+    special_tokens_map_path: StrPath | None = None,
+    check_runner: bool = True,
+) -> TokenizerInfo:
+    """Read a tokenizer file whole (bounded) and describe it.
+
+    ``config_path`` (a ``tokenizer_config.json``) and ``special_tokens_map_path`` only matter
+    for an HF tokenizer.json: they give bos/eos as the runner reads them from a folder. With
+    ``check_runner`` the file is also loaded through ``pytorch_tokenizers`` (see
+    :class:`RunnerCheck`).
+
+    >>> read_tokenizer("tokenizer.model").to_json()["format"]  # doctest: +SKIP
+    'tiktoken'
+    """
+    fmt = sniff_tokenizer_format(path)
+    data = read_bounded(path, TOKENIZER_MAX_BYTES)
+    info: TokenizerInfo
+    if fmt in ("hf_json", "tekken"):
+        doc = load_json(data, path)
+        kind = json_formats.kind_of(doc)
+        if kind == "tekken":
+            info = json_formats.parse_tekken(path, doc)
+        elif kind == "hf_json":
+            configs = [
+                json_formats.read_config(special_tokens_map_path),
+                json_formats.read_config(config_path),
+            ]
+            info = json_formats.parse_hf(path, doc, configs)
+        else:
+            raise TokenizerFormatError(
+                f'JSON sniffed as {fmt} lacks its structure ("model" object for HF, '
+                '"config" object and "vocab" list for tekken)',
+                path=path,
+            )
+    else:
+        info = _parse_binary(path, fmt, data)
+    logger.debug("tokenizer %s: %s, vocab %d", path, info.format, info.vocab_size)
+    if check_runner:
+        check = _runner.check_runner(
+            path,
+            info.format,
+            config_path=config_path,
+            special_tokens_map_path=special_tokens_map_path,
+        )
+        info = dataclasses.replace(info, runner=check)
+    return info
+
+
+#: Parsed binary tokenizers by content: a bulk upgrade meets the same tokenizer in many folders
+#: (variants, quantizations), and a SentencePiece parse in Python costs milliseconds.
+_PARSED: collections.OrderedDict[tuple[str, str], TokenizerInfo] = collections.OrderedDict()
+_PARSED_MAX = 8
+
+
+def _parse_binary(path: StrPath, fmt: TokenizerFormat, data: bytes) -> TokenizerInfo:
+    key = (fmt, hashlib.sha256(data).hexdigest())
+    with _PARSED_LOCK:
+        cached = _PARSED.get(key)
+        if cached is not None:
+            _PARSED.move_to_end(key)
+            return dataclasses.replace(cached, path=os.fspath(path))
+    if fmt == "sentencepiece":
+        info = sentencepiece_model.parse(path, data)
+    elif fmt == "tiktoken":
+        info = tiktoken_file.parse(path, data)
+    else:
+        info = llama2c.parse(path, data)
+    with _PARSED_LOCK:
+        _PARSED[key] = info
+        while len(_PARSED) > _PARSED_MAX:
+            _PARSED.popitem(last=False)
+    return info
+
+
+_PARSED_LOCK = threading.Lock()
+
+
+__all__ = [
+    "RunnerCheck",
+    "TokenizerFormat",
+    "TokenizerInfo",
+    "convert_llama2c_original",
+    "looks_like_tokenizer",
+    "read_tokenizer",
+    "sniff_tokenizer_bytes",
+    "sniff_tokenizer_format",
+]

@@ -1,0 +1,181 @@
+"""Field rules of inference besides family and tokens: template, sampling, sequence lengths.
+
+Helpers of :mod:`etm_compat.infer.inference`; each records its evidence and findings in the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+from etm_compat.formats.configs import template_from_config
+from etm_compat.errors import EtmError
+from etm_compat.prompt.families import Family
+from etm_compat.infer.records import Ledger, as_int, as_number
+from etm_compat.formats.pte import PteInfo
+from etm_compat.formats.tokenizer.model import TokenizerInfo
+
+#: Sampling settings taken from generation_config.json, else from the family.
+GENERATION_KEYS: Final = ("temperature", "top_p", "top_k", "max_new_tokens")
+#: Where a shipped template is looked for, strongest first (transformers: files before the key).
+TEMPLATE_ROLES: Final = ("chat_template", "tokenizer_config")
+
+
+def shipped_template(
+    configs: Mapping[str, Any], names: Mapping[str, str], ledger: Ledger
+) -> tuple[str, str] | None:
+    found = [
+        (text, names[role])
+        for role in TEMPLATE_ROLES
+        if (text := template_from_config(role, configs.get(role))) is not None
+    ]
+    for text, source in found:
+        ledger.note(source, "chat_template", f"{len(text)} characters", "shipped chat template")
+    if len({t for t, _ in found}) > 1:
+        ledger.compare("chat_template", found)
+        ledger.find(
+            "template-conflict",
+            "warning",
+            f"the deployment ships different chat templates in {', '.join(s for _, s in found)}; "
+            f"using the one in {found[0][1]}",
+            hint="delete the stale one, or pass --chat-template",
+            paths=[s for _, s in found],
+        )
+    return found[0] if found else None
+
+
+def choose_template(
+    shipped: tuple[str, str] | None,
+    matched: str | None,
+    family: Family | None,
+    ledger: Ledger,
+) -> tuple[str | None, str | None]:
+    if shipped is not None:
+        text, source = shipped
+        label = (
+            f"matches registry template {matched}" if matched else "matches no registry template"
+        )
+        ledger.note(source, "chat_template", matched, f"kept verbatim; {label}")
+        if matched is None:
+            ledger.find(
+                "template-unrecognized",
+                "info",
+                f"the chat template from {source} matches no registry family exactly; kept verbatim",
+                paths=(source,),
+            )
+        return text, source
+    if family is not None and family.chat_template:
+        source = f"registry:{family.id}"
+        ledger.note(
+            source, "chat_template", family.template_name, "no template shipped; the family's"
+        )
+        return family.chat_template, source
+    return None, None
+
+
+def eos_text(tokenizer: TokenizerInfo | None, family: Family | None) -> str | None:
+    if tokenizer is not None and tokenizer.eos_token:
+        return tokenizer.eos_token
+    return family.eos_token if family is not None else None
+
+
+def prompt_format(
+    template: str | None, source: str | None, bos: str | None, eos: str | None, ledger: Ledger
+) -> Mapping[str, Any] | None:
+    if template is None:
+        return None
+    from etm_compat.prompt.substitution import derive_prompt_format
+
+    try:
+        derived = derive_prompt_format(template, bos_token=bos, eos_token=eos)
+    except (EtmError, ValueError, TypeError) as exc:
+        ledger.find(
+            "template-render-failed",
+            "warning",
+            f"the chat template could not be rendered: {exc}",
+            hint="fix the template or pass --chat-template",
+        )
+        return None
+    if derived is None:
+        ledger.note(source or "chat_template", "prompt_format", None, "no exact substitution form")
+        return None
+    value = derived.to_json()
+    ledger.note(source or "chat_template", "prompt_format", "derived", "substitution form")
+    return MappingProxyType(dict(value))
+
+
+def generation(
+    configs: Mapping[str, Any], names: Mapping[str, str], family: Family | None, ledger: Ledger
+) -> dict[str, float | int]:
+    gc = configs.get("generation_config")
+    gc = gc if isinstance(gc, Mapping) else {}
+    defaults: Mapping[str, Any] = family.generation if family is not None else {}
+    out: dict[str, float | int] = {}
+    for key in GENERATION_KEYS:
+        for value, source in ((gc.get(key), names["generation_config"]), (defaults.get(key), None)):
+            number = as_number(value)
+            if number is None:
+                continue
+            source = source or f"registry:{family.id if family else ''}"
+            out[key] = number
+            ledger.note(source, key, number, f"{key} from {source}")
+            break
+    return out
+
+
+def lengths(
+    pte: PteInfo | None,
+    pte_source: str,
+    configs: Mapping[str, Any],
+    names: Mapping[str, str],
+    ledger: Ledger,
+) -> tuple[int | None, int | None]:
+    cm: Mapping[str, Any] = pte.constant_methods if pte is not None else {}
+    export = configs.get("export_config")
+    section = export.get("export") if isinstance(export, Mapping) else None
+    section = section if isinstance(section, Mapping) else {}
+    results: list[int | None] = []
+    for field_name, key, yaml_key in (
+        ("max_seq_len", "get_max_seq_len", "max_seq_length"),
+        ("max_context_len", "get_max_context_len", "max_context_length"),
+    ):
+        found = [
+            (v, s)
+            for v, s in (
+                (as_int(cm.get(key)), pte_source),
+                (as_int(section.get(yaml_key)), names["export_config"]),
+            )
+            if v is not None
+        ]
+        for value, source in found:
+            ledger.note(
+                source, field_name, value, key if source == pte_source else f"export.{yaml_key}"
+            )
+        if ledger.compare(field_name, found) is not None:
+            ledger.find(
+                "length-conflict",
+                "warning",
+                f"{field_name}: "
+                + ", ".join(f"{s} says {v}" for v, s in found)
+                + f"; using {found[0][0]}",
+                hint="the program's value is what the runtime uses",
+            )
+        results.append(found[0][0] if found else None)
+    max_seq_len, max_context_len = results
+    if max_context_len is None and max_seq_len is not None and pte is not None:
+        max_context_len = max_seq_len
+        ledger.note("rules", "max_context_len", max_seq_len, "runner default: max_seq_len")
+    return max_seq_len, max_context_len
+
+
+__all__ = [
+    "GENERATION_KEYS",
+    "TEMPLATE_ROLES",
+    "choose_template",
+    "eos_text",
+    "generation",
+    "lengths",
+    "prompt_format",
+    "shipped_template",
+]

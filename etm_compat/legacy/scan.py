@@ -1,0 +1,87 @@
+"""Finding every deployment under a root, through the adapters, safely.
+
+The walk never follows directory symlinks (so symlink loops cannot trap it), skips hidden
+folders and archives' own extraction caches, is bounded in depth and folder count, and reports
+unreadable folders instead of failing on them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from etm_compat.legacy.deployment import Adapter, Deployment, Skipped
+from etm_compat.errors import InputError, UnreadableError
+
+MAX_DEPTH = 32
+MAX_FOLDERS = 200_000
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    root: Path
+    deployments: tuple[Deployment, ...]
+    skipped: tuple[Skipped, ...] = field(default=())
+
+
+def _walk(root: Path, skipped: list[Skipped]) -> Iterator[Path]:
+    """Folders under root (root included), depth-first, sorted, without following symlinks."""
+    stack: list[tuple[Path, int]] = [(root, 0)]
+    seen = 0
+    while stack:
+        folder, depth = stack.pop()
+        seen += 1
+        if seen > MAX_FOLDERS:
+            skipped.append(Skipped(folder, f"scan stopped: more than {MAX_FOLDERS} folders"))
+            return
+        yield folder
+        if depth >= MAX_DEPTH:
+            skipped.append(Skipped(folder, f"not descended: deeper than {MAX_DEPTH} levels"))
+            continue
+        try:
+            with os.scandir(folder) as it:
+                children = sorted(
+                    (Path(e.path) for e in it if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)),
+                    reverse=True,
+                )
+        except OSError as exc:
+            skipped.append(Skipped(folder, f"unreadable folder: {exc.strerror}"))
+            continue
+        stack.extend((child, depth + 1) for child in children)
+
+
+def read_folder(folder: Path, adapters: Iterable[Adapter]) -> tuple[list[Deployment], list[Skipped]]:
+    """Deployments of one folder: the first adapter that recognises it reads it."""
+    for adapter in adapters:
+        try:
+            if not adapter.detect(folder):
+                continue
+            found = list(adapter.read(folder))
+        except InputError as exc:
+            return [], [Skipped(folder, exc.message)]
+        good = [d for d in found if d.tokenizer is not None]
+        bad = [Skipped(d.program, "no tokenizer file found beside the program") for d in found if d.tokenizer is None]
+        return good, bad
+    return [], []
+
+
+def scan(root: str | os.PathLike[str], adapters: Sequence[Adapter]) -> ScanResult:
+    """Every deployment under ``root`` (a folder), one per program, in a stable order.
+
+    >>> from etm_compat.adapters import default_adapters
+    >>> result = scan("fixtures/legacy", default_adapters())  # doctest: +SKIP
+    """
+    base = Path(root)
+    if not base.exists():
+        raise UnreadableError("no such folder", path=base)
+    if not base.is_dir():
+        raise InputError("not a folder", path=base, hint="give a folder to scan")
+    deployments: list[Deployment] = []
+    skipped: list[Skipped] = []
+    for folder in _walk(base, skipped):
+        found, bad = read_folder(folder, adapters)
+        deployments.extend(found)
+        skipped.extend(bad)
+    return ScanResult(base, tuple(deployments), tuple(skipped))
