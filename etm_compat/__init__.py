@@ -1,16 +1,15 @@
 """etm-compat: migrate ExecuTorch LLM deployments from loose files to single ``.etm`` archives.
 
-The public verbs and types are re-exported here; everything else is importable but not advertised.
-Verbs that share their module's name live in that module: ``etm_compat.packing.pack``,
-``etm_compat.verification.verify``, ``etm_compat.legacy.scan.scan``, ``etm_compat.infer.inference.infer`` (a package
-attribute named like a submodule would be replaced by the submodule once it is imported).
-Names are resolved lazily (PEP 562) so that ``import etm_compat.shim`` stays light: importing the
-package itself loads nothing but the error hierarchy.
+The verbs and the types they return; everything else is importable but not advertised. Names
+resolve on first use (PEP 562), so ``import etm_compat.shim`` stays light: importing the package
+itself loads only the error hierarchy.
 
 >>> import etm_compat
->>> info = etm_compat.read_pte("fixtures/programs/constants_all.pte")  # doctest: +SKIP
->>> with etm_compat.open_archive("model.etm") as archive:  # doctest: +SKIP
-...     archive.metadata["generation"]["stop_token_ids"]
+>>> from etm_compat.adapters import default_adapters
+>>> etm_compat.inspect("fixtures/programs/constants_all.pte", []).info.constant_methods["get_max_seq_len"]
+128
+>>> with etm_compat.load("fixtures/legacy/et_example") as bundle:  # doctest: +SKIP
+...     bundle.render([{"role": "user", "content": "Hi"}])
 """
 
 from __future__ import annotations
@@ -18,54 +17,62 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from etm_compat.constants import VERSION
 from etm_compat.errors import EtmError
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 #: public name -> module that defines it
 _EXPORTS: dict[str, str] = {
-    # readers (one module per format)
+    # the verbs
+    "pack": "etm_compat.packing",
+    "unpack": "etm_compat.packing",
+    "verify": "etm_compat.verification",
+    "diagnose": "etm_compat.diagnosis",
+    "upgrade": "etm_compat.bulk.upgrade",
+    "inspect": "etm_compat.inspection",
+    "render": "etm_compat.compat.loader",
+    "load": "etm_compat.compat.loader",
+    "describe": "etm_compat.view",
+    # what they return
+    "PackResult": "etm_compat.packing",
+    "VerifyResult": "etm_compat.verification",
+    "DiagnoseReport": "etm_compat.diagnosis",
+    "UpgradeResult": "etm_compat.bulk.upgrade",
+    "Inspection": "etm_compat.inspection",
+    "Bundle": "etm_compat.compat.loader",
+    "DeploymentView": "etm_compat.view",
+    "Finding": "etm_compat.findings",
+    # the readers (one module per format) and the archive
     "read_pte": "etm_compat.formats.pte",
     "PteInfo": "etm_compat.formats.pte",
     "read_ptd": "etm_compat.formats.ptd",
     "PtdInfo": "etm_compat.formats.ptd",
     "read_tokenizer": "etm_compat.formats.tokenizer.detect",
-    "TokenizerInfo": "etm_compat.formats.tokenizer.detect",
-    # the archive
+    "TokenizerInfo": "etm_compat.formats.tokenizer.model",
     "open_archive": "etm_compat.archive",
-    "write_archive": "etm_compat.archive",
-    "verify_archive": "etm_compat.archive.read",
     "EtmArchive": "etm_compat.archive",
-    # legacy deployments -> archives
+    # legacy deployments
     "Deployment": "etm_compat.legacy.deployment",
-    "inspect_path": "etm_compat.inspection",
-    "Inference": "etm_compat.infer.inference",
-    "resolve_source": "etm_compat.packing",
-    "describe": "etm_compat.packing",
-    # prompts
-    "render_chat": "etm_compat.prompt.chat",
-    "get_family": "etm_compat.prompt.families",
-    # findings
-    "Finding": "etm_compat.findings",
-    # the loader and the compatibility shim
-    "load": "etm_compat.compat.loader",
-    "Bundle": "etm_compat.compat.loader",
+    "resolve_source": "etm_compat.legacy.resolve",
 }
 
 if TYPE_CHECKING:
-    from etm_compat.archive import EtmArchive, open_archive, write_archive
-    from etm_compat.archive.read import verify_archive
-    from etm_compat.prompt.chat import render_chat
-    from etm_compat.legacy.deployment import Deployment
-    from etm_compat.prompt.families import get_family
+    from etm_compat.archive import EtmArchive, open_archive
+    from etm_compat.bulk.upgrade import UpgradeResult, upgrade
+    from etm_compat.compat.loader import Bundle, load, render
+    from etm_compat.diagnosis import DiagnoseReport, diagnose
     from etm_compat.findings import Finding
-    from etm_compat.infer.inference import Inference
-    from etm_compat.inspection import inspect_path
-    from etm_compat.compat.loader import Bundle, load
-    from etm_compat.packing import describe, resolve_source
     from etm_compat.formats.ptd import PtdInfo, read_ptd
     from etm_compat.formats.pte import PteInfo, read_pte
-    from etm_compat.formats.tokenizer.detect import TokenizerInfo, read_tokenizer
+    from etm_compat.formats.tokenizer.detect import read_tokenizer
+    from etm_compat.formats.tokenizer.model import TokenizerInfo
+    from etm_compat.inspection import Inspection, inspect
+    from etm_compat.legacy.deployment import Deployment
+    from etm_compat.legacy.resolve import resolve_source
+    from etm_compat.packing import PackResult, pack, unpack
+    from etm_compat.verification import VerifyResult, verify
+    from etm_compat.view import DeploymentView, describe
 
 
 def __getattr__(name: str) -> Any:
@@ -84,24 +91,31 @@ def __dir__() -> list[str]:
 __all__ = [
     "Bundle",
     "Deployment",
+    "DeploymentView",
+    "DiagnoseReport",
     "EtmArchive",
     "EtmError",
     "Finding",
-    "Inference",
+    "Inspection",
+    "PackResult",
     "PtdInfo",
     "PteInfo",
     "TokenizerInfo",
+    "UpgradeResult",
+    "VerifyResult",
     "__version__",
     "describe",
-    "get_family",
-    "inspect_path",
+    "diagnose",
+    "inspect",
     "load",
     "open_archive",
+    "pack",
     "read_ptd",
     "read_pte",
     "read_tokenizer",
-    "render_chat",
+    "render",
     "resolve_source",
-    "verify_archive",
-    "write_archive",
+    "unpack",
+    "upgrade",
+    "verify",
 ]

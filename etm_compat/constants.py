@@ -60,6 +60,8 @@ LEGACY_DEFAULT_EOS_IDS: Final = (2,)
 
 # --- tokenizer formats -----------------------------------------------------------------------
 TOKENIZER_FORMATS: Final = ("hf_json", "tekken", "sentencepiece", "tiktoken", "llama2c")
+#: File suffixes worth sniffing as tokenizers (when no runner-known name is present).
+TOKENIZER_SUFFIXES: Final = (".model", ".json", ".bin", ".tiktoken", ".spm")
 #: How many bytes format sniffing reads before deciding.
 TOKENIZER_SNIFF_BYTES: Final = 64 * 1024
 #: Largest tokenizer file read whole (real ones reach ~20 MiB); larger is refused.

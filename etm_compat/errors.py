@@ -1,8 +1,8 @@
 """The one exception hierarchy of etm-compat.
 
 Every error the library raises on purpose derives from :class:`EtmError`. Each carries the
-file it concerns, what was found, and a hint that names the fix; the command line turns it into
-one line and the exit code of its class (see ``EXIT_CODES`` and the README).
+file it concerns, what was found, and a hint that names the fix in library terms; the command
+line spells the options of a hint as its flags and maps each class to an exit code.
 
 Module-local errors also derive from the matching builtin (``ValueError``, ``OSError``...), so
 callers that only know the builtin still catch them.
@@ -11,21 +11,32 @@ callers that only know the builtin still catch them.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from typing import Final
 
-#: Exit codes of the command line, one per error class (documented in the README).
-EXIT_OK: Final = 0
-EXIT_FINDINGS: Final = 1  # diagnose/verify found error-level problems
-EXIT_USAGE: Final = 2  # bad command-line usage
-EXIT_BAD_INPUT: Final = 3  # an input file or folder is unreadable, malformed or unsupported
-EXIT_OUTPUT: Final = 4  # an output cannot be written (exists, not writable, ...)
-EXIT_RUNTIME: Final = 5  # the ExecuTorch runtime is missing or refused the program
-EXIT_INTERNAL: Final = 70  # a bug in etm-compat (EX_SOFTWARE); never expected
-EXIT_INTERRUPTED: Final = 130
+#: How the library spells an option named in a hint (``{force}`` in a hint's text); the command
+#: line passes its own spellings (``--force``) to :meth:`EtmError.describe`.
+LIBRARY_OPTIONS: Final[Mapping[str, str]] = {
+    "force": "force=True",
+    "tokenizer": "tokenizer=PATH",
+    "family": "family=ID",
+    "chat_template": "chat_template=TEXT",
+    "in_place": "in_place=True",
+    "format": "fmt=json|md|html",
+    "all": "remove_all=True",
+    "older_than": "older_than_days=DAYS",
+    "max_size": "max_size=BYTES",
+}
+_OPTION: Final = re.compile(r"\{(" + "|".join(LIBRARY_OPTIONS) + r")\}")
 
 
-def _escape(text: str) -> str:
-    """Make text read from a file safe to print: control characters become escapes."""
+def escape_control(text: str) -> str:
+    r"""Make text read from a file safe to print: control characters become escapes.
+
+    >>> print(escape_control("a\x1b[31mb"))
+    a\x1b[31mb
+    """
     out = []
     for ch in text:
         code = ord(ch)
@@ -36,14 +47,22 @@ def _escape(text: str) -> str:
     return "".join(out)
 
 
+def spell_options(hint: str, options: Mapping[str, str]) -> str:
+    """A hint's ``{option}`` markers spelled with ``options`` (unknown names stay as they are)."""
+    return _OPTION.sub(lambda m: options.get(m.group(1), m.group(0)), hint)
+
+
 class EtmError(Exception):
     """Base of every error etm-compat raises on purpose.
 
+    A hint may name an option as ``{force}``, ``{tokenizer}``...: :attr:`hint` spells it the
+    library's way, :meth:`describe` the caller's way.
+
     >>> str(EtmError("bad thing", path="a/b.pte", hint="re-export it"))
     'a/b.pte: bad thing (hint: re-export it)'
+    >>> EtmError("exists", hint="pass {force}").describe({"force": "--force"})
+    'exists (hint: pass --force)'
     """
-
-    exit_code: int = EXIT_BAD_INPUT
 
     def __init__(
         self,
@@ -54,28 +73,30 @@ class EtmError(Exception):
     ) -> None:
         self.message = message
         self.path = os.fspath(path) if path is not None else None
-        self.hint = hint
+        self.hint_template = hint
+        self.hint = spell_options(hint, LIBRARY_OPTIONS) if hint else hint
         super().__init__(self.__str__())
 
-    def __str__(self) -> str:
-        text = _escape(self.message)
+    def describe(self, options: Mapping[str, str] = LIBRARY_OPTIONS) -> str:
+        """One line: path, message and hint, control characters escaped, options spelled."""
+        text = escape_control(self.message)
         if self.path is not None:
-            text = f"{_escape(self.path)}: {text}"
-        if self.hint:
-            text = f"{text} (hint: {_escape(self.hint)})"
+            text = f"{escape_control(self.path)}: {text}"
+        if self.hint_template:
+            hint = spell_options(self.hint_template, options)
+            text = f"{text} (hint: {escape_control(hint)})"
         return text
+
+    def __str__(self) -> str:
+        return self.describe()
 
 
 class UsageError(EtmError, ValueError):
     """The caller asked for something that cannot be done as asked."""
 
-    exit_code = EXIT_USAGE
-
 
 class InputError(EtmError, ValueError):
     """An input file or folder is unreadable, malformed or unsupported."""
-
-    exit_code = EXIT_BAD_INPUT
 
 
 class UnreadableError(InputError):
@@ -128,26 +149,15 @@ class TemplateError(InputError):
 
 
 class OutputError(EtmError, OSError):
-    """An output cannot be written: it exists (and ``--force`` was not given), or is not writable."""
-
-    exit_code = EXIT_OUTPUT
+    """An output cannot be written: it exists (and ``force`` was not given), or is not writable."""
 
 
 class RuntimeUnavailableError(EtmError, RuntimeError):
     """The ExecuTorch runtime (torch + executorch) is not installed or refused the program."""
 
-    exit_code = EXIT_RUNTIME
-
 
 __all__ = [
-    "EXIT_BAD_INPUT",
-    "EXIT_FINDINGS",
-    "EXIT_INTERNAL",
-    "EXIT_INTERRUPTED",
-    "EXIT_OK",
-    "EXIT_OUTPUT",
-    "EXIT_RUNTIME",
-    "EXIT_USAGE",
+    "LIBRARY_OPTIONS",
     "ArchiveError",
     "EtmError",
     "InputError",
@@ -162,4 +172,6 @@ __all__ = [
     "UnreadableError",
     "UnsupportedVersionError",
     "UsageError",
+    "escape_control",
+    "spell_options",
 ]

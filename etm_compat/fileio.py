@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from pathlib import Path
 from typing import BinaryIO
 
 from etm_compat.errors import InputError, UnreadableError
@@ -37,6 +38,19 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def display_path(path: Path, root: Path) -> str:
+    """How reports name a file: relative to ``root``, or its bare name when it lies outside.
+
+    >>> display_path(Path("a/b/c.pte"), Path("a"))
+    'b/c.pte'
+    """
+    try:
+        rel = os.path.relpath(path, root)
+    except ValueError:
+        return str(path)
+    return path.name if rel.startswith("..") else rel
 
 
 def read_capped(
@@ -74,4 +88,4 @@ def sha256_file(path: str | os.PathLike[str], *, chunk: int = 4 * 1024 * 1024) -
     return digest.hexdigest()
 
 
-__all__ = ["open_regular", "read_capped", "sha256_file"]
+__all__ = ["display_path", "open_regular", "read_capped", "sha256_file"]

@@ -1,79 +1,121 @@
-"""``inspect``: say what a file or folder is, by content, in a JSON-ready dict.
+"""``inspect``: say what a file or folder is, by content, as a typed record.
 
-Nothing here imports torch or executorch: inspecting pays only for the bytes it reads.
+Nothing here imports torch or executorch: inspecting pays only for the bytes it reads. Every
+result has ``to_json()``, the form ``etm-compat inspect --json`` prints.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from etm_compat.constants import MEMBER_METADATA
-from etm_compat.legacy.deployment import Adapter
+from etm_compat.archive import is_archive, open_archive
+from etm_compat.constants import MEMBER_METADATA, TOKENIZER_SUFFIXES
 from etm_compat.errors import EtmError, InputError, UnreadableError
-from etm_compat.fileio import open_regular
-from etm_compat.formats.ptd import is_ptd_file, read_ptd
-from etm_compat.formats.pte import is_pte_file, read_pte
+from etm_compat.formats.ptd import PtdInfo, is_ptd_file, read_ptd
+from etm_compat.formats.pte import PteInfo, is_pte_file, read_pte
 from etm_compat.formats.tokenizer.detect import read_tokenizer, sniff_tokenizer_format
-
-ZIP_MAGIC = b"PK\x03\x04"
-#: Suffixes for which a sniffing failure is reported as the tokenizer reader's own error.
-TOKENIZER_SUFFIXES = (".model", ".json", ".bin", ".tiktoken", ".spm")
-
-
-def _is_zip(path: Path) -> bool:
-    try:
-        with open_regular(path) as fh:
-            return fh.read(4) == ZIP_MAGIC
-    except (OSError, UnreadableError):
-        return False
+from etm_compat.formats.tokenizer.model import TokenizerInfo
+from etm_compat.legacy.deployment import Adapter, Deployment, Skipped
+from etm_compat.legacy.scan import scan
+from etm_compat.view import DeploymentView, describe
 
 
-def inspect_archive(path: Path) -> dict[str, Any]:
-    from etm_compat.archive import open_archive
+@dataclass(frozen=True)
+class FileInspection:
+    """A program, weights or tokenizer file, and what its reader says."""
 
+    path: Path
+    info: PteInfo | PtdInfo | TokenizerInfo
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), **self.info.to_json()}
+
+
+@dataclass(frozen=True)
+class ArchiveInspection:
+    """An ``.etm`` archive: its metadata and where each member lies."""
+
+    path: Path
+    metadata: dict[str, Any]
+    members: tuple[dict[str, Any], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "etm", "path": str(self.path), "metadata": self.metadata, "members": list(self.members)}
+
+
+@dataclass(frozen=True)
+class DeploymentInspection:
+    """One deployment of a folder: its files, and what describing it gave (or why it failed)."""
+
+    name: str
+    deployment: Deployment
+    view: DeploymentView | None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": self.name, **self.deployment.to_json()}
+        if self.view is None:
+            entry["error"] = self.error
+            return entry
+        entry["pte"] = self.view.pte.to_json()
+        entry["tokenizer_info"] = self.view.tokenizer.to_json()
+        entry["weights_info"] = [w.to_json() for w in self.view.weights]
+        entry["inference"] = self.view.inference.to_json()
+        entry["findings"] = [f.to_json() for f in self.view.findings]
+        return entry
+
+
+@dataclass(frozen=True)
+class FolderInspection:
+    """Every deployment under a folder, and what was skipped and why."""
+
+    path: Path
+    deployments: tuple[DeploymentInspection, ...]
+    skipped: tuple[Skipped, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "folder",
+            "path": str(self.path),
+            "deployments": [d.to_json() for d in self.deployments],
+            "skipped": [{"path": str(s.path), "reason": s.reason} for s in self.skipped],
+        }
+
+
+Inspection = FileInspection | ArchiveInspection | FolderInspection
+
+
+def inspect_archive(path: Path) -> ArchiveInspection:
+    """Open an archive (structure and metadata checked, not member hashes) and describe it."""
     with open_archive(path) as archive:
-        members = [
+        members = tuple(
             {"name": m.name, "offset": m.offset, "size": m.size, "crc32": m.crc32}
             for m in archive.members.values()
-        ]
-        return {"kind": "etm", "path": str(path), "metadata": archive.metadata, "members": members}
+        )
+        return ArchiveInspection(path, archive.metadata, members)
 
 
-def inspect_folder(folder: Path, adapters: Sequence[Adapter]) -> dict[str, Any]:
+def inspect_folder(folder: Path, adapters: Sequence[Adapter]) -> FolderInspection:
     """Every deployment under ``folder``: its files, what the readers say, and the inference."""
-    from etm_compat.packing import describe
-    from etm_compat.legacy.scan import scan
-
     result = scan(folder, adapters)
     deployments = []
     for dep in result.deployments:
-        entry: dict[str, Any] = {"name": os.path.relpath(dep.program, folder), **dep.to_json()}
+        name = os.path.relpath(dep.program, folder)
         try:
-            view = describe(dep)
+            deployments.append(DeploymentInspection(name, dep, describe(dep)))
         except EtmError as exc:
-            entry["error"] = str(exc)
-        else:
-            entry["pte"] = view.pte.to_json()
-            entry["tokenizer_info"] = view.tokenizer.to_json()
-            entry["weights_info"] = [w.to_json() for w in view.weights]
-            entry["inference"] = view.inference.to_json()
-            entry["findings"] = [f.to_json() for f in view.findings]
-        deployments.append(entry)
-    return {
-        "kind": "folder",
-        "path": str(folder),
-        "deployments": deployments,
-        "skipped": [{"path": str(s.path), "reason": s.reason} for s in result.skipped],
-    }
+            deployments.append(DeploymentInspection(name, dep, None, str(exc)))
+    return FolderInspection(folder, tuple(deployments), result.skipped)
 
 
-def inspect_path(path: str | os.PathLike[str], adapters: Sequence[Adapter]) -> dict[str, Any]:
+def inspect(path: str | os.PathLike[str], adapters: Sequence[Adapter]) -> Inspection:
     """Describe a ``.pte``, ``.ptd``, tokenizer file, ``.etm`` archive or folder, by content.
 
-    >>> inspect_path("fixtures/programs/constants_all.pte", [])["kind"]  # doctest: +SKIP
+    >>> inspect("fixtures/programs/constants_all.pte", []).to_json()["kind"]
     'pte'
     """
     p = Path(path)
@@ -86,27 +128,35 @@ def inspect_path(path: str | os.PathLike[str], adapters: Sequence[Adapter]) -> d
     if not os.access(p, os.R_OK):
         raise UnreadableError("permission denied", path=p)
     if is_pte_file(p):
-        return {"path": str(p), **read_pte(p).to_json()}
+        return FileInspection(p, read_pte(p))
     if is_ptd_file(p):
-        return {"path": str(p), **read_ptd(p).to_json()}
-    if _is_zip(p):
+        return FileInspection(p, read_ptd(p))
+    if is_archive(p):
         return inspect_archive(p)
     try:
         sniff_tokenizer_format(p)
     except InputError as tokenizer_error:
         if p.suffix in TOKENIZER_SUFFIXES or "tokenizer" in p.name.lower():
             raise tokenizer_error from None
-        if p.suffix in (".pte", ".ptd", ".etm"):
-            # Let the format's own reader say precisely what is wrong.
-            if p.suffix == ".pte":
-                read_pte(p)
-            elif p.suffix == ".ptd":
-                read_ptd(p)
-            else:
-                inspect_archive(p)
+        if p.suffix == ".pte":
+            read_pte(p)  # let the format's own reader say precisely what is wrong
+        elif p.suffix == ".ptd":
+            read_ptd(p)
         raise InputError(
             "not a .pte, .ptd, .etm archive or tokenizer file (unrecognised content)",
             path=p,
             hint=f"inspect takes a program, weights, tokenizer, {MEMBER_METADATA}-bearing archive or a folder",
         ) from None
-    return {"path": str(p), **read_tokenizer(p).to_json()}
+    return FileInspection(p, read_tokenizer(p))
+
+
+__all__ = [
+    "ArchiveInspection",
+    "DeploymentInspection",
+    "FileInspection",
+    "FolderInspection",
+    "Inspection",
+    "inspect",
+    "inspect_archive",
+    "inspect_folder",
+]

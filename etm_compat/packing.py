@@ -1,7 +1,9 @@
-"""From a legacy deployment to an ``.etm`` archive: read, infer, check, write.
+"""``pack`` and ``unpack``: a legacy deployment to one ``.etm`` archive, and back.
 
-Data flows one way: the deployment's files are described by the readers, inference resolves the
-configuration, the checks produce findings, and the archive writer packs the original bytes.
+:func:`plan_members` is the one rule for what an archive holds (the loader uses it too, to give a
+never-packed folder the metadata ``pack`` would write); :func:`build_metadata` fills
+metadata.json from a :class:`~etm_compat.view.DeploymentView`; :func:`pack` writes the original
+bytes atomically, converting only a tokenizer the runner cannot load as it is.
 """
 
 from __future__ import annotations
@@ -11,44 +13,32 @@ import dataclasses
 import os
 import tempfile
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from etm_compat.constants import VERSION
-from etm_compat.archive import MemberSpec, write_archive
+from etm_compat.archive import MemberSpec, open_archive, write_archive
+from etm_compat.archive.metadata import SHA256_PLACEHOLDER, new_metadata
 from etm_compat.archive.names import weights_member_names
 from etm_compat.constants import (
     MEMBER_PROGRAM,
     MEMBER_TOKENIZER_CONFIG,
     TOKENIZER_MEMBER_BY_FORMAT,
+    VERSION,
 )
-from etm_compat.legacy.deployment import Adapter, Deployment
-from etm_compat.errors import InputError, UnreadableError, UsageError
+from etm_compat.errors import OutputError
 from etm_compat.fileio import sha256_file
 from etm_compat.findings import Finding
-from etm_compat.infer.inference import Inference, infer
-from etm_compat.archive.metadata import SHA256_PLACEHOLDER, new_metadata
-from etm_compat.formats.ptd import PtdInfo, read_ptd
-from etm_compat.formats.pte import PteInfo, read_pte
-from etm_compat.legacy.scan import read_folder
-from etm_compat.formats.tokenizer.detect import TokenizerInfo, convert_llama2c_original, read_tokenizer
-
-
-@dataclass(frozen=True)
-class DeploymentView:
-    """Everything the readers and inference say about one deployment."""
-
-    deployment: Deployment
-    pte: PteInfo
-    tokenizer: TokenizerInfo
-    weights: tuple[PtdInfo, ...]
-    inference: Inference
-    findings: tuple[Finding, ...] = field(default=())
+from etm_compat.formats.tokenizer.detect import convert_llama2c_original
+from etm_compat.legacy.deployment import Adapter
+from etm_compat.legacy.resolve import resolve_source
+from etm_compat.view import DeploymentView, describe
 
 
 @dataclass(frozen=True)
 class PackResult:
+    """The archive written, its size, the family it records and the findings it carries."""
+
     archive: Path
     size: int
     family: str | None
@@ -56,77 +46,31 @@ class PackResult:
     metadata: dict[str, Any]
 
 
-def resolve_source(
-    source: str | os.PathLike[str],
-    adapters: Sequence[Adapter],
-    *,
-    tokenizer: str | os.PathLike[str] | None = None,
-    ptds: Sequence[str | os.PathLike[str]] = (),
-) -> Deployment:
-    """The one deployment a ``pack`` source names: a folder with one program, or a ``.pte`` file.
+def plan_members(view: DeploymentView) -> list[MemberSpec]:
+    """Every member an archive of this deployment holds, from the deployment's own files.
 
-    Explicit ``tokenizer``/``ptds`` replace what the adapters found beside the program.
+    The program, the tokenizer (named by its detected format), ``tokenizer_config.json`` beside
+    an HF tokenizer, and each ``.ptd`` as ``weights/<name>.ptd`` with the keys it provides.
     """
-    path = Path(source)
-    if not path.exists():
-        raise UnreadableError("no such file or folder", path=path)
-    folder = path if path.is_dir() else path.parent
-    found, skipped = read_folder(folder, adapters)
-    if not found and skipped and tokenizer is None:
-        raise InputError(skipped[0].reason, path=skipped[0].path, hint="pass --tokenizer PATH")
-    if path.is_dir():
-        if len(found) > 1:
-            names = ", ".join(d.program.name for d in found)
-            raise UsageError(
-                f"folder holds several programs ({names})",
-                path=path,
-                hint="name one .pte as SOURCE, or use `etm-compat upgrade` for all of them",
-            )
-        if not found:
-            raise InputError("no ExecuTorch program (.pte with the ET12 identifier) in this folder", path=path)
-        chosen = found[0]
-    else:
-        matches = [d for d in found if d.program.resolve() == path.resolve()]
-        chosen = matches[0] if matches else Deployment(root=folder, program=path, layout="file")
-    if tokenizer is not None:
-        chosen = replace(chosen, tokenizer=Path(tokenizer))
-    if ptds:
-        chosen = replace(chosen, weights=tuple(Path(p) for p in ptds))
-    if chosen.tokenizer is None:
-        raise InputError("no tokenizer file found beside the program", path=chosen.program, hint="pass --tokenizer PATH")
-    return chosen
-
-
-def describe(
-    deployment: Deployment,
-    *,
-    family: str | None = None,
-    chat_template: str | None = None,
-    check_runner: bool = True,
-) -> DeploymentView:
-    """Read every file of a deployment and infer its configuration (no writing)."""
-    pte = read_pte(deployment.program)
-    assert deployment.tokenizer is not None
-    config = deployment.configs.get("tokenizer_config")
-    tok = read_tokenizer(deployment.tokenizer, config_path=config, check_runner=check_runner)
-    weights = tuple(read_ptd(p) for p in deployment.weights)
-    inference = infer(
-        deployment,
-        pte=pte,
-        tokenizer=tok,
-        family_override=family,
-        chat_template_override=chat_template,
-    )
-    view = DeploymentView(deployment, pte, tok, weights, inference, tuple(inference.findings))
-    from etm_compat.diagnosis import diagnose_view, merge_findings  # imports pack: import here
-
-    return replace(view, findings=merge_findings(inference.findings, diagnose_view(view)))
+    dep, tok = view.deployment, view.tokenizer
+    assert dep.tokenizer is not None
+    members = [
+        MemberSpec(MEMBER_PROGRAM, dep.program, "program"),
+        MemberSpec(TOKENIZER_MEMBER_BY_FORMAT[tok.format], dep.tokenizer, "tokenizer"),
+    ]
+    config = dep.configs.get("tokenizer_config")
+    if tok.format == "hf_json" and config is not None:
+        members.append(MemberSpec(MEMBER_TOKENIZER_CONFIG, config, "tokenizer_config"))
+    names = weights_member_names(dep.weights)
+    for name, ptd_path, ptd in zip(names, dep.weights, view.weights, strict=True):
+        members.append(MemberSpec(name, ptd_path, "weights", tuple(sorted(ptd.keys))))
+    return members
 
 
 def build_metadata(
     view: DeploymentView,
+    members: Sequence[MemberSpec],
     *,
-    tokenizer_member: str,
     converted_from: str | None,
     digested_by_writer: Collection[Path] = (),
 ) -> dict[str, Any]:
@@ -151,7 +95,7 @@ def build_metadata(
         text = next((t for t, i in tok.special_tokens.items() if i == eos), None)
         eos_tokens.append(text)
     meta["tokenizer"] = {
-        "member": tokenizer_member,
+        "member": next(m.name for m in members if m.role == "tokenizer"),
         "format": tok.format,
         "variant": tok.variant,
         "vocab_size": tok.vocab_size,
@@ -175,46 +119,67 @@ def build_metadata(
             }
         )
     meta["provenance"]["sources"] = sources
+    meta["weights"] = [{"member": m.name, "keys": list(m.keys)} for m in members if m.role == "weights"]
     return meta
 
 
 def pack(
+    source: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    adapters: Sequence[Adapter],
+    *,
+    tokenizer: str | os.PathLike[str] | None = None,
+    ptds: Sequence[str | os.PathLike[str]] = (),
+    family: str | None = None,
+    chat_template: str | None = None,
+    force: bool = False,
+    fsync: bool = True,
+) -> PackResult:
+    """Pack the deployment ``source`` names (a folder or a ``.pte``) into one archive at ``dest``.
+
+    ``tokenizer``/``ptds`` replace the files found beside the program; ``family`` and
+    ``chat_template`` (the template's text) override inference. See :func:`pack_view`.
+
+    >>> from etm_compat.adapters import default_adapters
+    >>> pack("fixtures/legacy/et_example", "out/model.etm", default_adapters()).family  # doctest: +SKIP
+    'llama2'
+    """
+    dest_path = Path(dest)
+    if dest_path.exists() and not force:
+        raise OutputError("output exists", path=dest_path, hint="pass {force} to replace it")
+    deployment = resolve_source(source, adapters, tokenizer=tokenizer, ptds=ptds)
+    view = describe(deployment, family=family, chat_template=chat_template)
+    return pack_view(view, dest_path, force=force, fsync=fsync)
+
+
+def pack_view(
     view: DeploymentView,
     dest: str | os.PathLike[str],
     *,
-    overwrite: bool = False,
+    force: bool = False,
     fsync: bool = True,
 ) -> PackResult:
-    """Write ``view``'s deployment as one archive at ``dest`` (atomically; sources untouched).
+    """Write a described deployment as one archive at ``dest`` (atomically; sources untouched).
 
-    >>> from etm_compat.adapters import default_adapters
-    >>> dep = resolve_source("fixtures/legacy/et_example", default_adapters())  # doctest: +SKIP
-    >>> pack(describe(dep), "out/model.etm").archive  # doctest: +SKIP
+    An existing ``dest`` is refused unless ``force``. ``fsync=False`` keeps the write atomic
+    against crashes, not power loss.
     """
     dest_path = Path(dest)
     dep, tok = view.deployment, view.tokenizer
     assert dep.tokenizer is not None
     with contextlib.ExitStack() as stack:
-        tokenizer_source, converted_from = dep.tokenizer, None
+        members, converted_from = plan_members(view), None
         if tok.variant == "llama2c_original":
             # The runner only loads the pytorch-tokenizers layout: convert, and record it.
             scratch = stack.enter_context(
                 tempfile.TemporaryDirectory(prefix=".etm-pack-", dir=dest_path.parent or None)
             )
-            tokenizer_source = Path(scratch) / "tokenizer.bin"
-            convert_llama2c_original(dep.tokenizer, tokenizer_source)
+            converted = Path(scratch) / "tokenizer.bin"
+            convert_llama2c_original(dep.tokenizer, converted)
             converted_from = "llama2c_original"
-        tokenizer_member = TOKENIZER_MEMBER_BY_FORMAT[tok.format]
-        members = [
-            MemberSpec(MEMBER_PROGRAM, dep.program, "program"),
-            MemberSpec(tokenizer_member, tokenizer_source, "tokenizer"),
-        ]
-        config = dep.configs.get("tokenizer_config")
-        if tok.format == "hf_json" and config is not None:
-            members.append(MemberSpec(MEMBER_TOKENIZER_CONFIG, config, "tokenizer_config"))
-        names = weights_member_names(dep.weights)
-        for name, ptd_path, ptd in zip(names, dep.weights, view.weights, strict=True):
-            members.append(MemberSpec(name, ptd_path, "weights", tuple(sorted(ptd.keys))))
+            members = [
+                dataclasses.replace(m, source=converted) if m.role == "tokenizer" else m for m in members
+            ]
         # Files packed unchanged get their provenance digest from the writer's single pass.
         index = {path: i for i, path in enumerate(dep.sources)}
         members = [
@@ -222,12 +187,11 @@ def pack(
         ]
         meta = build_metadata(
             view,
-            tokenizer_member=tokenizer_member,
+            members,
             converted_from=converted_from,
             digested_by_writer=[m.source for m in members if m.provenance is not None],
         )
-        meta["weights"] = [{"member": m.name, "keys": list(m.keys)} for m in members if m.role == "weights"]
-        result = write_archive(dest_path, metadata=meta, members=members, overwrite=overwrite, fsync=fsync)
+        result = write_archive(dest_path, metadata=meta, members=members, overwrite=force, fsync=fsync)
     return PackResult(
         archive=dest_path,
         size=result.size,
@@ -235,3 +199,17 @@ def pack(
         findings=view.findings,
         metadata=result.metadata,
     )
+
+
+def unpack(
+    archive: str | os.PathLike[str], dest: str | os.PathLike[str], *, force: bool = False
+) -> list[Path]:
+    """Restore the multi-file layout of ``archive`` into folder ``dest``; the files written.
+
+    Existing files are refused unless ``force``; nothing is written outside ``dest``.
+    """
+    with open_archive(archive) as etm:
+        return etm.extract(dest, force=force)
+
+
+__all__ = ["PackResult", "build_metadata", "pack", "pack_view", "plan_members", "unpack"]

@@ -24,8 +24,8 @@ imported later. Code that ran ``from executorch.extension.llm.runner import Text
 *before* ``install()`` keeps the original class in its own namespace: call ``install()`` first.
 :func:`uninstall` restores everything.
 
-Importing this module is cheap: only the standard library. etm-compat's archive reader is
-imported when an archive path is first seen, torch/executorch only by the application itself.
+Importing this module is cheap: the standard library and etm-compat's archive reader and cache
+(no torch, executorch, jinja2 or rich); torch/executorch are imported by the application itself.
 """
 
 from __future__ import annotations
@@ -42,14 +42,18 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
 
+from etm_compat.archive import is_archive, open_archive
+from etm_compat.compat.cache import LegacyPaths, legacy_paths_of
+from etm_compat.compat.runtime import load_program_from_archive
+from etm_compat.constants import ETM_SUFFIX, MEMBER_PROGRAM
+from etm_compat.errors import EtmError, UsageError
+
 log = logging.getLogger(__name__)
 
 RUNNER_MODULE: Final = "executorch.extension.llm.runner"
 RUNNER_EXTENSION: Final = "executorch.extension.llm.runner._llm_runner"
 RUNTIME_MODULE: Final = "executorch.runtime"
 _HOOKED: Final = (RUNNER_MODULE, RUNTIME_MODULE)
-_ARCHIVE_SUFFIX: Final = ".etm"
-_ZIP_MAGIC: Final = b"PK\x03\x04"
 
 _lock = threading.RLock()
 #: (owner, attribute, original value) of every patch in place, for uninstall().
@@ -62,23 +66,8 @@ StrPath = str | os.PathLike[str]
 # --- finding the archive a path stands for ------------------------------------------------------
 
 
-def _is_archive_file(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    if path.suffix == _ARCHIVE_SUFFIX:
-        return True
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(4) == _ZIP_MAGIC
-    except OSError:
-        return False
-
-
 def _source_names(archive: Path) -> set[str] | None:
     """File names the archive was packed from (its provenance), or None if it is unreadable."""
-    from etm_compat.archive.read import open_archive
-    from etm_compat.errors import EtmError
-
     try:
         with open_archive(archive) as etm:
             sources = etm.metadata.get("provenance", {}).get("sources", [])
@@ -99,10 +88,10 @@ def find_archive(path: StrPath) -> Path | None:
     """
     p = Path(path)
     if p.exists():
-        return p if _is_archive_file(p) else None
+        return p if p.is_file() and is_archive(p) else None
     folder = p.parent
     try:
-        candidates = sorted(c for c in folder.glob(f"*{_ARCHIVE_SUFFIX}") if c.is_file())
+        candidates = sorted(c for c in folder.glob(f"*{ETM_SUFFIX}") if c.is_file())
     except OSError:
         return None
     if not candidates:
@@ -119,22 +108,18 @@ class _Archives:
     """The archives one call touches, each opened (and materialized) at most once."""
 
     def __init__(self) -> None:
-        self._paths: dict[Path, Any] = {}
+        self._paths: dict[Path, LegacyPaths] = {}
 
-    def legacy_paths(self, archive: Path) -> Any:
+    def legacy_paths(self, archive: Path) -> LegacyPaths:
         key = archive.resolve()
         if key not in self._paths:
-            from etm_compat.compat.loader import load
-
-            with load(archive) as bundle:
-                self._paths[key] = bundle.legacy_paths()
+            with open_archive(archive) as etm:
+                self._paths[key] = legacy_paths_of(etm)
         return self._paths[key]
 
 
-def _one_weights(paths: Any, archive: Path) -> str | None:
+def _one_weights(paths: LegacyPaths, archive: Path) -> str | None:
     if len(paths.weights) > 1:
-        from etm_compat.errors import UsageError
-
         raise UsageError(
             f"the archive has {len(paths.weights)} weight files; this API takes one data_path",
             path=archive,
@@ -212,17 +197,13 @@ def _make_load_program(original: Callable[..., Any]) -> Callable[..., Any]:
                     _Archives().legacy_paths(data_archive), data_archive
                 )
             return original(self, data, *args, **kwargs)
-        from etm_compat.archive.read import open_archive
-
         own_weights = data_path is None or data_archive == archive
         extra = set(kwargs) - {"verification", "data_path"}
         if own_weights and not args and not extra:
-            from etm_compat.compat.runtime import load_program_from_archive
-
             with open_archive(archive) as etm:  # program bytes, .ptd in memory: nothing on disk
                 return load_program_from_archive(etm, verification=kwargs.get("verification"))
         with open_archive(archive) as etm:
-            view = etm.member_view("model.pte")
+            view = etm.member_view(MEMBER_PROGRAM)
             try:
                 program_bytes = bytes(view)
             finally:

@@ -1,24 +1,31 @@
 """``verify``: is an archive whole, and does it still say the truth about its program?
 
-Structure and hashes always; with ``runtime=True`` the program is loaded in the real ExecuTorch
-runtime (straight from the archive bytes), its constant methods are compared with the metadata
-snapshot, and the tokenizer is loaded through pytorch_tokenizers as the on-device runner would.
+Structure and hashes always (the integrity check ``diagnose`` runs too); with ``runtime=True``
+the program is loaded in the real ExecuTorch runtime (straight from the archive bytes), its
+constant methods are compared with the metadata snapshot, and the tokenizer is loaded through
+pytorch_tokenizers as the on-device runner would.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from etm_compat.errors import EtmError
+from etm_compat.archive import EtmArchive, open_archive
+from etm_compat.archive.metadata import tokenizer_member
+from etm_compat.checks.archive import integrity_findings, read_archived_tokenizer, same_value
+from etm_compat.checks.subject import Subject
+from etm_compat.checks.tokens import check_runner_tokenizer
+from etm_compat.compat.runtime import load_program_from_archive
+from etm_compat.constants import MEMBER_PROGRAM, MEMBER_TOKENIZER_CONFIG
 from etm_compat.findings import Finding, sort_findings
 
 
 @dataclass(frozen=True)
-class VerifyReport:
+class VerifyResult:
+    """The one result of verifying an archive: every finding, worst first; ``ok`` if no error."""
+
     path: str
     findings: tuple[Finding, ...]
 
@@ -30,16 +37,6 @@ class VerifyReport:
         return {"path": self.path, "ok": self.ok, "findings": [f.to_json() for f in self.findings]}
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, float) or isinstance(b, float):
-        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)))
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
-
-
 def _flatten(value: Any) -> list[Any]:
     if isinstance(value, list):
         return [x for v in value for x in _flatten(v)]
@@ -48,10 +45,9 @@ def _flatten(value: Any) -> list[Any]:
     return [value]
 
 
-def check_runtime(archive: Any) -> list[Finding]:
-    """Load the program from the archive bytes and compare constant methods with the snapshot."""
-    from etm_compat.compat.runtime import load_program_from_archive
-
+def runtime_findings(archive: EtmArchive) -> list[Finding]:
+    """Load the program from the archive bytes, run every recorded constant method and compare
+    it with the snapshot; load the tokenizer as the runner does."""
     findings: list[Finding] = []
     name = str(archive.path)
     snapshot = (archive.metadata.get("program") or {}).get("constant_methods") or {}
@@ -62,7 +58,7 @@ def check_runtime(archive: Any) -> list[Finding]:
         except Exception as exc:  # the runtime raises bare RuntimeError for any load failure
             findings.append(Finding("runtime-method-failed", "error", f"constant method {method!r} did not run: {exc}", paths=(name,)))
             continue
-        if not _same(got, _flatten(expected)):
+        if not same_value(got, _flatten(expected)):
             findings.append(
                 Finding(
                     "metadata-snapshot-mismatch",
@@ -72,53 +68,32 @@ def check_runtime(archive: Any) -> list[Finding]:
                     paths=(name,),
                 )
             )
-    tok_meta = archive.metadata.get("tokenizer") or {}
-    member = tok_meta.get("member")
-    if member and member in archive.members:
-        findings.extend(_check_tokenizer(archive, member))
+    member = tokenizer_member(archive.metadata)
+    if member is not None and member in archive.members:
+        subject = Subject(
+            kind="archive",
+            tokenizer=read_archived_tokenizer(archive, member),
+            tokenizer_label=member,
+            program_label=MEMBER_PROGRAM,
+            constant_methods={},
+            has_tokenizer_config=MEMBER_TOKENIZER_CONFIG in archive.members,
+        )
+        findings += [f for f in check_runner_tokenizer(subject) if f.code == "tokenizer-not-loadable"]
     return findings
 
 
-def _check_tokenizer(archive: Any, member: str) -> list[Finding]:
-    from etm_compat.formats.tokenizer.detect import read_tokenizer
-
-    with tempfile.TemporaryDirectory(prefix="etm-verify-") as tmp:
-        # pytorch_tokenizers loads by path only: the tokenizer (small) is written to a scratch dir.
-        target = Path(tmp) / member
-        target.write_bytes(bytes(archive.member_view(member)))
-        config = None
-        if "tokenizer_config.json" in archive.members:
-            config = Path(tmp) / "tokenizer_config.json"
-            config.write_bytes(bytes(archive.member_view("tokenizer_config.json")))
-        info = read_tokenizer(target, config_path=config, check_runner=True)
-    if info.runner is not None and info.runner.loadable is False:
-        return [
-            Finding(
-                "tokenizer-not-loadable",
-                "error",
-                f"pytorch_tokenizers cannot load {member}: {info.runner.error}",
-                paths=(str(archive.path),),
-            )
-        ]
-    return []
-
-
-def verify(path: str | os.PathLike[str], *, runtime: bool = False) -> VerifyReport:
+def verify(path: str | os.PathLike[str], *, runtime: bool = False) -> VerifyResult:
     """Verify an archive; every problem is collected, none stops the others.
 
     >>> verify("model.etm").ok  # doctest: +SKIP
     True
     """
-    from etm_compat.archive import open_archive
-
     name = os.fspath(path)
-    findings: list[Finding] = []
     with open_archive(path) as archive:
-        for problem in archive.verify():
-            findings.append(Finding("archive-integrity", "error", str(problem), paths=(name,)))
+        findings = integrity_findings(archive, cite=name)
         if runtime and not findings:
-            try:
-                findings.extend(check_runtime(archive))
-            except EtmError:
-                raise
-    return VerifyReport(name, tuple(sort_findings(findings)))
+            findings += runtime_findings(archive)
+    return VerifyResult(name, tuple(sort_findings(findings)))
+
+
+__all__ = ["VerifyResult", "runtime_findings", "verify"]

@@ -16,7 +16,7 @@ from etm_compat.adapters import (
 
 from etm_compat.formats.ptd import read_ptd
 from etm_compat.formats.pte import read_pte
-from etm_compat.legacy.scan import read_folder
+from etm_compat.legacy.scan import deployments_in_folder
 
 LEGACY = FIXTURES / "legacy"
 
@@ -25,7 +25,7 @@ def _read(name: str):
     folder = LEGACY / name
     if not folder.is_dir():
         pytest.skip(f"fixtures/legacy/{name} missing")
-    found, skipped = read_folder(folder, default_adapters())
+    found, skipped = deployments_in_folder(folder, default_adapters())
     assert not skipped
     return found
 
@@ -88,7 +88,7 @@ def test_unrelated_ptd_is_not_paired(tmp_path):
     shutil.copy(LEGACY / "et_example" / "model.pte", tmp_path / "model.pte")
     shutil.copy(src / "weights.ptd", tmp_path / "model.ptd")
     shutil.copy(src / "tokenizer.model", tmp_path / "tokenizer.model")
-    (dep,) = read_folder(tmp_path, default_adapters())[0]
+    (dep,) = deployments_in_folder(tmp_path, default_adapters())[0]
     assert dep.weights == ()
     assert any("no program uses model.ptd" in n for n in dep.notes)
 
@@ -97,13 +97,13 @@ def test_tokenizer_found_by_content_under_an_odd_name(tmp_path):
     shutil.copy(LEGACY / "et_example" / "model.pte", tmp_path / "model.pte")
     shutil.copy(LEGACY / "et_example" / "tokenizer.model", tmp_path / "spm_v2.model")
     shutil.copy(LEGACY / "hf_style" / "config.json", tmp_path / "notes.json")  # sniffs as no tokenizer
-    (dep,) = read_folder(tmp_path, [ExecutorchExampleAdapter()])[0]
+    (dep,) = deployments_in_folder(tmp_path, [ExecutorchExampleAdapter()])[0]
     assert dep.tokenizer == tmp_path / "spm_v2.model"
 
 
 def test_folder_without_tokenizer_is_skipped_with_reason(tmp_path):
     shutil.copy(LEGACY / "et_example" / "model.pte", tmp_path / "model.pte")
-    found, skipped = read_folder(tmp_path, default_adapters())
+    found, skipped = deployments_in_folder(tmp_path, default_adapters())
     assert found == []
     assert "no tokenizer" in skipped[0].reason
 
@@ -133,6 +133,6 @@ def test_a_corrupt_variant_does_not_hide_its_good_neighbour(tmp_path):
     shutil.copy(LEGACY / "variants" / "model_a.pte", tmp_path / "model_a.pte")
     (tmp_path / "model_b.pte").write_bytes(b"\0\0\0\0ET12" + bytes(range(256)) * 8)
     shutil.copy(LEGACY / "variants" / "tokenizer.model", tmp_path / "tokenizer.model")
-    found, skipped = read_folder(tmp_path, default_adapters())
+    found, skipped = deployments_in_folder(tmp_path, default_adapters())
     assert skipped == []
     assert sorted(d.program.name for d in found) == ["model_a.pte", "model_b.pte"]

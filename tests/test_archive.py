@@ -16,10 +16,10 @@ import pytest
 from etm_compat.archive import (
     MemberSpec,
     open_archive,
-    verify_archive,
     write_archive,
 )
 from etm_compat.errors import OutputError, UnreadableError, UsageError
+from etm_compat.verification import verify
 from etm_compat.archive.metadata import new_metadata
 from etm_compat.archive.zipfmt import end_records, local_header
 
@@ -83,7 +83,7 @@ def test_layout_order_alignment_and_metadata(tmp_path: Path) -> None:
             {"member": "weights/ext_weights.ptd", "keys": ["linear.weight", "linear.bias"]}
         ]
         assert etm.verify() == []
-    assert verify_archive(result.path)["format"] == "etm"
+    assert verify(result.path).ok
     raw = result.path.read_bytes()
     assert raw[:4] == b"PK\x03\x04" and raw[30:43] == b"metadata.json"
     assert result.size == len(raw)

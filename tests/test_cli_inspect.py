@@ -12,7 +12,7 @@ import pytest
 from conftest import FIXTURES, fixture_file
 
 from etm_compat.cli.main import main
-from etm_compat.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_USAGE
+from etm_compat.cli.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_USAGE
 
 
 def run_json(capsys, *args: str) -> dict:

@@ -19,9 +19,12 @@ import pytest
 from etm_compat.adapters import default_adapters
 
 from etm_compat.cli.main import main
-from etm_compat.diagnosis import diagnose_archive, diagnose_path
+from etm_compat.checks.archive import check_archive
+from etm_compat.diagnosis import diagnose
 from etm_compat.checks.tokens import Subject, check_backends
-from etm_compat.packing import describe, pack, resolve_source
+from etm_compat.legacy.resolve import resolve_source
+from etm_compat.packing import pack_view
+from etm_compat.view import describe
 from tests.conftest import FIXTURES
 
 BROKEN = sorted(p for p in (FIXTURES / "broken").iterdir() if p.is_dir()) if (FIXTURES / "broken").is_dir() else []
@@ -126,10 +129,10 @@ def test_packed_clean_deployment_diagnoses_clean(tmp_path: Path) -> None:
     shutil.copy(FIXTURES / "legacy" / "with_ptd" / "program.pte", src / "program.pte")
     shutil.copy(FIXTURES / "legacy" / "with_ptd" / "weights.ptd", src / "weights.ptd")
     shutil.copy(FIXTURES / "legacy" / "with_ptd" / "tokenizer.model", src / "tokenizer.model")
-    result = pack(describe(resolve_source(src, default_adapters())), tmp_path / "m.etm")
-    findings = diagnose_archive(result.archive)
+    result = pack_view(describe(resolve_source(src, default_adapters())), tmp_path / "m.etm")
+    findings = check_archive(result.archive)
     assert [f for f in findings if f.severity != "info"] == []
-    report = diagnose_path(tmp_path, default_adapters())
+    report = diagnose(tmp_path, default_adapters())
     assert {d.kind for d in report.deployments} == {"deployment", "archive"}
 
 

@@ -22,7 +22,7 @@ from etm_compat.errors import UsageError
 from etm_compat.prompt.families import Family, load_registry
 from etm_compat.infer.inference import Inference, infer, infer_from_parts
 from etm_compat.formats.pte import PteInfo, read_pte
-from etm_compat.legacy.scan import read_folder
+from etm_compat.legacy.scan import deployments_in_folder
 from etm_compat.formats.tokenizer.detect import read_tokenizer
 
 REGISTRY = load_registry()
@@ -433,7 +433,7 @@ def legacy(name: str) -> list[Inference]:
     folder = FIXTURES / "legacy" / name
     if not folder.is_dir():
         pytest.skip(f"fixtures/legacy/{name} is missing")
-    deployments, _ = read_folder(folder, default_adapters())
+    deployments, _ = deployments_in_folder(folder, default_adapters())
     assert deployments
     return [infer(d) for d in deployments]
 
@@ -492,7 +492,7 @@ def test_export_llm_yaml_disagreeing_with_the_tokenizer_is_a_conflict(tmp_path: 
     shutil.copytree(src, folder)
     yaml_path = folder / "export_config.yaml"
     yaml_path.write_text(yaml_path.read_text().replace("model_class: llama2", "model_class: llama3"))
-    deployments, _ = read_folder(folder, default_adapters())
+    deployments, _ = deployments_in_folder(folder, default_adapters())
     (result,) = [infer(d) for d in deployments]
     # model_class llama3 + Llama 3 rope_theta, but a llama2.c tokenizer: kept as a conflict
     assert any(c.field == "family" for c in result.conflicts)

@@ -18,9 +18,11 @@ import pytest
 from conftest import FIXTURES
 from etm_compat.adapters import default_adapters
 
-from etm_compat.archive import verify_archive
+from etm_compat.archive import open_archive
 from etm_compat.cli.main import main
-from etm_compat.errors import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError
+from etm_compat.cli.exit_codes import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE
+from etm_compat.errors import UsageError
+from etm_compat.verification import verify
 from etm_compat.bulk.upgrade import execute, plan_upgrade
 from etm_compat.bulk.lock import archive_lock, lock_path
 
@@ -234,7 +236,7 @@ def test_changed_or_damaged_archives_are_redone_and_only_they(tmp_path, capsys):
         "variants/model_a.pte",
         "variants/model_b.pte",
     ]
-    verify_archive(damaged)
+    assert verify(damaged).ok
 
 
 def test_verify_existing_catches_a_change_that_kept_size_and_mtime(tmp_path, capsys):
@@ -316,8 +318,8 @@ def test_reports_in_three_formats_carry_outcomes_and_findings(tmp_path, capsys):
     assert tik["family"] == "llama3_2" and tik["size"] > 0
     assert {f["code"] for f in tik["findings"]} >= {"family-ambiguous"}
     md = reports[1].read_text()
-    assert "| tiktoken_llama3/model.pte | up_to_date |" in md and "family-ambiguous" in md
-    assert "evil\\|&lt;b&gt;name&lt;/b&gt;" in md
+    assert "| tiktoken\\_llama3/model.pte | up_to_date |" in md and "family-ambiguous" in md
+    assert "evil\\|\\<b\\>name\\</b\\>" in md and "<b>" not in md
     page = reports[2].read_text()
     assert page.startswith("<!DOCTYPE html>") and "<script" not in page and "<b>name" not in page
     assert "evil|&lt;b&gt;name&lt;/b&gt;" in page and "family-ambiguous" in page
@@ -342,7 +344,9 @@ def test_two_hundred_deployments_upgrade_and_rerun(tmp_path, capsys):
     for program in tree.good:
         archive = Path(outcome[program]["archive"])
         assert archive == out / Path(program).with_suffix(".etm")
-        meta = verify_archive(archive)
+        assert verify(archive).ok
+        with open_archive(archive) as etm:
+            meta = etm.metadata
         assert outcome[program]["size"] == archive.stat().st_size
         assert {s["path"] for s in meta["provenance"]["sources"]} >= {Path(program).name}
     skipped = {str(Path(s["path"]).relative_to(tree.root)): s["reason"] for s in result["skipped"]}
@@ -370,7 +374,7 @@ def test_one_run_writes_every_requested_report(tmp_path, capsys):
     assert main(args) == EXIT_OK
     data = json.loads(reports[0].read_text())
     assert data["counts"]["written"] == 7
-    assert "| et_example/model.pte | written |" in reports[1].read_text()
+    assert "| et\\_example/model.pte | written |" in reports[1].read_text()
     assert "written" in reports[2].read_text()
 
 

@@ -16,7 +16,7 @@ import time
 
 from test_upgrade import build_tree
 
-from etm_compat.archive import verify_archive
+from etm_compat.verification import verify
 
 
 def _start(args: list[str]) -> subprocess.Popen[bytes]:
@@ -51,7 +51,7 @@ def test_sigkill_at_random_moments_never_exposes_a_partial_archive(tmp_path):
         proc.communicate(timeout=60)
         archives = sorted(out.rglob("*.etm"))
         for archive in archives:
-            verify_archive(archive)  # raises on a partial or corrupt archive
+            assert verify(archive).ok  # a partial or corrupt archive fails
         seen.append(len(archives))
     assert 0 < seen[-1] < len(tree.good), seen
     proc = _start([*args, "--json"])
@@ -61,6 +61,6 @@ def test_sigkill_at_random_moments_never_exposes_a_partial_archive(tmp_path):
     assert {p for p, o in outcome.items() if o in ("written", "up_to_date")} == tree.good, stderr
     assert result["counts"]["locked"] == 0
     for program in tree.good:
-        verify_archive((out / program).with_suffix(".etm"))
+        assert verify((out / program).with_suffix(".etm")).ok
     leftovers = [p for p in out.rglob("*.tmp")]
     assert leftovers == [], "temporary files of killed runs must be cleaned by the run that retakes the lock"

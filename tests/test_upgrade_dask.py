@@ -8,7 +8,7 @@ import warnings
 import pytest
 from test_upgrade import build_tree
 
-from etm_compat.archive import verify_archive
+from etm_compat.verification import verify
 from etm_compat.cli.main import main
 from etm_compat.errors import UsageError
 from etm_compat.bulk.upgrade import open_executor
@@ -42,7 +42,7 @@ def test_dask_cluster_writes_the_same_bytes_as_the_local_path(tmp_path, capsys, 
     assert len(local_files) == len(tree.good)
     for rel in local_files:
         assert (local / rel).read_bytes() == (remote / rel).read_bytes(), rel
-        verify_archive(remote / rel)
+        assert verify(remote / rel).ok
     # A re-run through the cluster redoes nothing (and does not even need the workers).
     code = main(["upgrade", str(tree.root), "--out", str(remote), "--scheduler", cluster.scheduler_address, "--json"])
     again = json.loads(capsys.readouterr().out)

@@ -15,7 +15,6 @@ from etm_compat.archive.read import (
     is_archive,
     open_archive,
     role_of,
-    verify_archive,
 )
 from etm_compat.archive.write import ArchiveWriteResult, MemberSpec, WrittenMember, write_archive
 
@@ -30,6 +29,5 @@ __all__ = [
     "is_archive",
     "open_archive",
     "role_of",
-    "verify_archive",
     "write_archive",
 ]

@@ -181,6 +181,17 @@ def new_metadata(*, tool_version: str) -> dict[str, Any]:
     return dict(meta)
 
 
+def tokenizer_member(meta: Mapping[str, Any]) -> str | None:
+    """The member holding the tokenizer: the one ``tokenizer.member`` names, else the first
+    member whose role is ``tokenizer``; None when there is none."""
+    tokenizer = meta.get("tokenizer") or {}
+    member = tokenizer.get("member")
+    if isinstance(member, str):
+        return member
+    found = [m["name"] for m in meta.get("members") or [] if m.get("role") == "tokenizer"]
+    return found[0] if found else None
+
+
 # --- parsing and serializing -------------------------------------------------------------------
 
 
@@ -292,6 +303,7 @@ def serialize_metadata(meta: Mapping[str, Any]) -> bytes:
 
 
 __all__ = [
+    "tokenizer_member",
     "CONFIDENCES",
     "ROLES",
     "SEVERITIES",

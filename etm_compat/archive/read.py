@@ -48,7 +48,6 @@ __all__ = [
     "is_archive",
     "open_archive",
     "role_of",
-    "verify_archive",
 ]
 
 log = logging.getLogger(__name__)
@@ -225,7 +224,7 @@ class EtmArchive:
             raise OutputError(
                 f"would overwrite {', '.join(existing)}",
                 path=root,
-                hint="extract into an empty folder or pass --force",
+                hint="extract into an empty folder or pass {force}",
             )
         temps: list[tuple[Path, Path]] = []
         try:
@@ -345,19 +344,3 @@ def _read_metadata(f: BinaryIO, members: dict[str, MemberInfo], path: Path) -> d
             hint=HINT_REPACK,
         )
     return meta
-
-
-def verify_archive(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Open and fully verify an archive; raise :class:`IntegrityError` listing every problem.
-
-    Returns the metadata when every member's CRC32 and sha256 match.
-    """
-    with open_archive(path) as etm:
-        problems = etm.verify()
-        if problems:
-            raise IntegrityError(
-                f"{len(problems)} problem(s): " + "; ".join(map(str, problems)),
-                path=path,
-                hint=problems[0].hint,
-            )
-        return etm.metadata

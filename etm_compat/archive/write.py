@@ -225,7 +225,7 @@ def write_archive(
     dest = Path(dest)
     ordered = _check_specs(members)
     if dest.exists() and not overwrite:
-        raise OutputError("already exists", path=dest, hint="choose another name or pass --force")
+        raise OutputError("already exists", path=dest, hint="choose another name or pass {force}")
     if not dest.parent.is_dir():
         raise OutputError("destination folder does not exist", path=dest.parent)
     meta: dict[str, Any] = copy.deepcopy(dict(metadata))

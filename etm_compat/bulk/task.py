@@ -16,10 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypedDict, cast
 
+from etm_compat.archive import open_archive
+from etm_compat.bulk.lock import archive_lock, remove_stale_temporaries
 from etm_compat.constants import ETM_FORMAT_VERSION
-from etm_compat.legacy.deployment import ConfigRole, Deployment
 from etm_compat.errors import EtmError
 from etm_compat.findings import Finding
+from etm_compat.legacy.deployment import ConfigRole, Deployment
+from etm_compat.packing import pack_view
+from etm_compat.view import describe
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ class ArchiveCheck:
     findings: tuple[Finding, ...] = ()
 
 
-def check_archive(archive: Path, deployment: Deployment, *, deep: bool = False) -> ArchiveCheck:
+def archive_status(archive: Path, deployment: Deployment, *, deep: bool = False) -> ArchiveCheck:
     """Is ``archive`` an up-to-date packing of ``deployment``? Never raises for a bad archive.
 
     Up to date iff the archive opens and validates (structure + metadata, no member hashing), has
@@ -59,11 +63,9 @@ def check_archive(archive: Path, deployment: Deployment, *, deep: bool = False) 
     source files with the same sizes and mtimes. ``deep`` adds a full pass: every member's CRC and
     sha256, and every source's sha256 against the recorded one.
 
-    >>> check_archive(Path("out/model.etm"), deployment).status  # doctest: +SKIP
+    >>> archive_status(Path("out/model.etm"), deployment).status  # doctest: +SKIP
     'up_to_date'
     """
-    from etm_compat.archive import open_archive
-
     if not os.path.lexists(archive):
         return ArchiveCheck("new", "no archive yet")
     try:
@@ -149,9 +151,6 @@ def upgrade_task(task: Task) -> TaskOutcome:
 
     Top level and plain data only, so it runs in a process pool or on a Dask worker.
     """
-    from etm_compat.packing import describe, pack
-    from etm_compat.bulk.lock import archive_lock, remove_stale_temporaries
-
     start = time.perf_counter()
     archive = Path(task["archive"])
     configs = cast(
@@ -191,7 +190,7 @@ def upgrade_task(task: Task) -> TaskOutcome:
             if not mine:
                 return done("locked", "another run holds this archive's lock; it is writing it now")
             remove_stale_temporaries(archive)
-            check = check_archive(archive, dep, deep=task["verify_existing"])
+            check = archive_status(archive, dep, deep=task["verify_existing"])
             if check.status == "up_to_date" and not task["force"]:
                 return done(
                     "up_to_date",
@@ -201,7 +200,7 @@ def upgrade_task(task: Task) -> TaskOutcome:
                     findings=check.findings,
                 )
             view = describe(dep)
-            result = pack(view, archive, overwrite=True)
+            result = pack_view(view, archive, force=True)
     except EtmError as exc:
         return done("failed", str(exc))
     except OSError as exc:
@@ -219,7 +218,7 @@ __all__ = [
     "Status",
     "Task",
     "TaskOutcome",
-    "check_archive",
+    "archive_status",
     "fingerprint",
     "upgrade_task",
 ]

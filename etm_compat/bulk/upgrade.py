@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from etm_compat.legacy.deployment import Adapter, Deployment, Skipped
+from etm_compat.constants import ETM_SUFFIX
 from etm_compat.errors import UsageError
 from etm_compat.findings import Finding
 from etm_compat.legacy.scan import scan
@@ -31,14 +32,13 @@ from etm_compat.bulk.task import (
     Status,
     Task,
     TaskOutcome,
-    check_archive,
+    archive_status,
     fingerprint,
     upgrade_task,
 )
 
 log = logging.getLogger(__name__)
 
-ARCHIVE_SUFFIX = ".etm"
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def _archive_name(deployment: Deployment, root: Path, out: Path | None) -> Path:
-    name = deployment.program.stem + ARCHIVE_SUFFIX
+    name = deployment.program.stem + ETM_SUFFIX
     if out is None:
         return deployment.root / name
     return out / os.path.relpath(deployment.root, root) / name
@@ -205,7 +205,7 @@ def plan_upgrade(
         raise UsageError(
             "the output folder is the scanned folder",
             path=out_dir,
-            hint="use --in-place to write archives beside their sources",
+            hint="use {in_place} to write archives beside their sources",
         )
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise UsageError("the output exists and is not a folder", path=out_dir)
@@ -228,7 +228,7 @@ def plan_upgrade(
         if force and os.path.lexists(archive):
             check = ArchiveCheck("stale", "--force: repack everything")
         else:
-            check = check_archive(archive, dep)
+            check = archive_status(archive, dep)
         if archive != wanted:
             why = f"{check.reason} (named {archive.name}: another program already maps to {wanted.name})"
             check = replace(check, reason=why)
@@ -345,18 +345,40 @@ def execute(
     )
 
 
+def upgrade(
+    root: str | os.PathLike[str],
+    adapters: Sequence[Adapter],
+    *,
+    out: str | os.PathLike[str] | None = None,
+    in_place: bool = False,
+    force: bool = False,
+    verify_existing: bool = False,
+    jobs: int | None = None,
+    scheduler: str | None = None,
+    progress: Progress | None = None,
+) -> UpgradeResult:
+    """Pack every deployment under ``root`` that is not up to date: plan, then execute.
+
+    ``jobs`` worker processes (default: the cores), or the Dask ``scheduler`` at that address.
+
+    >>> from etm_compat.adapters import default_adapters
+    >>> upgrade("fixtures/legacy", default_adapters(), out="migrated").ok  # doctest: +SKIP
+    True
+    """
+    plan = plan_upgrade(
+        root, adapters, out=out, in_place=in_place, force=force, verify_existing=verify_existing
+    )
+    with open_executor(jobs=jobs or default_jobs(), scheduler=scheduler, pending=len(plan.pending)) as executor:
+        return execute(plan, executor, progress=progress)
+
+
 __all__ = [
     "ItemResult",
-    "Outcome",
     "PlanItem",
-    "Status",
     "UpgradePlan",
     "UpgradeResult",
-    "check_archive",
-    "default_jobs",
     "execute",
     "make_task",
-    "open_executor",
     "plan_upgrade",
-    "upgrade_task",
+    "upgrade",
 ]

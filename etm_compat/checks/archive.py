@@ -1,10 +1,11 @@
 """Archive checks: integrity, metadata snapshot vs the archived program and tokenizer.
 
-No runtime is needed: the archived ``model.pte`` head is read from the archive mapping with
-:func:`~etm_compat.formats.pte.read_pte_bytes`, each ``.ptd`` with :func:`~etm_compat.formats.ptd.read_ptd_bytes`,
-and the tokenizer (which the readers take by path) is copied to a scratch folder, read, and
-deleted. Then the mismatch checks run on what metadata.json records (template, stop set,
-num_bos) against those archived files.
+Shared by ``verify`` (integrity, and the tokenizer and snapshot checks of ``verify --runtime``)
+and ``diagnose`` (all of them). No runtime is needed: the archived ``model.pte`` head is read
+from the archive mapping with :func:`~etm_compat.formats.pte.read_pte_bytes`, each ``.ptd`` with
+:func:`~etm_compat.formats.ptd.read_ptd_bytes`, and the tokenizer (which the readers take by
+path) is copied to a scratch folder, read, and deleted. Then the mismatch checks run on what
+metadata.json records (template, stop set, num_bos) against those archived files.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from etm_compat.constants import MEMBER_METADATA, MEMBER_PROGRAM, MEMBER_TOKENIZER_CONFIG
-from etm_compat.diagnosis import family_of, run_checks
-from etm_compat.checks.subject import Subject, _f
+from etm_compat.archive import EtmArchive, open_archive
+from etm_compat.checks.run import family_of, run_checks
+from etm_compat.checks.subject import Subject, finding
+from etm_compat.formats.tokenizer.detect import read_tokenizer
 from etm_compat.errors import EtmError
 from etm_compat.findings import Finding
 from etm_compat.formats.ptd import read_ptd_bytes
@@ -24,7 +27,7 @@ from etm_compat.formats.pte import PteInfo, read_pte_bytes
 from etm_compat.formats.tokenizer.model import TokenizerInfo
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
     """Equal as JSON values (bools are not ints; floats compared with a relative tolerance)."""
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
@@ -33,9 +36,9 @@ def _same(a: Any, b: Any) -> bool:
             return False
         return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)))
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
     return bool(a == b)
 
 
@@ -51,12 +54,12 @@ def _snapshot(pte: PteInfo, meta: Mapping[str, Any]) -> list[Finding]:
             diffs.append(f"{name}: recorded {recorded[name]!r}, absent from the program")
         elif name not in recorded:
             diffs.append(f"{name}: the program returns {real[name]!r}, not recorded")
-        elif not _same(real[name], recorded[name]):
+        elif not same_value(real[name], recorded[name]):
             diffs.append(f"{name}: the program returns {real[name]!r}, metadata says {recorded[name]!r}")
     if not diffs:
         return []
     return [
-        _f(
+        finding(
             "metadata-snapshot-mismatch",
             "error",
             f"metadata.json's constant-method snapshot disagrees with {MEMBER_PROGRAM}: "
@@ -80,7 +83,7 @@ def _tokenizer_meta(tok: TokenizerInfo, member: str, meta: Mapping[str, Any]) ->
     if not diffs:
         return []
     return [
-        _f(
+        finding(
             "metadata-tokenizer-mismatch",
             "error",
             "metadata.json does not describe the archived tokenizer: " + "; ".join(diffs),
@@ -91,9 +94,9 @@ def _tokenizer_meta(tok: TokenizerInfo, member: str, meta: Mapping[str, Any]) ->
     ]
 
 
-def _read_tokenizer(archive: Any, member: str) -> TokenizerInfo:
-    from etm_compat.formats.tokenizer.detect import read_tokenizer
-
+def read_archived_tokenizer(archive: EtmArchive, member: str) -> TokenizerInfo:
+    """Read an archived tokenizer as the runner would (pytorch_tokenizers loads by path only:
+    the member, and tokenizer_config.json when present, go to a scratch folder for the read)."""
     with tempfile.TemporaryDirectory(prefix="etm-diagnose-") as tmp:
         target = Path(tmp) / Path(member).name
         with archive.member_view(member) as view:
@@ -112,18 +115,25 @@ def _ints(value: Any) -> tuple[int, ...]:
     return tuple(v for v in value if isinstance(v, int) and not isinstance(v, bool))
 
 
-def check_archive(path: Path) -> list[Finding]:
-    """Every archive-level finding (see :func:`etm_compat.diagnosis.diagnose_archive`)."""
-    from etm_compat.archive import open_archive
+def integrity_findings(archive: EtmArchive, *, cite: str | None = None) -> list[Finding]:
+    """Every member whose bytes fail their CRC-32 or sha256, as ``archive-integrity`` errors.
 
+    Each finding cites the damaged member and says how to fix it; with ``cite`` it cites that
+    name instead and carries no hint (``verify``'s one-line-per-problem form).
+    """
+    if cite is not None:
+        return [Finding("archive-integrity", "error", str(p), paths=(cite,)) for p in archive.verify()]
+    return [
+        finding("archive-integrity", "error", str(p), p.hint, p.member) for p in archive.verify()
+    ]
+
+
+def check_archive(path: Path) -> list[Finding]:
+    """Every archive-level finding: integrity, snapshot, tokenizer, and the subject checks."""
     findings: list[Finding] = []
     with open_archive(path) as archive:
-        damaged: set[str] = set()
-        for problem in archive.verify():
-            damaged.add(problem.member)
-            findings.append(
-                _f("archive-integrity", "error", str(problem), problem.hint, problem.member)
-            )
+        findings += integrity_findings(archive)
+        damaged = {f.paths[0] for f in findings}
         meta = archive.metadata
         pte: PteInfo | None = None
         # A damaged member is reported once, as damaged, and not read further.
@@ -132,7 +142,7 @@ def check_archive(path: Path) -> list[Finding]:
                 with archive.member_view(MEMBER_PROGRAM) as view:
                     pte = read_pte_bytes(view, name=MEMBER_PROGRAM)
             except EtmError as exc:
-                findings.append(_f("archive-unreadable", "error", str(exc), exc.hint or "", MEMBER_PROGRAM))
+                findings.append(finding("archive-unreadable", "error", str(exc), exc.hint or "", MEMBER_PROGRAM))
         if pte is not None:
             findings += _snapshot(pte, meta)
         tok_meta = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), dict) else {}
@@ -140,9 +150,9 @@ def check_archive(path: Path) -> list[Finding]:
         tok: TokenizerInfo | None = None
         if isinstance(member, str) and member in archive.members and member not in damaged:
             try:
-                tok = _read_tokenizer(archive, member)
+                tok = read_archived_tokenizer(archive, member)
             except EtmError as exc:
-                findings.append(_f("archive-unreadable", "error", str(exc), exc.hint or "", member))
+                findings.append(finding("archive-unreadable", "error", str(exc), exc.hint or "", member))
         if tok is not None and isinstance(member, str):
             findings += _tokenizer_meta(tok, member, meta)
         weights: list[tuple[str, frozenset[str]]] = []
@@ -152,7 +162,7 @@ def check_archive(path: Path) -> list[Finding]:
                     with archive.member_view(name) as view:
                         weights.append((name, read_ptd_bytes(view, name=name).keys))
                 except EtmError as exc:
-                    findings.append(_f("archive-unreadable", "error", str(exc), exc.hint or "", name))
+                    findings.append(finding("archive-unreadable", "error", str(exc), exc.hint or "", name))
         if pte is None:
             return findings
         family = meta.get("family") if isinstance(meta.get("family"), dict) else {}
@@ -187,4 +197,9 @@ def check_archive(path: Path) -> list[Finding]:
     return findings
 
 
-__all__ = ["check_archive"]
+__all__ = [
+    "check_archive",
+    "integrity_findings",
+    "read_archived_tokenizer",
+    "same_value",
+]

@@ -7,7 +7,7 @@ re-exported from :mod:`etm_compat.checks.tokens`. Codes are listed in docs/DIAGN
 
 from __future__ import annotations
 
-from etm_compat.checks.subject import Subject, _f, _int
+from etm_compat.checks.subject import Subject, as_int, finding
 from etm_compat.findings import Finding
 
 # --- program ----------------------------------------------------------------------------------
@@ -17,10 +17,10 @@ def check_program(s: Subject) -> list[Finding]:
     """Constant methods the ExecuTorch LLM runner requires or compares."""
     cm = s.constant_methods
     out: list[Finding] = []
-    seq = _int(cm.get("get_max_seq_len"))
+    seq = as_int(cm.get("get_max_seq_len"))
     if "get_max_seq_len" not in cm:
         out.append(
-            _f(
+            finding(
                 "max-seq-len-missing",
                 "error",
                 f"{s.program_label} has no get_max_seq_len constant method; the ExecuTorch LLM "
@@ -29,10 +29,10 @@ def check_program(s: Subject) -> list[Finding]:
                 s.program_label,
             )
         )
-    ctx = _int(cm.get("get_max_context_len"))
+    ctx = as_int(cm.get("get_max_context_len"))
     if seq is not None and ctx is not None and ctx < seq:
         out.append(
-            _f(
+            finding(
                 "context-shorter-than-seq",
                 "error",
                 f"{s.program_label}: get_max_context_len={ctx} is smaller than "
@@ -55,7 +55,7 @@ def check_weights(s: Subject) -> list[Finding]:
     if missing:
         shown = ", ".join(repr(k) for k in missing[:8]) + (" ..." if len(missing) > 8 else "")
         out.append(
-            _f(
+            finding(
                 "weights-missing-key",
                 "error",
                 f"{s.program_label} needs {len(missing)} external tensor(s) no .ptd provides: {shown}",
@@ -69,7 +69,7 @@ def check_weights(s: Subject) -> list[Finding]:
             shared.setdefault(tuple(labels), []).append(key)
     for files, dup_keys in shared.items():
         out.append(
-            _f(
+            finding(
                 "weights-duplicate-key",
                 "error",
                 f"{', '.join(files)} all provide {len(dup_keys)} key(s): "
@@ -85,7 +85,7 @@ def check_weights(s: Subject) -> list[Finding]:
             unused = sorted(keys - used)
             if unused:
                 out.append(
-                    _f(
+                    finding(
                         "weights-unused-key",
                         "warning",
                         f"{label} provides {len(unused)} key(s) {s.program_label} never uses: "
@@ -103,7 +103,7 @@ def check_backends(s: Subject, registered: frozenset[str] | None) -> list[Findin
     if registered is None:
         return []
     return [
-        _f(
+        finding(
             "backend-not-registered",
             "info",
             f"{s.program_label} delegates to {name}, which the installed ExecuTorch runtime "

@@ -50,12 +50,14 @@ class Subject:
     prior_codes: frozenset[str] = field(default_factory=frozenset)
 
 
-def _int(value: Any) -> int | None:
+def as_int(value: Any) -> int | None:
+    """An int that is not a bool, or None."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _f(code: str, severity: Severity, message: str, hint: str, *paths: str) -> Finding:
+def finding(code: str, severity: Severity, message: str, hint: str, *paths: str) -> Finding:
+    """A finding citing each path once, in order."""
     return Finding(code, severity, message, hint, tuple(dict.fromkeys(paths)))
 
 
-__all__ = ["Subject", "SubjectKind"]
+__all__ = ["Subject", "SubjectKind", "as_int", "finding"]

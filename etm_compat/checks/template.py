@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from etm_compat.prompt.chat import STANDARD_CONVERSATIONS, render_chat
-from etm_compat.checks.subject import Subject, _f, _int
+from etm_compat.checks.subject import Subject, as_int, finding
 from etm_compat.errors import EtmError
 from etm_compat.findings import Finding
 
@@ -85,7 +85,7 @@ def check_template(s: Subject, rendered: Rendered | None, eot_text: str | None) 
     if rendered.failures and "template-render-failed" not in s.prior_codes:
         name, error = next(iter(rendered.failures.items()))
         out.append(
-            _f(
+            finding(
                 "template-render-failed",
                 "warning",
                 f"the chat template fails on {len(rendered.failures)} of "
@@ -104,7 +104,7 @@ def check_template(s: Subject, rendered: Rendered | None, eot_text: str | None) 
     unknown = sorted(m for m in markers if tok.token_id(m) is None)
     if unknown:
         out.append(
-            _f(
+            finding(
                 "template-token-not-in-vocab",
                 "error" if s.template_from_files else "warning",
                 f"the chat template emits {', '.join(repr(m) for m in unknown)}, which the "
@@ -119,7 +119,7 @@ def check_template(s: Subject, rendered: Rendered | None, eot_text: str | None) 
     ends = [e for e in ends if tok.token_id(e) is not None]
     if s.template_from_files and ends and eot_text is None and not any(e in joined for e in ends):
         out.append(
-            _f(
+            finding(
                 "template-no-end-of-turn",
                 "warning",
                 "the chat template never emits an end-of-turn or eos token ("
@@ -131,7 +131,7 @@ def check_template(s: Subject, rendered: Rendered | None, eot_text: str | None) 
         )
     bos = rendered.bos_token
     if bos and all(t.startswith(bos) for t in texts):
-        legacy_n_bos = _int(s.constant_methods.get("get_n_bos")) or 0
+        legacy_n_bos = as_int(s.constant_methods.get("get_n_bos")) or 0
         reasons = []
         if s.num_bos > 0:
             reasons.append(f"num_bos={s.num_bos}")
@@ -141,7 +141,7 @@ def check_template(s: Subject, rendered: Rendered | None, eot_text: str | None) 
             reasons.append("tokenizer_config.json add_bos_token=true")
         if reasons:
             out.append(
-                _f(
+                finding(
                     "double-bos",
                     "error" if s.kind == "archive" else "warning",
                     f"the chat template already starts every prompt with {bos!r} and "

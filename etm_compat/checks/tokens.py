@@ -14,17 +14,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from etm_compat.constants import LEGACY_DEFAULT_BOS_ID, LEGACY_DEFAULT_EOS_IDS
-from etm_compat.checks.subject import Subject, _f, _int
+from etm_compat.checks.subject import Subject, as_int, finding
 from etm_compat.checks.subject import SubjectKind as SubjectKind  # re-exported
 from etm_compat.checks.program import check_backends, check_program, check_weights
 from etm_compat.findings import Finding
 
 
 def _ints(value: Any) -> list[int] | None:
-    one = _int(value)
+    one = as_int(value)
     if one is not None:
         return [one]
-    if isinstance(value, list) and value and all(_int(v) is not None for v in value):
+    if isinstance(value, list) and value and all(as_int(v) is not None for v in value):
         return list(value)
     return None
 
@@ -40,7 +40,7 @@ def program_eos(cm: Mapping[str, Any]) -> tuple[list[int] | None, str]:
 def is_legacy_default(s: Subject) -> bool:
     """get_bos_id=1/get_eos_ids=[2] on a tokenizer that disagrees (inference's rule)."""
     tok = s.tokenizer
-    bos = _int(s.constant_methods.get("get_bos_id"))
+    bos = as_int(s.constant_methods.get("get_bos_id"))
     eos, _ = program_eos(s.constant_methods)
     if tok is None or (bos is None and eos is None):
         return False
@@ -63,7 +63,7 @@ def check_vocab(s: Subject) -> list[Finding]:
     for size, source in dict.fromkeys(s.model_vocab):
         if tok.vocab_size > size:
             out.append(
-                _f(
+                finding(
                     "vocab-tokenizer-larger",
                     "error",
                     f"the tokenizer has {tok.vocab_size} tokens but {source} says the model has "
@@ -76,7 +76,7 @@ def check_vocab(s: Subject) -> list[Finding]:
             )
         elif tok.vocab_size < size:
             out.append(
-                _f(
+                finding(
                     "vocab-model-larger",
                     "info",
                     f"the model has {size} embedding rows ({source}) and the tokenizer "
@@ -95,7 +95,7 @@ def check_special_ids(s: Subject) -> list[Finding]:
     if tok is None:
         return []
     n = tok.vocab_size
-    pte_vocab = _int(s.constant_methods.get("get_vocab_size"))
+    pte_vocab = as_int(s.constant_methods.get("get_vocab_size"))
     inference_limit = max(n, pte_vocab) if pte_vocab is not None else n
     candidates: list[tuple[str, int, str]] = []
     if tok.bos_id is not None:
@@ -103,7 +103,7 @@ def check_special_ids(s: Subject) -> list[Finding]:
     if tok.eos_id is not None:
         candidates.append(("eos", tok.eos_id, s.tokenizer_label))
     if not is_legacy_default(s):
-        bos = _int(s.constant_methods.get("get_bos_id"))
+        bos = as_int(s.constant_methods.get("get_bos_id"))
         if bos is not None:
             candidates.append(("bos", bos, s.program_label))
         eos, _ = program_eos(s.constant_methods)
@@ -124,7 +124,7 @@ def check_special_ids(s: Subject) -> list[Finding]:
         ):
             continue
         out.append(
-            _f(
+            finding(
                 "special-id-out-of-range",
                 "error",
                 f"{source} gives {role} id {token_id}, outside the tokenizer's vocabulary "
@@ -162,7 +162,7 @@ def check_eos(s: Subject, eot: tuple[str, int] | None) -> list[Finding]:
         wanted = {i for i in (tok.eos_id, eot[1] if eot else None) if i is not None}
         if wanted and not wanted & set(eos):
             out.append(
-                _f(
+                finding(
                     "eos-ids-mismatch",
                     "warning",
                     f"{s.program_label} declares {key}={eos}, which holds neither the tokenizer's "
@@ -179,7 +179,7 @@ def check_eos(s: Subject, eot: tuple[str, int] | None) -> list[Finding]:
     if s.kind == "archive":
         if eot[1] not in s.stop_ids:
             out.append(
-                _f(
+                finding(
                     "stop-missing-end-of-turn",
                     "error",
                     f"the archive's stop set {list(s.stop_ids)} lacks the end-of-turn token "
@@ -193,7 +193,7 @@ def check_eos(s: Subject, eot: tuple[str, int] | None) -> list[Finding]:
     if eot[1] not in runner_stops:
         source = f"{key}={eos}" if eos is not None and not legacy else f"the tokenizer's eos {tok.eos_id}"
         out.append(
-            _f(
+            finding(
                 "stop-missing-end-of-turn",
                 "warning" if s.template_from_files else "info",
                 f"the ExecuTorch runner stops only at {source}, not at the end-of-turn token "
@@ -217,7 +217,7 @@ def check_runner_tokenizer(s: Subject) -> list[Finding]:
     if not runner.loadable:
         if tok.variant == "llama2c_original":
             return [
-                _f(
+                finding(
                     "tokenizer-needs-conversion",
                     "warning",
                     f"{s.tokenizer_label} is a llama2.c tokenizer in the original llama2.c layout, "
@@ -229,7 +229,7 @@ def check_runner_tokenizer(s: Subject) -> list[Finding]:
                 )
             ]
         return [
-            _f(
+            finding(
                 "tokenizer-not-loadable",
                 "error",
                 f"pytorch_tokenizers cannot load {s.tokenizer_label}: {runner.error}",
@@ -249,7 +249,7 @@ def check_runner_tokenizer(s: Subject) -> list[Finding]:
     if tok.bos_id is not None and tok.eos_id is not None and runner.eos_id == expected:
         return []
     return [
-        _f(
+        finding(
             "hf-tokenizer-config-missing",
             "warning",
             f"{s.tokenizer_label} does not name its bos/eos by itself and tokenizer_config.json "

@@ -14,14 +14,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from etm_compat.errors import _escape
+from etm_compat.errors import escape_control
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
 def safe(value: object) -> str:
     """Text from an untrusted file, made safe for a terminal and for rich markup."""
-    return escape(_escape(str(value)))
+    return escape(escape_control(str(value)))
 
 
 def short(value: object, limit: int = 80) -> str:

@@ -53,8 +53,9 @@ from etm_compat.compat.cache_admin import (
     parse_size,
     prune,
 )
-from etm_compat.constants import MEMBER_METADATA
-from etm_compat.errors import IntegrityError, OutputError
+from etm_compat.archive.metadata import tokenizer_member
+from etm_compat.constants import MEMBER_METADATA, MEMBER_PROGRAM
+from etm_compat.errors import IntegrityError, OutputError, UsageError
 from etm_compat.fileio import sha256_file
 
 log = logging.getLogger(__name__)
@@ -265,6 +266,33 @@ def materialize(
     )
 
 
+@dataclass(frozen=True)
+class LegacyPaths:
+    """Real files of a deployment, for code that only takes paths.
+
+    ``folder`` holds them all (for HF tokenizers, ``tokenizer.json`` beside
+    ``tokenizer_config.json``).
+    """
+
+    program: Path
+    tokenizer: Path
+    weights: tuple[Path, ...]
+    folder: Path
+
+
+def legacy_paths_of(
+    archive: EtmArchive, *, verify: bool = False, root: str | os.PathLike[str] | None = None
+) -> LegacyPaths:
+    """The archive's program, tokenizer and weights as real files (materialized once)."""
+    entry = materialize(archive, verify=verify, root=root)
+    meta = archive.metadata
+    member = tokenizer_member(meta)
+    if member is None:
+        raise UsageError("the archive holds no tokenizer", path=archive.path)
+    weights = tuple(entry.files[m["name"]] for m in meta["members"] if m["role"] == "weights")
+    return LegacyPaths(entry.files[MEMBER_PROGRAM], entry.files[member], weights, entry.folder)
+
+
 def _touch(folder: Path) -> None:
     # A read-only cache still serves; only LRU pruning gets less precise.
     with contextlib.suppress(OSError):
@@ -274,11 +302,13 @@ def _touch(folder: Path) -> None:
 __all__ = [
     "MARKER",
     "CacheEntry",
+    "LegacyPaths",
     "Materialized",
     "PruneResult",
     "archive_key",
     "build_entry",
     "cache_dir",
+    "legacy_paths_of",
     "list_entries",
     "materialize",
     "parse_size",

@@ -122,7 +122,7 @@ def prune(
     """
     if not remove_all and older_than_days is None and max_size is None:
         raise UsageError(
-            "nothing to prune by", hint="pass --all, --older-than DAYS or --max-size SIZE"
+            "nothing to prune by", hint="pass {all}, {older_than} or {max_size}"
         )
     base = Path(root) if root is not None else cache_dir()
     clock = time.time() if now is None else now

@@ -16,20 +16,23 @@ import logging
 import mmap
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Literal
 
+from etm_compat.adapters import default_adapters
+from etm_compat.archive import EtmArchive, is_archive, open_archive
+from etm_compat.archive.metadata import tokenizer_member
 from etm_compat.archive.names import weights_member_names
-from etm_compat.archive.read import EtmArchive, open_archive
-from etm_compat.constants import (
-    ETM_SUFFIX,
-    MEMBER_PROGRAM,
-    TOKENIZER_MEMBER_BY_FORMAT,
-)
-from etm_compat.legacy.deployment import Adapter, Deployment
+from etm_compat.compat.cache import LegacyPaths, legacy_paths_of
+from etm_compat.constants import MEMBER_PROGRAM
 from etm_compat.errors import RuntimeUnavailableError, UnreadableError, UsageError
+from etm_compat.formats.tokenizer.detect import sniff_tokenizer_format
+from etm_compat.legacy.deployment import Adapter, Deployment
+from etm_compat.legacy.resolve import resolve_source
+from etm_compat.packing import build_metadata, plan_members
+from etm_compat.prompt.render import render_prompt
+from etm_compat.view import DeploymentView, describe
 
 log = logging.getLogger(__name__)
 
@@ -39,37 +42,12 @@ GENERATION_FIELDS: Final = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class LegacyPaths:
-    """Real files of a deployment, for code that only takes paths.
-
-    ``folder`` holds them all (for HF tokenizers, ``tokenizer.json`` beside
-    ``tokenizer_config.json``).
-    """
-
-    program: Path
-    tokenizer: Path
-    weights: tuple[Path, ...]
-    folder: Path
-
-
-def _is_archive(path: Path) -> bool:
-    if path.suffix == ETM_SUFFIX:
-        return True
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(4) == b"PK\x03\x04"
-    except OSError:
-        return False
-
-
 def _map_file(path: Path) -> tuple[mmap.mmap | None, memoryview]:
     with open(path, "rb") as fh:
         if os.fstat(fh.fileno()).st_size == 0:
             return None, memoryview(b"")
         mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     return mapped, memoryview(mapped)
-
 
 
 class Bundle:
@@ -94,6 +72,7 @@ class Bundle:
         self._archive = archive
         self._deployment = deployment
         self._metadata: dict[str, Any] | None = archive.metadata if archive is not None else None
+        self._view: DeploymentView | None = None
         self._maps: dict[Path, mmap.mmap | None] = {}
         self._weights: Mapping[str, memoryview] | None = None
 
@@ -138,16 +117,19 @@ class Bundle:
     def metadata(self) -> dict[str, Any]:
         """The archive's metadata.json, or what ``etm-compat pack`` would write for a folder."""
         if self._metadata is None:
-            assert self._deployment is not None
-            self._metadata = _legacy_metadata(self._deployment)
+            self._metadata = _legacy_metadata(self._legacy_view())
         return self._metadata
+
+    def _legacy_view(self) -> DeploymentView:
+        if self._view is None:
+            assert self._deployment is not None
+            self._view = describe(self._deployment, check_runner=False)
+        return self._view
 
     @property
     def tokenizer_format(self) -> str:
         """``hf_json``, ``tekken``, ``sentencepiece``, ``tiktoken`` or ``llama2c``."""
         if self._deployment is not None and self._metadata is None:
-            from etm_compat.formats.tokenizer.detect import sniff_tokenizer_format
-
             assert self._deployment.tokenizer is not None
             return sniff_tokenizer_format(self._deployment.tokenizer)
         tokenizer = self.metadata.get("tokenizer") or {}
@@ -178,13 +160,9 @@ class Bundle:
         return self._view_of(self._deployment.tokenizer)
 
     def _tokenizer_member(self) -> str:
-        tokenizer = self.metadata.get("tokenizer") or {}
-        member = tokenizer.get("member")
-        if not isinstance(member, str):
-            found = [m["name"] for m in self.metadata["members"] if m["role"] == "tokenizer"]
-            if not found:
-                raise UsageError("the archive holds no tokenizer", path=self.path)
-            member = found[0]
+        member = tokenizer_member(self.metadata)
+        if member is None:
+            raise UsageError("the archive holds no tokenizer", path=self.path)
         return member
 
     @property
@@ -209,31 +187,29 @@ class Bundle:
         self,
         messages: Sequence[Mapping[str, Any]],
         add_generation_prompt: bool = True,
+        *,
+        family: str | None = None,
         **extra: Any,
     ) -> str:
         """Render a conversation with the deployment's chat template and bos/eos tokens.
 
+        ``family`` uses that registry family's template instead; ``extra`` are further
+        template variables.
+
         >>> bundle.render([{"role": "user", "content": "Hi"}])   # doctest: +SKIP
         '<|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\nHi<|eot_id|>...'
         """
-        from etm_compat.prompt.chat import render_chat
-
-        meta = self.metadata
-        template = meta.get("chat_template")
-        if not template:
-            raise UsageError(
-                "no chat template: none shipped and the model family is unknown",
-                path=self.path,
-                hint="repack with `etm-compat pack --family ID` or --chat-template FILE",
-            )
-        tokenizer = meta.get("tokenizer") or {}
-        eos_tokens = [t for t in tokenizer.get("eos_tokens") or [] if t]
-        return render_chat(
-            template,
-            [dict(m) for m in messages],
+        meta = self._metadata
+        if meta is None:  # a folder: what pack would record, without hashing every source
+            view = self._legacy_view()
+            sources = view.deployment.sources
+            meta = build_metadata(view, plan_members(view), converted_from=None, digested_by_writer=sources)
+        return render_prompt(
+            meta,
+            messages,
             add_generation_prompt=add_generation_prompt,
-            bos_token=tokenizer.get("bos_token"),
-            eos_token=eos_tokens[0] if eos_tokens else None,
+            family=family,
+            path=self.path,
             **extra,
         )
 
@@ -267,6 +243,7 @@ class Bundle:
                 hint=f"fields are {', '.join(sorted(GENERATION_FIELDS))}",
             )
         try:
+            # Lazy: importing executorch loads torch (seconds); only this method needs it.
             from executorch.extension.llm.runner import GenerationConfig
         except (ImportError, RuntimeError) as exc:
             raise RuntimeUnavailableError(
@@ -298,49 +275,26 @@ class Bundle:
             assert dep.tokenizer is not None
             return LegacyPaths(dep.program, dep.tokenizer, tuple(dep.weights), dep.root)
         assert self._archive is not None
-        from etm_compat.compat.cache import materialize
-
-        entry = materialize(self._archive, verify=verify, root=cache_root)
-        weights = tuple(
-            entry.files[m["name"]] for m in self.metadata["members"] if m["role"] == "weights"
-        )
-        return LegacyPaths(
-            entry.files[MEMBER_PROGRAM], entry.files[self._tokenizer_member()], weights, entry.folder
-        )
+        return legacy_paths_of(self._archive, verify=verify, root=cache_root)
 
     def __repr__(self) -> str:
         return f"<Bundle {self.kind} {str(self.path)!r}>"
 
 
-def _legacy_metadata(deployment: Deployment) -> dict[str, Any]:
+def _legacy_metadata(view: DeploymentView) -> dict[str, Any]:
     """What ``etm-compat pack`` would write as metadata.json for this deployment."""
-    from etm_compat.packing import build_metadata, describe
-
-    view = describe(deployment, check_runner=False)
-    member = TOKENIZER_MEMBER_BY_FORMAT[view.tokenizer.format]
-    meta = build_metadata(view, tokenizer_member=member, converted_from=None)
-    weight_names = weights_member_names(deployment.weights)
-    meta["weights"] = [
-        {"member": name, "keys": sorted(ptd.keys)} for name, ptd in zip(weight_names, view.weights, strict=True)
-    ]
+    deployment = view.deployment
+    members = plan_members(view)
+    meta = build_metadata(view, members, converted_from=None)
     digests = {s["path"]: s["sha256"] for s in meta["provenance"]["sources"]}
-    assert deployment.tokenizer is not None
-    files: list[tuple[str, Path, str]] = [
-        (MEMBER_PROGRAM, deployment.program, "program"),
-        (member, deployment.tokenizer, "tokenizer"),
-    ]
-    config = deployment.configs.get("tokenizer_config")
-    if view.tokenizer.format == "hf_json" and config is not None:
-        files.append(("tokenizer_config.json", config, "tokenizer_config"))
-    files.extend((n, p, "weights") for n, p in zip(weight_names, deployment.weights, strict=True))
     meta["members"] = [
         {
-            "name": name,
-            "size": path.stat().st_size,
-            "sha256": digests[os.path.relpath(path, deployment.root)],
-            "role": role,
+            "name": m.name,
+            "size": m.source.stat().st_size,
+            "sha256": digests[os.path.relpath(m.source, deployment.root)],
+            "role": m.role,
         }
-        for name, path, role in files
+        for m in members
     ]
     return meta
 
@@ -359,15 +313,29 @@ def load(
     target = Path(path)
     if not target.exists():
         raise UnreadableError("no such file or folder", path=target)
-    if target.is_file() and _is_archive(target):
+    if target.is_file() and is_archive(target):
         return Bundle(target, archive=open_archive(target))
-    from etm_compat.packing import resolve_source
-
     if adapters is None:
-        from etm_compat.adapters import default_adapters
-
         adapters = default_adapters()
     return Bundle(target, deployment=resolve_source(target, adapters))
 
 
-__all__ = ["GENERATION_FIELDS", "Bundle", "LegacyPaths", "load"]
+def render(
+    path: str | os.PathLike[str],
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    add_generation_prompt: bool = True,
+    family: str | None = None,
+    adapters: Sequence[Adapter] | None = None,
+    **extra: Any,
+) -> str:
+    """Render ``messages`` as the deployment at ``path`` (archive, folder or ``.pte``) expects.
+
+    >>> render("fixtures/legacy/hf_style", [{"role": "user", "content": "Hi"}])[:14]  # doctest: +SKIP
+    '<|im_start|>sy'
+    """
+    with load(path, adapters=adapters) as bundle:
+        return bundle.render(messages, add_generation_prompt, family=family, **extra)
+
+
+__all__ = ["GENERATION_FIELDS", "Bundle", "LegacyPaths", "load", "render"]

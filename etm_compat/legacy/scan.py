@@ -1,7 +1,7 @@
-"""Finding every deployment under a root, through the adapters, safely.
+"""Finding every deployment (and every ``.etm`` archive) under a root, through the adapters.
 
-The walk never follows directory symlinks (so symlink loops cannot trap it), skips hidden
-folders and archives' own extraction caches, is bounded in depth and folder count, and reports
+The one tree walk of etm-compat: it never follows directory symlinks (so symlink loops cannot
+trap it), skips hidden folders and files, is bounded in depth and folder count, and reports
 unreadable folders instead of failing on them.
 """
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from etm_compat.legacy.deployment import Adapter, Deployment, Skipped
+from etm_compat.constants import ETM_SUFFIX
 from etm_compat.errors import InputError, UnreadableError
 
 MAX_DEPTH = 32
@@ -21,13 +22,20 @@ MAX_FOLDERS = 200_000
 
 @dataclass(frozen=True)
 class ScanResult:
+    """The deployments under a root, what was skipped and why, and the archives found."""
+
     root: Path
     deployments: tuple[Deployment, ...]
     skipped: tuple[Skipped, ...] = field(default=())
+    archives: tuple[Path, ...] = field(default=())
 
 
-def _walk(root: Path, skipped: list[Skipped]) -> Iterator[Path]:
-    """Folders under root (root included), depth-first, sorted, without following symlinks."""
+def walk_folders(root: Path, skipped: list[Skipped], archives: list[Path] | None = None) -> Iterator[Path]:
+    """Folders under root (root included), depth-first, sorted, without following symlinks.
+
+    Folders not descended into are appended to ``skipped`` with the reason; ``*.etm`` files seen
+    on the way are appended to ``archives`` (when given), in walk order.
+    """
     stack: list[tuple[Path, int]] = [(root, 0)]
     seen = 0
     while stack:
@@ -42,17 +50,20 @@ def _walk(root: Path, skipped: list[Skipped]) -> Iterator[Path]:
             continue
         try:
             with os.scandir(folder) as it:
-                children = sorted(
-                    (Path(e.path) for e in it if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)),
-                    reverse=True,
-                )
+                entries = [e for e in it if not e.name.startswith(".")]
         except OSError as exc:
             skipped.append(Skipped(folder, f"unreadable folder: {exc.strerror}"))
             continue
+        if archives is not None:
+            archives.extend(
+                Path(e.path) for e in sorted(entries, key=lambda e: e.name)
+                if e.name.endswith(ETM_SUFFIX) and not e.is_dir()
+            )
+        children = sorted((Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)), reverse=True)
         stack.extend((child, depth + 1) for child in children)
 
 
-def read_folder(folder: Path, adapters: Iterable[Adapter]) -> tuple[list[Deployment], list[Skipped]]:
+def deployments_in_folder(folder: Path, adapters: Iterable[Adapter]) -> tuple[list[Deployment], list[Skipped]]:
     """Deployments of one folder: the first adapter that recognises it reads it."""
     for adapter in adapters:
         try:
@@ -80,8 +91,9 @@ def scan(root: str | os.PathLike[str], adapters: Sequence[Adapter]) -> ScanResul
         raise InputError("not a folder", path=base, hint="give a folder to scan")
     deployments: list[Deployment] = []
     skipped: list[Skipped] = []
-    for folder in _walk(base, skipped):
-        found, bad = read_folder(folder, adapters)
+    archives: list[Path] = []
+    for folder in walk_folders(base, skipped, archives):
+        found, bad = deployments_in_folder(folder, adapters)
         deployments.extend(found)
         skipped.extend(bad)
-    return ScanResult(base, tuple(deployments), tuple(skipped))
+    return ScanResult(base, tuple(deployments), tuple(skipped), tuple(archives))
