@@ -1,4 +1,4 @@
-"""The one record every check produces: a finding (severity, code, paths, message, hint)."""
+"""The one record every check produces (a finding), and the severity and confidence scales."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 Severity = Literal["error", "warning", "info"]
+SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
+#: How sure inference is of a value: a scale shared by inference, findings and metadata.json.
+Confidence = Literal["high", "medium", "low", "none"]
+CONFIDENCES: tuple[Confidence, ...] = ("high", "medium", "low", "none")
 SEVERITY_RANK: dict[Severity, int] = {"error": 0, "warning": 1, "info": 2}
 
 

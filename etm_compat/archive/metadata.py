@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Literal, TypedDict
+from typing import Any, TypedDict
 
+from etm_compat.archive.metadata_check import describe_kind, is_kind, validate_metadata
+from etm_compat.archive.names import Role
 from etm_compat.constants import (
     ETM_FORMAT,
     ETM_FORMAT_VERSION,
@@ -29,16 +31,9 @@ from etm_compat.constants import (
     ETM_SUPPORTED_VERSIONS,
 )
 from etm_compat.errors import MetadataError, UnsupportedVersionError
+from etm_compat.findings import Confidence, Severity
 from etm_compat.jsonlimits import json_nesting
-from etm_compat.archive.metadata_check import describe_kind, is_kind, validate_metadata
 
-Confidence = Literal["high", "medium", "low", "none"]
-Severity = Literal["error", "warning", "info"]
-Role = Literal["program", "tokenizer", "tokenizer_config", "weights"]
-
-CONFIDENCES: tuple[Confidence, ...] = ("high", "medium", "low", "none")
-SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
-ROLES: tuple[Role, ...] = ("program", "tokenizer", "tokenizer_config", "weights")
 #: The placeholder a writer puts where a member's sha256 goes before it is known (same length).
 SHA256_PLACEHOLDER = "0" * 64
 
@@ -303,10 +298,6 @@ def serialize_metadata(meta: Mapping[str, Any]) -> bytes:
 
 
 __all__ = [
-    "tokenizer_member",
-    "CONFIDENCES",
-    "ROLES",
-    "SEVERITIES",
     "SHA256_PLACEHOLDER",
     "Diagnostic",
     "Evidence",
@@ -323,5 +314,6 @@ __all__ = [
     "new_metadata",
     "parse_metadata",
     "serialize_metadata",
+    "tokenizer_member",
     "validate_metadata",
 ]

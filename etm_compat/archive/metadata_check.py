@@ -14,7 +14,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from etm_compat.archive.names import ROLES
 from etm_compat.constants import ETM_FORMAT, TOKENIZER_FORMATS
+from etm_compat.findings import CONFIDENCES, SEVERITIES
 
 __all__ = ["describe_kind", "is_kind", "validate_metadata"]
 
@@ -134,9 +136,6 @@ def validate_metadata(obj: object) -> list[str]:
     >>> validate_metadata({"format": "etm"})[0]
     "$: missing required key 'format_version'"
     """
-    # Deferred: etm_compat.archive.metadata imports this module (to re-export validate_metadata).
-    from etm_compat.archive.metadata import CONFIDENCES, ROLES, SEVERITIES
-
     c = _Checker()
     if not c.obj(obj, "$", _TOP_REQUIRED):
         return c.problems

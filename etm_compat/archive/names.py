@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from etm_compat.constants import (
     MEMBER_METADATA,
@@ -19,9 +20,11 @@ from etm_compat.constants import (
     MEMBER_TOKENIZER_NAMES,
     MEMBER_WEIGHTS_DIR,
 )
-from etm_compat.archive.metadata import Role
 
-__all__ = ["check_member_name", "role_of", "weights_member_names"]
+__all__ = ["ROLES", "Role", "check_member_name", "role_of", "weights_member_names"]
+
+Role = Literal["program", "tokenizer", "tokenizer_config", "weights"]
+ROLES: tuple[Role, ...] = ("program", "tokenizer", "tokenizer_config", "weights")
 
 _WEIGHTS_NAME = re.compile(r"weights/[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.ptd\Z")
 

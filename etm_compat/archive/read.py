@@ -21,7 +21,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Final
 
+from etm_compat.archive.metadata import parse_metadata
 from etm_compat.archive.names import check_member_name, role_of
+from etm_compat.archive.zipfmt import HINT_REPACK, MemberInfo, read_at, read_directory
 from etm_compat.constants import (
     ETM_MAX_METADATA_BYTES,
     ETM_SUFFIX,
@@ -37,8 +39,6 @@ from etm_compat.errors import (
     UnreadableError,
 )
 from etm_compat.fileio import open_regular
-from etm_compat.archive.metadata import parse_metadata
-from etm_compat.archive.zipfmt import HINT_REPACK, MemberInfo, read_at, read_directory
 
 __all__ = [
     "EtmArchive",

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from etm_compat.archive.names import check_member_name, role_of
+from etm_compat.archive.metadata import SHA256_PLACEHOLDER, serialize_metadata, validate_metadata
+from etm_compat.archive.names import Role, check_member_name, role_of
+from etm_compat.archive.zipfmt import central_entry, end_records, local_header
 from etm_compat.constants import (
     ETM_ALIGN_DEFAULT,
     ETM_ALIGN_MAPPED,
@@ -39,8 +41,6 @@ from etm_compat.constants import (
     MEMBER_WEIGHTS_DIR,
 )
 from etm_compat.errors import MetadataError, OutputError, UnreadableError, UsageError
-from etm_compat.archive.metadata import SHA256_PLACEHOLDER, Role, serialize_metadata, validate_metadata
-from etm_compat.archive.zipfmt import central_entry, end_records, local_header
 
 #: Bytes per read while streaming a member (constant memory whatever the member size).
 CHUNK_BYTES = 8 * 1024 * 1024

@@ -9,14 +9,12 @@ is the ``--jobs`` default. Both are re-exported from :mod:`etm_compat.bulk.upgra
 from __future__ import annotations
 
 import concurrent.futures
-import importlib
 import multiprocessing
 import os
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from etm_compat.errors import UsageError
 
@@ -65,11 +63,10 @@ def _ready() -> bool:
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
-    """fork where it is safe (Linux, one thread): workers inherit the imported modules, so none
-    pays the start-up and import cost again; spawn everywhere else."""
+    """fork where it is safe (Linux, one thread): workers inherit the imported modules (the
+    caller, :mod:`etm_compat.bulk.upgrade`, has imported the task and all it needs), so none pays
+    the start-up and import cost again; spawn everywhere else."""
     if sys.platform == "linux" and threading.active_count() == 1:
-        importlib.import_module("etm_compat.bulk.task")  # what every worker will run
-        importlib.import_module("etm_compat.packing")
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("spawn")
 
@@ -77,7 +74,8 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 @contextmanager
 def _dask_executor(address: str, timeout: float) -> Iterator[concurrent.futures.Executor]:
     try:
-        distributed: Any = importlib.import_module("distributed")
+        # Lazy: Dask is an optional extra, needed only with --scheduler.
+        import distributed
     except ImportError as exc:
         raise UsageError(
             "--scheduler needs Dask's distributed scheduler, which is not installed",

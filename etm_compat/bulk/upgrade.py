@@ -20,11 +20,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from etm_compat.legacy.deployment import Adapter, Deployment, Skipped
-from etm_compat.constants import ETM_SUFFIX
-from etm_compat.errors import UsageError
-from etm_compat.findings import Finding
-from etm_compat.legacy.scan import scan
 from etm_compat.bulk.executor import default_jobs, open_executor
 from etm_compat.bulk.task import (
     ArchiveCheck,
@@ -36,6 +31,11 @@ from etm_compat.bulk.task import (
     fingerprint,
     upgrade_task,
 )
+from etm_compat.constants import ETM_SUFFIX
+from etm_compat.errors import UsageError
+from etm_compat.findings import Finding
+from etm_compat.legacy.deployment import Adapter, Deployment, Skipped
+from etm_compat.legacy.scan import scan
 
 log = logging.getLogger(__name__)
 

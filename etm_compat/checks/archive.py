@@ -15,15 +15,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from etm_compat.constants import MEMBER_METADATA, MEMBER_PROGRAM, MEMBER_TOKENIZER_CONFIG
 from etm_compat.archive import EtmArchive, open_archive
 from etm_compat.checks.run import family_of, run_checks
 from etm_compat.checks.subject import Subject, finding
-from etm_compat.formats.tokenizer.detect import read_tokenizer
+from etm_compat.constants import MEMBER_METADATA, MEMBER_PROGRAM, MEMBER_TOKENIZER_CONFIG
 from etm_compat.errors import EtmError
 from etm_compat.findings import Finding
 from etm_compat.formats.ptd import read_ptd_bytes
 from etm_compat.formats.pte import PteInfo, read_pte_bytes
+from etm_compat.formats.tokenizer.detect import read_tokenizer
 from etm_compat.formats.tokenizer.model import TokenizerInfo
 
 

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from etm_compat.prompt.families import Family
 from etm_compat.findings import Finding, Severity
 from etm_compat.formats.tokenizer.model import TokenizerInfo
+from etm_compat.prompt.families import Family
 
 SubjectKind = Literal["deployment", "archive"]
 

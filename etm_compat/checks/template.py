@@ -11,10 +11,10 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from etm_compat.prompt.chat import STANDARD_CONVERSATIONS, render_chat
 from etm_compat.checks.subject import Subject, as_int, finding
 from etm_compat.errors import EtmError
 from etm_compat.findings import Finding
+from etm_compat.prompt.chat import STANDARD_CONVERSATIONS, render_chat
 
 _FW_BAR: Final = "\uff5c"  # the fullwidth bar of DeepSeek's markers
 #: Special-looking markers: ``<|...|>``, DeepSeek's fullwidth-bar form, ``<start_of_turn>``.

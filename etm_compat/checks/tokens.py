@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from etm_compat.constants import LEGACY_DEFAULT_BOS_ID, LEGACY_DEFAULT_EOS_IDS
+from etm_compat.checks.program import check_backends, check_program, check_weights
 from etm_compat.checks.subject import Subject, as_int, finding
 from etm_compat.checks.subject import SubjectKind as SubjectKind  # re-exported
-from etm_compat.checks.program import check_backends, check_program, check_weights
+from etm_compat.constants import LEGACY_DEFAULT_BOS_ID, LEGACY_DEFAULT_EOS_IDS
 from etm_compat.findings import Finding
 
 

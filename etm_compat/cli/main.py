@@ -31,7 +31,6 @@ from etm_compat.cli.exit_codes import (
 from etm_compat.constants import VERSION
 from etm_compat.errors import EtmError
 
-
 # --- parser -----------------------------------------------------------------------------------
 
 

@@ -1,15 +1,20 @@
-"""Report files: JSON, Markdown and one self-contained HTML page, for any findings report.
+"""Report files: the one writer of every report (JSON, Markdown, one self-contained HTML page).
 
-A *report* is the JSON-ready dict a report object's ``to_json()`` returns (or the object
+This module owns what every report shares: the format a file extension names (:func:`format_for`),
+making untrusted text inert in Markdown (:func:`md_text`) and HTML (:func:`esc`), the HTML page
+shell (:func:`html_page`: inline CSS, a Content-Security-Policy, no scripts, no external assets)
+and the atomic write (:func:`write_text_atomic`: a new file in the destination folder, then
+``os.replace``). It also renders the findings report ``diagnose`` writes; other reports (the bulk
+upgrade's, in :mod:`etm_compat.cli.upgrade_view`) build their own content with these helpers.
+
+A findings *report* is the JSON-ready dict a report object's ``to_json()`` returns (or the object
 itself): ``{"schema_version", "root", "summary": {"by_severity", "by_code", ...},
-"deployments": [{"name", "path", "kind", "error", "findings": [Finding.to_json()...]}]}``.
-``diagnose`` writes it; the bulk upgrade report reuses the same shape and writers (an optional
-``"title"`` names the page).
+"deployments": [{"name", "path", "kind", "error", "findings": [Finding.to_json()...]}]}``;
+an optional ``"title"`` names the page.
 
-Everything in a report comes from untrusted files: Markdown escapes its table/markup characters
-and HTML goes through :func:`html.escape`. The HTML page has no external assets and makes no
-network request: inline CSS, an inline SVG chart, no scripts. Files are written atomically
-(temporary file in the destination folder, then ``os.replace``).
+Everything in a report comes from untrusted files: control characters and other invisible code
+points (bidi overrides, zero-width characters, undecodable bytes) become visible escapes, then
+Markdown backslash-escapes its markup characters and HTML goes through :func:`html.escape`.
 
 >>> write_report("diagnose.html", report)  # doctest: +SKIP
 PosixPath('diagnose.html')
@@ -17,18 +22,21 @@ PosixPath('diagnose.html')
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from etm_compat.errors import OutputError, UsageError, _escape
+from etm_compat.errors import OutputError, UsageError, escape_control
 
 SEVERITIES: Final = ("error", "warning", "info")
 COLORS: Final = {"error": "#c62828", "warning": "#ef8f00", "info": "#1565c0"}
+#: The report formats, and the one table of the file extensions that name them.
+KINDS: Final = ("json", "md", "html")
 FORMATS: Final = {".json": "json", ".md": "md", ".markdown": "md", ".html": "html", ".htm": "html"}
 
 
@@ -60,15 +68,41 @@ def to_json_text(report: ReportLike) -> str:
     return json.dumps(as_dict(report), indent=2, ensure_ascii=False, default=str) + "\n"
 
 
-# --- Markdown --------------------------------------------------------------------------------
+# --- escaping --------------------------------------------------------------------------------
+
+
+def _visible(value: object) -> str:
+    """``value`` as text with every control or invisible code point written as an escape.
+
+    Beyond :func:`escape_control`, anything :meth:`str.isprintable` rejects (bidi overrides,
+    zero-width and format characters, lone surrogates from undecodable file names) is escaped,
+    so a file name cannot hide or reorder what a report shows.
+    """
+    text = escape_control(str(value))
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
 
 
 def md_text(value: object) -> str:
-    """Untrusted text made inert in a Markdown table cell (no markup, no HTML, one line)."""
-    text = _escape(str(value))
+    """Untrusted text made inert in Markdown: no markup, no HTML, one line, safe in a table cell.
+
+    Use it outside code spans (backslash escapes are literal inside backticks).
+    """
+    text = _visible(value)
     for ch in "\\`*_[]<>|#!~":
         text = text.replace(ch, "\\" + ch)
     return text
+
+
+def esc(value: object) -> str:
+    """Untrusted text for HTML text or a quoted attribute: made visible, then ``html.escape``."""
+    return html.escape(_visible(value), quote=True)
+
+
+# --- Markdown --------------------------------------------------------------------------------
 
 
 def to_markdown(report: ReportLike) -> str:
@@ -76,7 +110,7 @@ def to_markdown(report: ReportLike) -> str:
     rep = as_dict(report)
     by_sev, by_code = _counts(rep)
     title = str(rep.get("title") or "etm-compat diagnose report")
-    lines = [f"# {md_text(title)}", "", f"Root: `{md_text(rep.get('root', ''))}`", ""]
+    lines = [f"# {md_text(title)}", "", f"Root: {md_text(rep.get('root', ''))}", ""]
     lines += ["| severity | findings |", "|---|---:|"]
     lines += [f"| {s} | {by_sev[s]} |" for s in SEVERITIES]
     if by_code:
@@ -116,11 +150,6 @@ th{background:#f4f4f4}td.n{text-align:right;width:6em}
 code{background:#f4f4f4;padding:0 .2em;word-break:break-all}
 .ok{color:#2e7d32}
 """
-
-
-def esc(value: object) -> str:
-    """Untrusted text for HTML: control characters escaped, then ``html.escape``."""
-    return html.escape(_escape(str(value)), quote=True)
 
 
 def svg_bar_chart(items: Sequence[tuple[str, int, str]], *, title: str) -> str:
@@ -227,61 +256,93 @@ def to_html(report: ReportLike) -> str:
 # --- writing ---------------------------------------------------------------------------------
 
 
+def check_format(fmt: str) -> str:
+    """``fmt`` itself when it is a report format (json, md, html); a UsageError otherwise."""
+    if fmt not in KINDS:
+        raise UsageError(f"unknown report format {fmt!r}", hint="use json, md or html")
+    return fmt
+
+
 def format_for(path: str | os.PathLike[str], fmt: str | None = None) -> str:
-    """``fmt`` if given, else the format the file extension names (.json, .md, .html)."""
+    """``fmt`` if given, else the format the file extension names: ``json``, ``md`` or ``html``.
+
+    Call it before any work to reject a report path early; a UsageError names the choices.
+
+    >>> format_for("out/report.markdown")
+    'md'
+    """
     if fmt is not None:
-        if fmt not in ("json", "md", "html"):
-            raise UsageError(f"unknown report format {fmt!r}", hint="use json, md or html")
-        return fmt
+        return check_format(fmt)
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
         raise UsageError(
             f"cannot tell the report format from {suffix or 'no extension'!r}",
             path=os.fspath(path),
-            hint="name the file .json, .md or .html, or pass --format",
+            hint="name the file .json, .md or .html",
         )
     return FORMATS[suffix]
 
 
 def render(report: ReportLike, fmt: str) -> str:
-    """The report as text in ``fmt`` (json, md or html)."""
-    if fmt == "json":
+    """The findings report as text in ``fmt`` (json, md or html)."""
+    kind = check_format(fmt)
+    if kind == "json":
         return to_json_text(report)
-    if fmt == "md":
-        return to_markdown(report)
-    if fmt == "html":
-        return to_html(report)
-    raise UsageError(f"unknown report format {fmt!r}", hint="use json, md or html")
+    return to_markdown(report) if kind == "md" else to_html(report)
+
+
+def _new_temp(folder: Path, name: str) -> tuple[int, Path]:
+    """A new, empty file beside the target, created with the umask's mode (not mkstemp's 0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = folder / f".{name[:40]}.{secrets.token_hex(6)}.tmp"  # short: names have a byte limit
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {name}")
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) through a temporary file in the same folder, then replace."""
+    """Write ``text`` (UTF-8) to a new file in the same folder, then ``os.replace`` it onto ``path``.
+
+    Readers see the old file or the whole new one, never a part. An OSError becomes an
+    OutputError; on any failure (interrupts included) the temporary file is removed. Code points
+    UTF-8 cannot encode (lone surrogates) are written as ``\\udcXX`` escapes.
+    """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError("the output folder does not exist", path=folder)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        fd, tmp = _new_temp(folder, target.name)
     except OSError as exc:
-        raise OutputError(f"cannot write here: {exc.strerror}", path=folder) from exc
+        raise OutputError(f"cannot write here: {exc.strerror or exc}", path=folder) from exc
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+        with open(fd, "w", encoding="utf-8", errors="backslashreplace", newline="\n") as fh:
             fh.write(text)
         os.replace(tmp, target)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"cannot write the report: {exc.strerror}", path=target) from exc
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write the report: {exc.strerror or exc}", path=target) from exc
+        raise
     return target
 
 
 def write_report(path: str | os.PathLike[str], report: ReportLike, *, fmt: str | None = None) -> Path:
-    """Write the report to ``path`` in the format its extension names (or ``fmt``)."""
+    """Write the findings report to ``path`` in the format its extension names (or ``fmt``)."""
     return write_text_atomic(path, render(report, format_for(path, fmt)))
 
 
 __all__ = [
+    "FORMATS",
+    "KINDS",
+    "SEVERITIES",
     "ReportLike",
     "as_dict",
+    "check_format",
     "esc",
     "format_for",
     "html_page",

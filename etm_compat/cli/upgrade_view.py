@@ -1,17 +1,17 @@
-"""Showing an upgrade: the plan and the summary for people (rich), and the report file.
+"""Showing an upgrade: the plan and the summary for people (rich), and the upgrade report's content.
 
-``write_report(path, result)`` writes JSON, Markdown or self-contained HTML, chosen by the
-extension, atomically. Everything that came from the scanned tree (file names, messages quoting
-file contents) is escaped for the medium: :func:`etm_compat.cli.console.safe` for the terminal,
-``html.escape`` for HTML, pipe/backtick/angle escaping for Markdown.
+``write_report(path, result)`` writes the report as JSON, Markdown or one self-contained HTML
+page, chosen by the extension; the format table, the escaping, the page shell and the atomic
+write are :mod:`etm_compat.cli.report_files`' (validate a path early with
+``report_files.format_for(path)``). Everything that came from the scanned tree (file names,
+messages quoting file contents) is escaped for the medium: :func:`etm_compat.cli.console.safe`
+for the terminal, :func:`~etm_compat.cli.report_files.md_text` for Markdown and
+:func:`~etm_compat.cli.report_files.esc` for HTML.
 """
 
 from __future__ import annotations
 
-import html
-import json
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,20 +28,25 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from etm_compat.constants import VERSION
-from etm_compat.errors import OutputError, UsageError
-from etm_compat.cli.console import SEVERITY_STYLE, safe
 from etm_compat.bulk.upgrade import ItemResult, UpgradePlan, UpgradeResult
+from etm_compat.cli.console import SEVERITY_STYLE, safe
+from etm_compat.cli.report_files import (
+    SEVERITIES,
+    check_format,
+    esc,
+    format_for,
+    html_page,
+    md_text,
+    to_json_text,
+    write_text_atomic,
+)
+from etm_compat.constants import VERSION
 
-REPORT_FORMATS = {
-    ".json": "json",
-    ".md": "markdown",
-    ".markdown": "markdown",
-    ".html": "html",
-    ".htm": "html",
-}
+TITLE = "etm-compat upgrade report"
 OUTCOME_STYLE = {"written": "green", "up_to_date": "cyan", "locked": "yellow", "failed": "bold red"}
 STATUS_STYLE = {"new": "green", "stale": "yellow", "up_to_date": "cyan"}
+#: The report page's CSS class for each outcome (classes of the shared page shell).
+OUTCOME_CLASS = {"written": "ok", "up_to_date": "info", "locked": "warning", "failed": "sev error"}
 #: Above this many deployments the summary lists only the ones that need attention.
 FULL_TABLE_LIMIT = 50
 
@@ -171,140 +176,123 @@ def render_summary(console: Console, result: UpgradeResult) -> None:
 # --- report files ---------------------------------------------------------------------------------
 
 
-def report_format(path: str | os.PathLike[str]) -> str:
-    """``json``, ``markdown`` or ``html`` for a report path; a UsageError naming the choices."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in REPORT_FORMATS:
-        raise UsageError(
-            f"unknown report format {suffix or '(no extension)'!r}",
-            path=path,
-            hint="name the report file .json, .md or .html",
-        )
-    return REPORT_FORMATS[suffix]
-
-
 def to_json(result: UpgradeResult) -> dict[str, Any]:
+    """The JSON report (also what ``upgrade --json`` prints)."""
     return {"report": "etm-compat upgrade", "tool_version": VERSION, **result.to_json()}
 
 
-def _md(text: object) -> str:
-    out = str(text).replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
-    out = out.replace("<", "&lt;").replace(">", "&gt;").replace("\r", " ").replace("\n", " ")
-    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in out)
+def _verdict(result: UpgradeResult) -> str:
+    c = result.to_json()["counts"]
+    return (
+        f"{c['written']} written, {c['up_to_date']} up to date, {c['locked']} locked, "
+        f"{c['failed']} failed, {c['skipped']} skipped ({result.seconds:.1f} s)"
+    )
+
+
+def _size(item: ItemResult) -> str:
+    return f"{item.size:,}" if item.size is not None else "-"
 
 
 def to_markdown(result: UpgradeResult) -> str:
-    plan, data = result.plan, result.to_json()
-    c = data["counts"]
+    """The report as GitHub-flavoured Markdown: the counts, one table row per deployment, then
+    the skipped folders and every finding with its message and hint."""
+    plan = result.plan
+    out = md_text(plan.out) if plan.out is not None else "in place"
     lines = [
-        "# etm-compat upgrade report",
+        f"# {TITLE}",
         "",
-        f"- root: {_md(plan.root)}",
-        f"- output: {_md(plan.out) if plan.out is not None else 'in place'}",
-        f"- result: {'OK' if result.ok else 'INCOMPLETE'}: {c['written']} written, {c['up_to_date']} up to date, "
-        f"{c['locked']} locked, {c['failed']} failed, {c['skipped']} skipped ({result.seconds:.1f} s)",
+        f"- root: {md_text(plan.root)}",
+        f"- output: {out}",
+        f"- result: {'OK' if result.ok else 'INCOMPLETE'}: {_verdict(result)}",
         "",
         "| program | outcome | archive | size | family | findings | reason |",
         "|---|---|---|---:|---|---|---|",
     ]
     for item in result.items:
-        codes = ", ".join(f"{f.severity}: {f.code}" for f in item.findings) or "-"
-        size = f"{item.size:,}" if item.size is not None else "-"
+        codes = ", ".join(f"{md_text(f.severity)}: {md_text(f.code)}" for f in item.findings)
         lines.append(
-            f"| {_md(item.program)} | {item.outcome} | {_md(_archive_label(plan, item.archive))} | {size} "
-            f"| {_md(item.family or '-')} | {_md(codes)} | {_md(item.reason)} |"
+            f"| {md_text(item.program)} | {item.outcome} | "
+            f"{md_text(_archive_label(plan, item.archive))} | {_size(item)} | "
+            f"{md_text(item.family or '-')} | {codes or '-'} | {md_text(item.reason)} |"
         )
     if plan.skipped:
         lines += ["", "## Skipped", ""]
-        lines += [f"- {_md(plan.relative(Path(s.path)))}: {_md(s.reason)}" for s in plan.skipped]
+        lines += [f"- {md_text(plan.relative(Path(s.path)))}: {md_text(s.reason)}" for s in plan.skipped]
     with_findings = [i for i in result.items if i.findings]
     if with_findings:
         lines += ["", "## Findings", ""]
         for item in with_findings:
-            lines += [f"### {_md(item.program)}", ""]
+            lines += [f"### {md_text(item.program)}", ""]
             for f in item.findings:
-                hint = f" (hint: {_md(f.hint)})" if f.hint else ""
-                lines.append(f"- **{f.severity}** {_md(f.code)}: {_md(f.message)}{hint}")
+                hint = f" (hint: {md_text(f.hint)})" if f.hint else ""
+                lines.append(f"- **{md_text(f.severity)}** {md_text(f.code)}: {md_text(f.message)}{hint}")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 
-_CSS = (
-    "body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
-    "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}"
-    ".failed,.error{color:#b00020;font-weight:bold}.locked,.warning{color:#8a6d00}"
-    ".written{color:#1b7f2a}.up_to_date,.info{color:#00658a}"
-)
+def _html_findings(item: ItemResult) -> str:
+    parts = []
+    for f in item.findings:
+        cls = f.severity if f.severity in SEVERITIES else ""
+        hint = f" <small>(hint: {esc(f.hint)})</small>" if f.hint else ""
+        parts.append(
+            f'<span class="sev {cls}">{esc(f.severity)}</span> <code>{esc(f.code)}</code>: '
+            f"{esc(f.message)}{hint}"
+        )
+    return "<br>".join(parts) or "-"
 
 
 def to_html(result: UpgradeResult) -> str:
-    plan, e = result.plan, html.escape
-    c = result.to_json()["counts"]
-    rows = []
-    for item in result.items:
-        findings = "<br>".join(
-            f'<span class="{e(f.severity)}">{e(f.severity)}</span> {e(f.code)}: {e(f.message)}'
-            for f in item.findings
-        )
-        size = f"{item.size:,}" if item.size is not None else "-"
-        rows.append(
-            f'<tr><td>{e(item.program)}</td><td class="{item.outcome}">{item.outcome}</td>'
-            f"<td>{e(_archive_label(plan, item.archive))}</td><td>{size}</td><td>{e(item.family or '-')}</td>"
-            f"<td>{findings or '-'}</td><td>{e(item.reason)}</td></tr>"
-        )
-    skipped = "".join(
-        f"<li>{e(plan.relative(Path(s.path)))}: {e(s.reason)}</li>" for s in plan.skipped
+    """The report as one self-contained HTML page (the shared shell: no scripts, no requests)."""
+    plan = result.plan
+    out = f"<code>{esc(plan.out)}</code>" if plan.out is not None else "in place"
+    verdict = '<b class="ok">OK</b>' if result.ok else '<b class="error">INCOMPLETE</b>'
+    rows = "".join(
+        f"<tr><td><code>{esc(item.program)}</code></td>"
+        f'<td class="{OUTCOME_CLASS.get(item.outcome, "")}">{esc(item.outcome)}</td>'
+        f"<td><code>{esc(_archive_label(plan, item.archive))}</code></td>"
+        f'<td class="n">{_size(item)}</td><td>{esc(item.family or "-")}</td>'
+        f"<td>{_html_findings(item)}</td><td>{esc(item.reason)}</td></tr>"
+        for item in result.items
     )
-    out = e(str(plan.out)) if plan.out is not None else "in place"
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>etm-compat upgrade report</title><style>{_CSS}</style></head><body>"
-        f"<h1>etm-compat upgrade report</h1><p>root {e(str(plan.root))}, output {out}</p>"
-        f"<p><b>{'OK' if result.ok else 'INCOMPLETE'}</b>: {c['written']} written, {c['up_to_date']} up to date, "
-        f"{c['locked']} locked, {c['failed']} failed, {c['skipped']} skipped ({result.seconds:.1f} s)</p>"
-        "<table><thead><tr><th>program</th><th>outcome</th><th>archive</th><th>size</th><th>family</th>"
-        f"<th>findings</th><th>reason</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
-        + (f"<h2>Skipped</h2><ul>{skipped}</ul>" if skipped else "")
-        + "</body></html>\n"
-    )
+    parts = [
+        f"<h1>{esc(TITLE)}</h1>",
+        f"<p>Root: <code>{esc(plan.root)}</code>; output: {out}</p>",
+        f'<p id="summary">{verdict}: {esc(_verdict(result))}</p>',
+        "<table><thead><tr><th>program</th><th>outcome</th><th>archive</th>"
+        '<th class="n">size</th><th>family</th><th>findings</th><th>reason</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>",
+    ]
+    if plan.skipped:
+        skipped = "".join(
+            f"<li><code>{esc(plan.relative(Path(s.path)))}</code>: {esc(s.reason)}</li>"
+            for s in plan.skipped
+        )
+        parts.append(f'<h2>Skipped</h2><ul id="skipped">{skipped}</ul>')
+    return html_page(TITLE, "\n".join(parts))
 
 
-def write_report(path: str | os.PathLike[str], result: UpgradeResult) -> Path:
-    """Write the report (format by extension) atomically: temp file beside it, then ``os.replace``.
+def render(result: UpgradeResult, fmt: str) -> str:
+    """The report as text in ``fmt`` (``json``, ``md`` or ``html``, as :func:`format_for` names)."""
+    fmt = check_format(fmt)
+    if fmt == "json":
+        return to_json_text(to_json(result))
+    return to_markdown(result) if fmt == "md" else to_html(result)
+
+
+def write_report(path: str | os.PathLike[str], result: UpgradeResult, *, fmt: str | None = None) -> Path:
+    """Write the report in the format the extension names (or ``fmt``), atomically.
 
     >>> write_report("upgrade.html", result)  # doctest: +SKIP
     PosixPath('upgrade.html')
     """
-    dest = Path(path)
-    kind = report_format(dest)
-    if kind == "json":
-        text = json.dumps(to_json(result), indent=2, ensure_ascii=False) + "\n"
-    elif kind == "markdown":
-        text = to_markdown(result)
-    else:
-        text = to_html(result)
-    folder = dest.parent if str(dest.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise OutputError(f"cannot write the report: {exc.strerror}", path=dest) from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, dest)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"cannot write the report: {exc.strerror}", path=dest) from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    return write_text_atomic(path, render(result, format_for(path, fmt)))
 
 
 __all__ = [
+    "render",
     "render_plan",
     "render_summary",
-    "report_format",
     "to_html",
     "to_json",
     "to_markdown",

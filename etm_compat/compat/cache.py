@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from etm_compat.archive.metadata import tokenizer_member
 from etm_compat.archive.read import EtmArchive
 from etm_compat.compat.cache_admin import (
     _TMP_PREFIX,
@@ -53,7 +54,6 @@ from etm_compat.compat.cache_admin import (
     parse_size,
     prune,
 )
-from etm_compat.archive.metadata import tokenizer_member
 from etm_compat.constants import MEMBER_METADATA, MEMBER_PROGRAM
 from etm_compat.errors import IntegrityError, OutputError, UsageError
 from etm_compat.fileio import sha256_file

@@ -64,6 +64,7 @@ def load_program_from_archive(archive: EtmArchive, *, verification: Any = None) 
     ...     program.load_method("forward").execute([torch.ones(1, 4)])
     """
     try:
+        # Lazy: importing executorch loads torch (seconds); only loading a program needs it.
         from executorch.runtime import Runtime, Verification
     except ImportError as exc:
         raise RuntimeUnavailableError(

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+import yaml
+
 from etm_compat.errors import InputError
 from etm_compat.fileio import read_capped
 from etm_compat.jsonlimits import json_nesting
@@ -106,6 +108,16 @@ def read_json_config(
         ) from exc
 
 
+class _NoAliasLoader(yaml.SafeLoader):  # type: ignore[misc]
+    """``yaml.SafeLoader`` that refuses anchors and aliases."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"aliases are not accepted (line {event.start_mark.line + 1})")
+        return super().compose_node(parent, index)
+
+
 def read_yaml_config(
     path: StrPath,
     *,
@@ -116,25 +128,9 @@ def read_yaml_config(
     """Parse a YAML file with ``yaml.safe_load`` semantics, a size and a nesting limit.
 
     Anchors and aliases are refused (they are how YAML "billion laughs" documents blow up, and
-    export_llm configs never use them). PyYAML is imported only when a yaml file is read.
+    export_llm configs never use them).
     """
     text = _decode(read_bytes(path, max_bytes, what=what), path, what)
-    try:
-        import yaml
-    except ImportError as exc:
-        raise InputError(
-            f"cannot read {what}: PyYAML is not installed",
-            path=path,
-            hint="pip install pyyaml",
-        ) from exc
-
-    class _NoAliasLoader(yaml.SafeLoader):  # type: ignore[misc]
-        def compose_node(self, parent: Any, index: Any) -> Any:
-            if self.check_event(yaml.AliasEvent):
-                event = self.peek_event()
-                raise yaml.YAMLError(f"aliases are not accepted (line {event.start_mark.line + 1})")
-            return super().compose_node(parent, index)
-
     try:
         value = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass: safe
     except (yaml.YAMLError, RecursionError, ValueError) as exc:

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from etm_compat.errors import UsageError
-from etm_compat.prompt.families import Family, detect_family_from_template, match_template
-from etm_compat.findings import Severity
-from etm_compat.infer.records import Confidence, Evidence, Ledger, as_int, as_number
+from etm_compat.findings import Confidence, Severity
 from etm_compat.formats.pte import PteInfo
 from etm_compat.formats.tokenizer.model import TokenizerInfo
+from etm_compat.infer.records import Evidence, Ledger, as_int, as_number
+from etm_compat.prompt.families import Family, detect_family_from_template, match_template
 
 # Vote weights (see the module docstring). A weak vote alone never names a family unless it
 # narrows the candidates to one family or one group.

@@ -9,12 +9,13 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
-from etm_compat.formats.configs import template_from_config
 from etm_compat.errors import EtmError
-from etm_compat.prompt.families import Family
-from etm_compat.infer.records import Ledger, as_int, as_number
+from etm_compat.formats.configs import template_from_config
 from etm_compat.formats.pte import PteInfo
 from etm_compat.formats.tokenizer.model import TokenizerInfo
+from etm_compat.infer.records import Ledger, as_int, as_number
+from etm_compat.prompt.families import Family
+from etm_compat.prompt.substitution import derive_prompt_format
 
 #: Sampling settings taken from generation_config.json, else from the family.
 GENERATION_KEYS: Final = ("temperature", "top_p", "top_k", "max_new_tokens")
@@ -85,8 +86,6 @@ def prompt_format(
 ) -> Mapping[str, Any] | None:
     if template is None:
         return None
-    from etm_compat.prompt.substitution import derive_prompt_format
-
     try:
         derived = derive_prompt_format(template, bos_token=bos, eos_token=eos)
     except (EtmError, ValueError, TypeError) as exc:

@@ -22,23 +22,23 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from etm_compat.infer import fields as infer_fields
-from etm_compat.formats.configs import read_config
-from etm_compat.legacy.deployment import Deployment
 from etm_compat.errors import EtmError
-from etm_compat.prompt.families import load_registry
-from etm_compat.findings import Finding
+from etm_compat.findings import Confidence, Finding
+from etm_compat.formats.configs import read_config
+from etm_compat.formats.pte import PteInfo, read_pte
+from etm_compat.formats.tokenizer.detect import read_tokenizer
+from etm_compat.formats.tokenizer.model import TokenizerInfo
+from etm_compat.infer import fields as infer_fields
 from etm_compat.infer.family import VoteBox, decide_family
 from etm_compat.infer.records import (
-    Confidence,
     Conflict,
     Evidence,
     Ledger,
     jsonable,
 )
 from etm_compat.infer.tokens import TokenInputs, infer_tokens
-from etm_compat.formats.pte import PteInfo, read_pte
-from etm_compat.formats.tokenizer.model import TokenizerInfo
+from etm_compat.legacy.deployment import Deployment
+from etm_compat.prompt.families import load_registry
 
 #: File name each config role gets in evidence when the caller gives none.
 DEFAULT_NAMES: Final[Mapping[str, str]] = MappingProxyType(
@@ -177,8 +177,6 @@ def infer(
         except EtmError as exc:
             failed(path, exc)
     if tokenizer is None and deployment.tokenizer is not None:
-        from etm_compat.formats.tokenizer.detect import read_tokenizer
-
         try:
             tokenizer = read_tokenizer(
                 deployment.tokenizer,
@@ -309,7 +307,6 @@ def _source_name(path: str, root: Path | None) -> str:
 
 __all__ = [
     "DEFAULT_NAMES",
-    "Confidence",
     "Conflict",
     "Evidence",
     "Inference",

@@ -1,6 +1,6 @@
 """The records inference produces: evidence, conflicts, and the ledger that collects them.
 
-:mod:`etm_compat.infer.inference` re-exports :class:`Evidence`, :class:`Conflict` and :data:`Confidence`;
+:mod:`etm_compat.infer.inference` re-exports :class:`Evidence` and :class:`Conflict`;
 the helpers (``infer_family``, ``infer_tokens``) write into one :class:`Ledger` so that every
 field's provenance, every disagreement and every finding end up in one place.
 """
@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from etm_compat.findings import Finding, Severity
+from etm_compat.findings import Confidence, Finding, Severity
 
-Confidence = Literal["high", "medium", "low", "none"]
 CONFIDENCE_ORDER: tuple[Confidence, ...] = ("none", "low", "medium", "high")
 
 
@@ -153,7 +152,6 @@ def as_number(value: Any) -> float | int | None:
 __all__ = [
     "CONFIDENCE_ORDER",
     "MAX_IDS_PER_SOURCE",
-    "Confidence",
     "Conflict",
     "Evidence",
     "Ledger",

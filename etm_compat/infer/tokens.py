@@ -23,10 +23,11 @@ from typing import Any, Final
 
 from etm_compat.constants import LEGACY_DEFAULT_BOS_ID, LEGACY_DEFAULT_EOS_IDS
 from etm_compat.errors import EtmError
-from etm_compat.prompt.families import Family
-from etm_compat.infer.records import Ledger, as_int, as_int_list
 from etm_compat.formats.pte import PteInfo
 from etm_compat.formats.tokenizer.model import TokenizerInfo
+from etm_compat.infer.records import Ledger, as_int, as_int_list
+from etm_compat.prompt.chat import STANDARD_CONVERSATIONS, render_chat
+from etm_compat.prompt.families import Family
 
 _BOS_VARIABLE: Final = re.compile(r"\bbos_token\b")
 #: End-of-generation token texts llama.cpp adds to its stop set by text (anchors.md, section 1).
@@ -344,8 +345,6 @@ class _TokenRules:
         return value
 
     def render_starts_with(self, template: str, bos_token: str) -> bool:
-        from etm_compat.prompt.chat import STANDARD_CONVERSATIONS, render_chat
-
         eos = (self.tok.eos_token if self.tok is not None else None) or ""
         for messages in STANDARD_CONVERSATIONS.values():
             try:

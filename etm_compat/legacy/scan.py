@@ -12,9 +12,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from etm_compat.legacy.deployment import Adapter, Deployment, Skipped
 from etm_compat.constants import ETM_SUFFIX
 from etm_compat.errors import InputError, UnreadableError
+from etm_compat.legacy.deployment import Adapter, Deployment, Skipped
 
 MAX_DEPTH = 32
 MAX_FOLDERS = 200_000

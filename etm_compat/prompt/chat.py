@@ -29,6 +29,7 @@ import jinja2.ext
 import jinja2.nodes
 import jinja2.parser
 
+from etm_compat.errors import TemplateError, UsageError
 from etm_compat.prompt.sandbox import (
     BUDGET,
     MAX_RANGE,
@@ -43,7 +44,6 @@ from etm_compat.prompt.sandbox import (
     over_limit,
     tojson,
 )
-from etm_compat.errors import TemplateError, UsageError
 
 Message = Mapping[str, Any]
 

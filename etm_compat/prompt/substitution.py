@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
-from etm_compat.prompt.chat import STANDARD_CONVERSATIONS, Message, compile_template, render_chat
 from etm_compat.errors import MetadataError, TemplateError, UsageError
+from etm_compat.prompt.chat import STANDARD_CONVERSATIONS, Message, compile_template, render_chat
 
 __all__ = [
     "PromptFormat",

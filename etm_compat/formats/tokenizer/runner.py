@@ -64,6 +64,7 @@ def _captured_output() -> Iterator[list[str]]:
 
 
 def _bindings() -> Any:
+    # Lazy: the C++ bindings are an optional extra, needed only for the runner check.
     from pytorch_tokenizers import pytorch_tokenizers_cpp
 
     return pytorch_tokenizers_cpp
