@@ -18,10 +18,10 @@ from etm_compat.archive import (
     open_archive,
     write_archive,
 )
-from etm_compat.errors import OutputError, UnreadableError, UsageError
-from etm_compat.verification import verify
 from etm_compat.archive.metadata import new_metadata
 from etm_compat.archive.zipfmt import end_records, local_header
+from etm_compat.errors import OutputError, UnreadableError, UsageError
+from etm_compat.verification import verify
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 PTE = FIXTURES / "programs" / "ext_weights.pte"

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from test_archive import PTE, pack
 
 from etm_compat.archive import open_archive
-from etm_compat.verification import verify
+from etm_compat.archive.metadata import new_metadata, serialize_metadata
 from etm_compat.errors import (
     ArchiveError,
     IntegrityError,
@@ -29,7 +29,7 @@ from etm_compat.errors import (
     OutputError,
     UnsupportedVersionError,
 )
-from etm_compat.archive.metadata import new_metadata, serialize_metadata
+from etm_compat.verification import verify
 
 REG = (0o100644 << 16, (3 << 8) | 20)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES
 
-from etm_compat.compat import cache
 from etm_compat.archive import open_archive
 from etm_compat.cli.main import main
+from etm_compat.compat import cache
 from etm_compat.errors import IntegrityError, UsageError
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from etm_compat.errors import TemplateError, UsageError
 from etm_compat.prompt import chat
 from etm_compat.prompt.chat import (
     STANDARD_CONVERSATIONS,
@@ -16,7 +17,6 @@ from etm_compat.prompt.chat import (
     compile_template,
     render_chat,
 )
-from etm_compat.errors import TemplateError, UsageError
 from etm_compat.prompt.families import load_registry
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

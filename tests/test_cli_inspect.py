@@ -11,8 +11,8 @@ import sys
 import pytest
 from conftest import FIXTURES, fixture_file
 
-from etm_compat.cli.main import main
 from etm_compat.cli.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_USAGE
+from etm_compat.cli.main import main
 
 
 def run_json(capsys, *args: str) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from etm_compat.errors import InputError, UnreadableError
 from etm_compat.formats.configs import (
     json_nesting,
     read_config,
@@ -16,7 +17,6 @@ from etm_compat.formats.configs import (
     template_from_config,
     value_depth,
 )
-from etm_compat.errors import InputError, UnreadableError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

@@ -18,10 +18,10 @@ import jsonschema
 import pytest
 from etm_compat.adapters import default_adapters
 
-from etm_compat.cli.main import main
 from etm_compat.checks.archive import check_archive
-from etm_compat.diagnosis import diagnose
 from etm_compat.checks.tokens import Subject, check_backends
+from etm_compat.cli.main import main
+from etm_compat.diagnosis import diagnose
 from etm_compat.legacy.resolve import resolve_source
 from etm_compat.packing import pack_view
 from etm_compat.view import describe

@@ -8,8 +8,8 @@ from importlib import resources
 
 import pytest
 
-from etm_compat.prompt import families
 from etm_compat.errors import UsageError
+from etm_compat.prompt import families
 from etm_compat.prompt.families import (
     detect_family_from_template,
     get_family,

@@ -9,11 +9,11 @@ import pytest
 from conftest import FIXTURES
 
 from etm_compat.archive import open_archive
-from etm_compat.cli.main import main
-from etm_compat.formats.configs import read_bytes
 from etm_compat.cli.exit_codes import EXIT_BAD_INPUT
+from etm_compat.cli.main import main
 from etm_compat.errors import UnreadableError
 from etm_compat.fileio import open_regular
+from etm_compat.formats.configs import read_bytes
 from etm_compat.formats.ptd import read_ptd
 from etm_compat.formats.pte import is_pte_file, read_pte
 

@@ -28,7 +28,7 @@ import flatbuffers
 import pytest
 from conftest import FIXTURES
 
-from etm_compat.prompt.chat import STANDARD_CONVERSATIONS, render_chat
+from etm_compat.archive.metadata import new_metadata, parse_metadata, serialize_metadata
 from etm_compat.cli.main import main
 from etm_compat.errors import (
     EtmError,
@@ -39,10 +39,10 @@ from etm_compat.errors import (
     TokenizerFormatError,
     UnreadableError,
 )
-from etm_compat.archive.metadata import new_metadata, parse_metadata, serialize_metadata
 from etm_compat.formats.ptd import read_ptd, read_ptd_bytes
 from etm_compat.formats.pte import read_pte, read_pte_bytes
 from etm_compat.formats.tokenizer.detect import read_tokenizer
+from etm_compat.prompt.chat import STANDARD_CONVERSATIONS, render_chat
 
 MAX_SECONDS = 5.0
 MAX_RSS_GROWTH_KIB = 300 * 1024

@@ -17,13 +17,13 @@ import pytest
 from conftest import FIXTURES, fixture_file
 from etm_compat.adapters import default_adapters
 
-from etm_compat.legacy.deployment import Deployment
 from etm_compat.errors import UsageError
-from etm_compat.prompt.families import Family, load_registry
-from etm_compat.infer.inference import Inference, infer, infer_from_parts
 from etm_compat.formats.pte import PteInfo, read_pte
-from etm_compat.legacy.scan import deployments_in_folder
 from etm_compat.formats.tokenizer.detect import read_tokenizer
+from etm_compat.infer.inference import Inference, infer, infer_from_parts
+from etm_compat.legacy.deployment import Deployment
+from etm_compat.legacy.scan import deployments_in_folder
+from etm_compat.prompt.families import Family, load_registry
 
 REGISTRY = load_registry()
 

@@ -101,10 +101,13 @@ def test_no_module_imports_the_runtime_at_module_level():
     for path in _library_files():
         tree = ast.parse(path.read_text())
         local = {id(n) for n in _function_imports(tree)}
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import | ast.ImportFrom) and id(node) not in local:
-                if any(n in LAZY for n in _top_name(node)):
-                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+        offenders += [
+            f"{path.relative_to(ROOT)}:{node.lineno}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            and id(node) not in local
+            and any(n in LAZY for n in _top_name(node))
+        ]
     assert not offenders
 
 

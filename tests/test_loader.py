@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES
 
-from etm_compat.prompt.chat import render_chat
 from etm_compat.cli.main import main
-from etm_compat.errors import UnreadableError, UsageError
 from etm_compat.compat.loader import Bundle, LegacyPaths, load
+from etm_compat.errors import UnreadableError, UsageError
+from etm_compat.prompt.chat import render_chat
 
 NAMES = ("et_example", "with_ptd", "hf_style")
 #: The metadata sections inference fills: a folder and its archive must agree on all of them.

@@ -11,8 +11,13 @@ from typing import Any
 import jsonschema
 import pytest
 
+from etm_compat.archive.metadata import (
+    new_metadata,
+    parse_metadata,
+    serialize_metadata,
+    validate_metadata,
+)
 from etm_compat.errors import MetadataError, UnsupportedVersionError
-from etm_compat.archive.metadata import new_metadata, parse_metadata, serialize_metadata, validate_metadata
 
 SHA_A = "a" * 64
 

@@ -12,8 +12,8 @@ import pytest
 from conftest import FIXTURES
 
 from etm_compat.archive import open_archive
-from etm_compat.cli.main import main
 from etm_compat.cli.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE
+from etm_compat.cli.main import main
 from etm_compat.formats.pte import read_pte
 from etm_compat.formats.tokenizer.detect import read_tokenizer
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from etm_compat.prompt.chat import STANDARD_CONVERSATIONS, render_chat
 from etm_compat.errors import MetadataError, UsageError
+from etm_compat.prompt.chat import STANDARD_CONVERSATIONS, render_chat
 from etm_compat.prompt.families import get_family, load_registry
 from etm_compat.prompt.substitution import PromptFormat, apply_prompt_format, derive_prompt_format
 

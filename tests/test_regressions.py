@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES
 
-from etm_compat.prompt.chat import STANDARD_CONVERSATIONS, render_chat
 from etm_compat.cli.main import main
 from etm_compat.errors import TemplateError, UnreadableError
 from etm_compat.formats.tokenizer.detect import read_tokenizer
+from etm_compat.prompt.chat import STANDARD_CONVERSATIONS, render_chat
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ import os
 import pytest
 from conftest import FIXTURES
 
-from etm_compat.cli.main import main
 from etm_compat.cli.exit_codes import EXIT_BAD_INPUT, EXIT_OK, EXIT_USAGE
+from etm_compat.cli.main import main
 
 HF = FIXTURES / "legacy" / "hf_style"
 CONVERSATION = [

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from etm_compat.archive import MemberSpec, open_archive, write_archive
-from etm_compat.errors import RuntimeUnavailableError
 from etm_compat.archive.metadata import new_metadata
 from etm_compat.compat.runtime import load_program_from_archive
+from etm_compat.errors import RuntimeUnavailableError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 PTE = FIXTURES / "programs" / "ext_weights.pte"

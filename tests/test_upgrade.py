@@ -19,12 +19,12 @@ from conftest import FIXTURES
 from etm_compat.adapters import default_adapters
 
 from etm_compat.archive import open_archive
-from etm_compat.cli.main import main
+from etm_compat.bulk.lock import archive_lock, lock_path
+from etm_compat.bulk.upgrade import execute, plan_upgrade
 from etm_compat.cli.exit_codes import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE
+from etm_compat.cli.main import main
 from etm_compat.errors import UsageError
 from etm_compat.verification import verify
-from etm_compat.bulk.upgrade import execute, plan_upgrade
-from etm_compat.bulk.lock import archive_lock, lock_path
 
 LEGACY = FIXTURES / "legacy"
 BIG = ("et_example", "hf_style", "export_llm", "tiktoken_llama3", "variants")

@@ -8,10 +8,10 @@ import warnings
 import pytest
 from test_upgrade import build_tree
 
-from etm_compat.verification import verify
+from etm_compat.bulk.upgrade import open_executor
 from etm_compat.cli.main import main
 from etm_compat.errors import UsageError
-from etm_compat.bulk.upgrade import open_executor
+from etm_compat.verification import verify
 
 distributed = pytest.importorskip("distributed")
 

@@ -36,6 +36,15 @@ MESSAGES = [
 FIXTURE_FOLDERS = ("programs", "tokenizers", "llama", "legacy", "broken")
 # Timings vary from run to run; everything else must be equal.
 VOLATILE = re.compile(r'"(seconds|elapsed|duration|started|finished|wall)[a-z_]*": [0-9.e+-]+')
+#: Scratch folder names (tempfile's random suffix) and the timestamp/pid of torch's log lines.
+SCRATCH = re.compile(r"(/tmp/etm-[a-z]+-)[A-Za-z0-9_]{8}")
+TORCH_LOG = re.compile(r"^([WIE])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ ", re.M)
+
+
+def _normalize(text: str) -> str:
+    text = VOLATILE.sub(r'"\1": 0', text)
+    text = SCRATCH.sub(r"\1XXXXXXXX", text)
+    return TORCH_LOG.sub(r"\1<time> <pid> ", text)
 
 
 def _fixture_paths() -> list[str]:
@@ -62,8 +71,8 @@ def _run(args: list[str], *, stdin: str | None = None) -> dict[str, object]:
     return {
         "args": args,
         "exit": proc.returncode,
-        "stdout": VOLATILE.sub(r'"\1": 0', proc.stdout),
-        "stderr": proc.stderr,
+        "stdout": _normalize(proc.stdout),
+        "stderr": _normalize(proc.stderr),
     }
 
 
@@ -122,7 +131,7 @@ def record(out: Path) -> int:
     rec = _run(["upgrade", "fixtures/legacy", "--out", str(WORK / "up"), "--json", "--jobs", "1",
                 "--report", str(WORK / "up.json"), "--report", str(WORK / "up.md")])
     rec["files"] = _tree_digest(WORK / "up")
-    rec["reports"] = {n: (WORK / n).read_text() for n in ("up.json", "up.md") if (WORK / n).exists()}
+    rec["reports"] = {n: _normalize((WORK / n).read_text()) for n in ("up.json", "up.md") if (WORK / n).exists()}
     records.append(rec)
     records.append(_run(["upgrade", "fixtures/legacy", "--out", str(WORK / "up"), "--json", "--jobs", "1"]))
     for bad in (["inspect", "nonexistent.pte"], ["pack", "fixtures/legacy/et_example", "-o", str(WORK / "a0.etm")],
@@ -134,14 +143,22 @@ def record(out: Path) -> int:
     return 0
 
 
+def _normalized(record: dict[str, object]) -> dict[str, object]:
+    out = {k: _normalize(v) if k in ("stdout", "stderr") and isinstance(v, str) else v for k, v in record.items()}
+    reports = record.get("reports")
+    if isinstance(reports, dict):
+        out["reports"] = {name: _normalize(str(text)) for name, text in reports.items()}
+    return out
+
+
 def compare(a: Path, b: Path) -> int:
-    left = json.loads((a / "records.json").read_text())
-    right = json.loads((b / "records.json").read_text())
+    left = [_normalized(r) for r in json.loads((a / "records.json").read_text())]
+    right = [_normalized(r) for r in json.loads((b / "records.json").read_text())]
     if len(left) != len(right):
         print(f"different number of commands: {len(left)} vs {len(right)}")
         return 1
     differing = 0
-    for x, y in zip(left, right):
+    for x, y in zip(left, right, strict=True):
         if x != y:
             differing += 1
             keys = sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))

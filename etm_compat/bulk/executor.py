@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from etm_compat.errors import UsageError
 
@@ -82,7 +83,8 @@ def _dask_executor(address: str, timeout: float) -> Iterator[concurrent.futures.
             hint="pip install 'etm-compat[dask]'",
         ) from exc
     try:
-        client = distributed.Client(address, timeout=timeout)
+        connect: Any = distributed.Client  # untyped library
+        client = connect(address, timeout=timeout)
     except (OSError, TimeoutError, ValueError) as exc:
         raise UsageError(f"cannot reach the Dask scheduler at {address}: {exc}") from exc
     try:
