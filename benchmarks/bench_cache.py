@@ -30,8 +30,8 @@ from bigpte import make_big_pte
 from common import ROOT, WORK, Result, Row, median, spread
 
 from etm_compat.archive import open_archive
-from etm_compat.compat.cache import materialize
 from etm_compat.cli.main import main as cli_main
+from etm_compat.compat.cache import materialize
 from etm_compat.compat.loader import load
 
 

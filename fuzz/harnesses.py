@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from etm_compat.archive import open_archive
-from etm_compat.prompt.chat import STANDARD_CONVERSATIONS, RenderLimits, render_chat
-from etm_compat.errors import EtmError
 from etm_compat.archive.metadata import parse_metadata
-from etm_compat.prompt.substitution import PromptFormat, derive_prompt_format
+from etm_compat.errors import EtmError
 from etm_compat.formats.ptd import read_ptd_bytes
 from etm_compat.formats.pte import read_pte_bytes
 from etm_compat.formats.tokenizer.detect import read_tokenizer, sniff_tokenizer_bytes
+from etm_compat.prompt.chat import STANDARD_CONVERSATIONS, RenderLimits, render_chat
+from etm_compat.prompt.substitution import PromptFormat, derive_prompt_format
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
