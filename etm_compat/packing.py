@@ -29,7 +29,7 @@ from etm_compat.constants import (
 from etm_compat.errors import OutputError
 from etm_compat.fileio import sha256_file
 from etm_compat.findings import Finding
-from etm_compat.formats.tokenizer.detect import convert_llama2c_original
+from etm_compat.formats.tokenizer.llama2c import convert_llama2c_original
 from etm_compat.legacy.deployment import Adapter
 from etm_compat.legacy.resolve import resolve_source
 from etm_compat.view import DeploymentView, describe

@@ -17,7 +17,7 @@ from conftest import FIXTURES
 
 from etm_compat.archive import open_archive
 from etm_compat.cli.main import main
-from etm_compat.compat import cache
+from etm_compat.compat import cache, cache_admin
 from etm_compat.errors import IntegrityError, UsageError
 
 
@@ -44,12 +44,12 @@ def _sha(path: Path) -> str:
 def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("ETM_CACHE_DIR", str(tmp_path / "explicit"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert cache.cache_dir() == tmp_path / "explicit"
+    assert cache_admin.cache_dir() == tmp_path / "explicit"
     monkeypatch.delenv("ETM_CACHE_DIR")
-    assert cache.cache_dir() == tmp_path / "xdg" / "etm-compat"
+    assert cache_admin.cache_dir() == tmp_path / "xdg" / "etm-compat"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert cache.cache_dir() == tmp_path / "home" / ".cache" / "etm-compat"
+    assert cache_admin.cache_dir() == tmp_path / "home" / ".cache" / "etm-compat"
 
 
 def test_materialize_builds_then_reuses(archives: dict[str, Path], tmp_path: Path) -> None:
@@ -188,9 +188,9 @@ def test_entry_without_marker_is_rebuilt(archives: dict[str, Path], tmp_path: Pa
     root = tmp_path / "cache"
     with open_archive(archives["et_example"]) as etm:
         entry = cache.materialize(etm, root=root)
-        (entry.folder / cache.MARKER).unlink()
+        (entry.folder / cache_admin.MARKER).unlink()
         assert cache.materialize(etm, root=root).status == "repaired"
-        assert (entry.folder / cache.MARKER).is_file()
+        assert (entry.folder / cache_admin.MARKER).is_file()
 
 
 def test_corrupt_archive_member_leaves_nothing(archives: dict[str, Path], tmp_path: Path) -> None:
@@ -241,8 +241,8 @@ def test_list_and_prune(archives: dict[str, Path], tmp_path: Path) -> None:
         with open_archive(archives[name]) as etm:
             keys.append(cache.materialize(etm, root=root).key)
     old = time.time() - 10 * 86400
-    os.utime(root / keys[0] / cache.MARKER, (old, old))
-    entries = cache.list_entries(root)
+    os.utime(root / keys[0] / cache_admin.MARKER, (old, old))
+    entries = cache_admin.list_entries(root)
     assert next(e.key for e in entries) == keys[0]  # least recently used first
     assert {e.key for e in entries} == set(keys)
     sizes = {e.key: e.size for e in entries}
@@ -251,28 +251,28 @@ def test_list_and_prune(archives: dict[str, Path], tmp_path: Path) -> None:
 
     (root / ".tmp-deadbuild-x").mkdir()
     os.utime(root / ".tmp-deadbuild-x", (old, old))
-    result = cache.prune(older_than_days=5, root=root)
+    result = cache_admin.prune(older_than_days=5, root=root)
     assert [e.key for e in result.removed] == [keys[0]] and result.leftovers == 1
     assert sorted(p.name for p in root.iterdir()) == sorted(keys[1:])
 
-    result = cache.prune(max_size=sizes[keys[2]], root=root)
-    remaining = {e.key for e in cache.list_entries(root)}
+    result = cache_admin.prune(max_size=sizes[keys[2]], root=root)
+    remaining = {e.key for e in cache_admin.list_entries(root)}
     assert sum(sizes[k] for k in remaining) <= sizes[keys[2]]
     assert len(result.removed) == 1
 
-    assert cache.prune(remove_all=True, root=root).removed
+    assert cache_admin.prune(remove_all=True, root=root).removed
     assert list(root.iterdir()) == []
     with pytest.raises(UsageError):
-        cache.prune(root=root)
+        cache_admin.prune(root=root)
 
 
 def test_parse_size() -> None:
-    assert cache.parse_size("1000") == 1000
-    assert cache.parse_size("2G") == 2 << 30
-    assert cache.parse_size("1.5GiB") == 3 << 29
-    assert cache.parse_size("500M") == 500 << 20
+    assert cache_admin.parse_size("1000") == 1000
+    assert cache_admin.parse_size("2G") == 2 << 30
+    assert cache_admin.parse_size("1.5GiB") == 3 << 29
+    assert cache_admin.parse_size("500M") == 500 << 20
     with pytest.raises(UsageError):
-        cache.parse_size("lots")
+        cache_admin.parse_size("lots")
 
 
 def test_cli_cache_list_and_prune(

@@ -19,7 +19,8 @@ import pytest
 from etm_compat.adapters import default_adapters
 
 from etm_compat.checks.archive import check_archive
-from etm_compat.checks.tokens import Subject, check_backends
+from etm_compat.checks.program import check_backends
+from etm_compat.checks.subject import Subject
 from etm_compat.cli.main import main
 from etm_compat.diagnosis import diagnose
 from etm_compat.legacy.resolve import resolve_source

@@ -23,12 +23,12 @@ from hypothesis import strategies as st
 from etm_compat.constants import TOKENIZER_SNIFF_BYTES
 from etm_compat.errors import TokenizerFormatError, UsageError
 from etm_compat.formats.tokenizer.detect import (
-    convert_llama2c_original,
     looks_like_tokenizer,
     read_tokenizer,
     sniff_tokenizer_bytes,
     sniff_tokenizer_format,
 )
+from etm_compat.formats.tokenizer.llama2c import convert_llama2c_original
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures" / "tokenizers"

@@ -1,8 +1,8 @@
 """The diagnose checks on the program itself and its weights: constant methods the runner
 requires, external keys against the .ptd files, and backends the installed runtime lacks.
 
-Each reads one :class:`~etm_compat.checks.subject.Subject` and returns findings; all are
-re-exported from :mod:`etm_compat.checks.tokens`. Codes are listed in docs/DIAGNOSTICS.md.
+Each reads one :class:`~etm_compat.checks.subject.Subject` and returns findings. Codes are
+listed in docs/DIAGNOSTICS.md.
 """
 
 from __future__ import annotations

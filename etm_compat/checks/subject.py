@@ -1,9 +1,9 @@
 """What the diagnose checks read: :class:`Subject`, one deployment or archive reduced to plain
 values, and the small helpers every check module shares.
 
-The checks themselves are in :mod:`etm_compat.checks.tokens` (tokenizer vs model, which
-re-exports :class:`Subject`), :mod:`etm_compat.checks.program` (program, weights, backends) and
-:mod:`etm_compat.checks.template`.
+The checks themselves are in :mod:`etm_compat.checks.tokens` (tokenizer vs model),
+:mod:`etm_compat.checks.program` (program, weights, backends), :mod:`etm_compat.checks.template`
+and :mod:`etm_compat.checks.archive`; :mod:`etm_compat.checks.run` runs them in order.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The mismatch checks that need no template: tokenizer vs model (program, weights and backends
-are in :mod:`etm_compat.checks.program`, re-exported here).
+are in :mod:`etm_compat.checks.program`).
 
 Every check reads one :class:`Subject` (what a deployment or an archive says, reduced to plain
 values) and returns findings; none stops the others. Codes, severities and fixes are listed in
@@ -13,9 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from etm_compat.checks.program import check_backends, check_program, check_weights
 from etm_compat.checks.subject import Subject, as_int, finding
-from etm_compat.checks.subject import SubjectKind as SubjectKind  # re-exported
 from etm_compat.constants import LEGACY_DEFAULT_BOS_ID, LEGACY_DEFAULT_EOS_IDS
 from etm_compat.findings import Finding
 
@@ -262,14 +260,10 @@ def check_runner_tokenizer(s: Subject) -> list[Finding]:
 
 
 __all__ = [
-    "Subject",
-    "check_backends",
     "check_eos",
-    "check_program",
     "check_runner_tokenizer",
     "check_special_ids",
     "check_vocab",
-    "check_weights",
     "end_of_turn_id",
     "is_legacy_default",
     "program_eos",

@@ -15,7 +15,7 @@ from etm_compat.bulk.upgrade import execute, plan_upgrade
 from etm_compat.cli import report_files, upgrade_view
 from etm_compat.cli.console import render_diagnose, render_findings, render_inspect, safe
 from etm_compat.cli.exit_codes import EXIT_FINDINGS, EXIT_OK
-from etm_compat.compat import cache
+from etm_compat.compat import cache_admin
 from etm_compat.compat.loader import render
 from etm_compat.diagnosis import diagnose
 from etm_compat.errors import InputError
@@ -177,23 +177,23 @@ def _plural(n: int) -> str:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     if args.cache_command == "prune":
-        max_size = cache.parse_size(args.max_size) if args.max_size else None
-        pruned = cache.prune(remove_all=args.all, older_than_days=args.older_than, max_size=max_size)
+        max_size = cache_admin.parse_size(args.max_size) if args.max_size else None
+        pruned = cache_admin.prune(remove_all=args.all, older_than_days=args.older_than, max_size=max_size)
         if args.json:
             emit_json({"removed": [e.key for e in pruned.removed], "freed": pruned.freed, "leftovers": pruned.leftovers})
         else:
             console().print(f"removed {_plural(len(pruned.removed))}, freed {pruned.freed:,} bytes")
         return EXIT_OK
-    entries = cache.list_entries()
+    entries = cache_admin.list_entries()
     if args.json:
         rows: list[dict[str, Any]] = [
             {"key": e.key, "folder": str(e.folder), "size": e.size, "created": e.created, "last_used": e.last_used, "archive": e.archive}
             for e in entries
         ]
-        emit_json({"root": str(cache.cache_dir()), "entries": rows})
+        emit_json({"root": str(cache_admin.cache_dir()), "entries": rows})
     else:
         out = console()
-        out.print(f"{safe(cache.cache_dir())}: {_plural(len(entries))}, {sum(e.size for e in entries):,} bytes")
+        out.print(f"{safe(cache_admin.cache_dir())}: {_plural(len(entries))}, {sum(e.size for e in entries):,} bytes")
         for e in entries:
             out.print(f"  {e.key[:16]}  {e.size:>14,}  {safe(e.archive)}")
     return EXIT_OK

@@ -43,16 +43,11 @@ from typing import Any, Final, Literal
 from etm_compat.archive.metadata import tokenizer_member
 from etm_compat.archive.read import EtmArchive
 from etm_compat.compat.cache_admin import (
-    _TMP_PREFIX,
     MARKER,
-    CacheEntry,
-    PruneResult,
-    _discard,
-    _read_marker,
+    TMP_PREFIX,
     cache_dir,
-    list_entries,
-    parse_size,
-    prune,
+    discard_entry,
+    read_marker,
 )
 from etm_compat.constants import MEMBER_METADATA, MEMBER_PROGRAM
 from etm_compat.errors import IntegrityError, OutputError, UsageError
@@ -97,7 +92,7 @@ def _signature(path: Path) -> dict[str, int]:
 
 def _check_entry(folder: Path, archive: EtmArchive, *, verify: bool) -> dict[str, Path] | None:
     """The entry's files if it is complete and intact for ``archive``; None otherwise."""
-    marker = _read_marker(folder)
+    marker = read_marker(folder)
     if marker is None:
         return None
     recorded: dict[str, Any] = marker["files"]
@@ -184,7 +179,7 @@ def build_entry(archive: EtmArchive, root: Path, key: str, *, verify: bool = Fal
     failure the temp folder is removed and the error raised.
     """
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{key[:16]}-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{key[:16]}-", dir=root))
     try:
         files: dict[str, dict[str, Any]] = {}
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -252,7 +247,7 @@ def materialize(
                 _touch(final)
                 return Materialized(key, final, files, "reused" if status == "built" else status)
             log.warning("%s: damaged cache entry; rebuilding it", final)
-            _discard(final)
+            discard_entry(final)
             status = "repaired"
         tmp = build_entry(archive, base, key, verify=verify)
         if publish(tmp, final):
@@ -300,18 +295,11 @@ def _touch(folder: Path) -> None:
 
 
 __all__ = [
-    "MARKER",
-    "CacheEntry",
     "LegacyPaths",
     "Materialized",
-    "PruneResult",
     "archive_key",
     "build_entry",
-    "cache_dir",
     "legacy_paths_of",
-    "list_entries",
     "materialize",
-    "parse_size",
-    "prune",
     "publish",
 ]

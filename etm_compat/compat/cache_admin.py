@@ -1,7 +1,7 @@
 """The cache folder itself: where it is, what a complete entry looks like on disk, and the
 administration ``etm-compat cache list`` and ``etm-compat cache prune`` run on it.
 
-Building and reusing entries is :mod:`etm_compat.compat.cache`, which re-exports everything public here.
+Building and reusing entries is :mod:`etm_compat.compat.cache`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Final
 from etm_compat.errors import UsageError
 
 MARKER: Final = ".complete"
-_TMP_PREFIX: Final = ".tmp-"
+TMP_PREFIX: Final = ".tmp-"
 _TRASH_PREFIX: Final = ".trash-"
 #: A temp folder older than this is a build that died; ``prune`` removes it.
 _STALE_TMP_SECONDS: Final = 3600.0
@@ -57,7 +57,7 @@ def cache_dir() -> Path:
     return base / "etm-compat"
 
 
-def _read_marker(folder: Path) -> dict[str, Any] | None:
+def read_marker(folder: Path) -> dict[str, Any] | None:
     try:
         with open(folder / MARKER, "rb") as fh:
             data = json.loads(fh.read(1024 * 1024))
@@ -66,7 +66,7 @@ def _read_marker(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and isinstance(data.get("files"), dict) else None
 
 
-def _discard(folder: Path) -> None:
+def discard_entry(folder: Path) -> None:
     """Remove an entry: first rename it aside (one atomic step), then delete it."""
     trash = Path(tempfile.mkdtemp(prefix=_TRASH_PREFIX, dir=folder.parent))
     with contextlib.suppress(FileNotFoundError):  # another process removed it first
@@ -82,7 +82,7 @@ def _entries(root: Path) -> Iterator[CacheEntry]:
     for folder in children:
         if len(folder.name) != _KEY_LEN or not folder.is_dir():
             continue
-        marker = _read_marker(folder)
+        marker = read_marker(folder)
         if marker is None:
             continue
         try:
@@ -139,11 +139,11 @@ def prune(
             doomed.append(victim)
             total -= victim.size
     for entry in doomed:
-        _discard(entry.folder)
+        discard_entry(entry.folder)
     leftovers = 0
     if base.is_dir():
         for child in base.iterdir():
-            stale = child.name.startswith(_TMP_PREFIX) and (
+            stale = child.name.startswith(TMP_PREFIX) and (
                 remove_all or clock - child.stat().st_mtime > _STALE_TMP_SECONDS
             )
             if child.name.startswith(_TRASH_PREFIX) or stale:
@@ -175,10 +175,13 @@ def parse_size(text: str) -> int:
 
 __all__ = [
     "MARKER",
+    "TMP_PREFIX",
     "CacheEntry",
     "PruneResult",
     "cache_dir",
+    "discard_entry",
     "list_entries",
     "parse_size",
     "prune",
+    "read_marker",
 ]

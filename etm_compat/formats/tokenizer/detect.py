@@ -24,8 +24,7 @@ from etm_compat.errors import EtmError, TokenizerFormatError
 from etm_compat.formats.tokenizer import json_formats, llama2c, sentencepiece_model, tiktoken_file
 from etm_compat.formats.tokenizer import runner as _runner
 from etm_compat.formats.tokenizer.bounded import StrPath, load_json, read_bounded, read_head
-from etm_compat.formats.tokenizer.llama2c import convert_llama2c_original
-from etm_compat.formats.tokenizer.model import RunnerCheck, TokenizerFormat, TokenizerInfo
+from etm_compat.formats.tokenizer.model import TokenizerFormat, TokenizerInfo
 
 logger = logging.getLogger(__name__)
 
@@ -184,10 +183,6 @@ _PARSED_LOCK = threading.Lock()
 
 
 __all__ = [
-    "RunnerCheck",
-    "TokenizerFormat",
-    "TokenizerInfo",
-    "convert_llama2c_original",
     "looks_like_tokenizer",
     "read_tokenizer",
     "sniff_tokenizer_bytes",
