@@ -6,11 +6,12 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from etm_compat.legacy.deployment import ConfigRole, Deployment
+from etm_compat.constants import TOKENIZER_SUFFIXES
 from etm_compat.errors import InputError
 from etm_compat.formats.ptd import is_ptd_file, read_ptd
 from etm_compat.formats.pte import is_pte_file, read_pte
 from etm_compat.formats.tokenizer.detect import looks_like_tokenizer
+from etm_compat.legacy.deployment import ConfigRole, Deployment
 
 #: Fixed file names of configuration files, by role.
 CONFIG_NAMES: Mapping[str, ConfigRole] = {
@@ -25,8 +26,6 @@ CONFIG_NAMES: Mapping[str, ConfigRole] = {
 
 #: Tokenizer file names in the order the ExecuTorch runner's loader prefers them.
 TOKENIZER_NAMES = ("tekken.json", "tokenizer.json", "tokenizer.model", "tokenizer.bin")
-#: Other names worth sniffing when none of the above is present.
-TOKENIZER_SUFFIXES = (".model", ".json", ".bin", ".tiktoken", ".spm")
 #: Files never taken for a tokenizer even if they sniff like one.
 NOT_TOKENIZERS = frozenset(CONFIG_NAMES) | {"metadata.json", "vocab.json", "merges.txt"}
 

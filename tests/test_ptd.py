@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,28 @@ def test_unreadable_paths(tmp_path: Path) -> None:
         read_ptd(tmp_path / "absent.ptd")
     with pytest.raises(UnreadableError):
         read_ptd(tmp_path)
+
+
+def test_short_read_is_truncated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that shrinks between fstat and read: the FlatBuffer comes up short."""
+    data = _good()
+    fb_offset = struct.unpack_from("<Q", data, 16)[0]
+    struct.pack_into("<QQQ", data, 24, 600 - fb_offset, 0, 0)  # FlatBuffer ends at 600 > 524
+    path = tmp_path / "long.ptd"
+    path.write_bytes(bytes(data))
+    real = os.fstat
+    monkeypatch.setattr(
+        os, "fstat", lambda fd: os.stat_result((*real(fd)[:6], 10_000, *real(fd)[7:10]))
+    )
+    with pytest.raises(PtdFormatError) as caught:
+        read_ptd(path)
+    assert caught.value.message == f"file is truncated: expected 600 header bytes, read {len(data)}"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux /proc")
+def test_read_error_is_unreadable() -> None:
+    with pytest.raises(UnreadableError, match="cannot read data file: "):
+        read_ptd("/proc/self/mem")  # a regular file whose read at offset 0 fails (EIO)
 
 
 def test_is_ptd_file(tmp_path: Path) -> None:

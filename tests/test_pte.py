@@ -8,9 +8,11 @@ Malformed cases each mutate one thing of a good fixture.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from hypothesis import strategies as st
 
 from etm_compat.constants import LEGACY_KEYS
 from etm_compat.errors import PteFormatError, UnreadableError
+from etm_compat.formats.flatfile import FlatFileFormat, read_flat_head, view_flat_head
 from etm_compat.formats.pte import PteInfo, is_pte_file, read_pte, read_pte_bytes
 
 PTE_FIXTURES = fixture_glob("**/*.pte")
@@ -429,6 +432,52 @@ def test_missing_and_directory_paths_are_unreadable(tmp_path: Path) -> None:
         read_pte(tmp_path / "absent.pte")
     with pytest.raises(UnreadableError):
         read_pte(tmp_path)
+
+
+def fake_size(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """Make ``os.fstat`` report ``size`` bytes: as if the file shrank between fstat and read."""
+    real = os.fstat
+
+    def fstat(fd: int) -> os.stat_result:
+        st = real(fd)
+        return os.stat_result((*st[:6], size, *st[7:10]))
+
+    monkeypatch.setattr(os, "fstat", fstat)
+
+
+def test_short_read_is_truncated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = fixture_file("programs/ext_weights.pte")  # no eh00: the whole file is the program
+    fake_size(monkeypatch, path.stat().st_size + 100)
+    with pytest.raises(PteFormatError) as caught:
+        read_pte(path)
+    size = path.stat().st_size
+    assert caught.value.message == (
+        f"file is truncated: expected {size + 100} program bytes, read {size}"
+    )
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux /proc")
+def test_read_error_is_unreadable() -> None:
+    with pytest.raises(UnreadableError, match="cannot read program: "):
+        read_pte("/proc/self/mem")  # a regular file whose read at offset 0 fails (EIO)
+
+
+@dataclass(frozen=True)
+class _End:
+    flatbuffer_end: int
+
+
+@pytest.mark.parametrize("past", [1, 1 << 40])
+def test_shared_reader_bounds_what_a_header_parser_returns(tmp_path: Path, past: int) -> None:
+    """The shared routine does not trust the format's parser: an end past the file is refused."""
+    path = _write(tmp_path, _good())
+    fmt = FlatFileFormat(
+        b"ET12", 64, lambda _h, size, _n: _End(size + past), PteFormatError, "program", "program"
+    )
+    with pytest.raises(PteFormatError, match="out of range"):
+        read_flat_head(path, fmt)
+    with pytest.raises(PteFormatError, match="out of range"):
+        view_flat_head(path.read_bytes(), fmt, str(path))
 
 
 def test_is_pte_file(tmp_path: Path) -> None:

@@ -27,15 +27,21 @@ from etm_compat.constants import (
     PTE_IDENTIFIER,
     SCALAR_TYPES,
 )
-from etm_compat.errors import PtdFormatError, UnreadableError
-from etm_compat.fileio import open_regular
+from etm_compat.errors import PtdFormatError
 from etm_compat.formats.flatbuf import FlatBuffer, Table
+from etm_compat.formats.flatfile import (
+    IDENTIFIER_AT,
+    FlatFileFormat,
+    has_identifier,
+    read_flat_head,
+    view_flat_head,
+)
 
 MAX_TENSORS: Final = 1_000_000
 MAX_SEGMENTS: Final = 1_000_000
 MAX_RANK: Final = 64
 
-_IDENT_AT, _MAGIC_AT = 4, 8
+_IDENT_AT, _MAGIC_AT = IDENTIFIER_AT, 8
 # FlatTensor vtable slots: v0.7 {version, segments, named_data};
 # v0.6 {version, tensor_alignment, tensors, segments, named_data}.
 _VERSION = 4
@@ -109,12 +115,7 @@ class _Header:
 
 def is_ptd_file(path: str | os.PathLike[str]) -> bool:
     """True if ``path`` starts like a flat-tensor data file (``FT01`` at bytes 4..8). Never raises."""
-    try:
-        with open_regular(path) as f:
-            head = f.read(8)
-    except (OSError, ValueError):
-        return False
-    return head[_IDENT_AT:8] == PTD_IDENTIFIER
+    return has_identifier(path, _PTD_FILE)
 
 
 def read_ptd(path: str | os.PathLike[str]) -> PtdInfo:
@@ -123,30 +124,14 @@ def read_ptd(path: str | os.PathLike[str]) -> PtdInfo:
     >>> [t.key for t in read_ptd("weights.ptd").tensors]  # doctest: +SKIP
     ['linear.weight', 'linear.bias']
     """
-    name = os.fspath(path)
-    try:
-        with open_regular(name) as f:
-            file_size = os.fstat(f.fileno()).st_size
-            head = f.read(PTD_HEAD_BYTES)
-            header = _parse_header(head, file_size, name)
-            data = head[: header.flatbuffer_end]
-            if header.flatbuffer_end > len(head):
-                data += f.read(header.flatbuffer_end - len(head))
-    except OSError as exc:
-        raise UnreadableError(f"cannot read data file: {exc.strerror or exc}", path=name) from exc
-    if len(data) != header.flatbuffer_end:
-        raise PtdFormatError(
-            f"file is truncated: expected {header.flatbuffer_end} header bytes, read {len(data)}",
-            path=name,
-        )
-    return _parse_table(data, file_size, header, name)
+    head = read_flat_head(path, _PTD_FILE)
+    return _parse_table(head.data, head.file_size, head.header, os.fspath(path))
 
 
 def read_ptd_bytes(data: bytes | memoryview, *, name: str = "<bytes>") -> PtdInfo:
     """Describe a ``.ptd`` held in memory (e.g. an archive member)."""
-    view = memoryview(data).cast("B") if isinstance(data, memoryview) else data
-    header = _parse_header(bytes(view[:PTD_HEAD_BYTES]), len(view), name)
-    return _parse_table(view[: header.flatbuffer_end], len(view), header, name)
+    head = view_flat_head(data, _PTD_FILE, name)
+    return _parse_table(head.data, head.file_size, head.header, name)
 
 
 def _parse_header(head: bytes, file_size: int, name: str) -> _Header:
@@ -206,6 +191,17 @@ def _parse_header(head: bytes, file_size: int, name: str) -> _Header:
             hint="copy the file again; the download or transfer was incomplete",
         )
     return _Header(end, seg_base, seg_size)
+
+
+#: How :mod:`etm_compat.formats.flatfile` reads a data file's head.
+_PTD_FILE: Final[FlatFileFormat[_Header]] = FlatFileFormat(
+    identifier=PTD_IDENTIFIER,
+    head_bytes=PTD_HEAD_BYTES,
+    parse_header=_parse_header,
+    error=PtdFormatError,
+    what="data file",
+    extent="header",
+)
 
 
 def _detect_layout(root: Table) -> Layout:

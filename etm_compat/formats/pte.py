@@ -42,9 +42,14 @@ from etm_compat.constants import (
     PTE_IDENTIFIER_OFFSET,
     TENSOR_DATA_LOCATION_EXTERNAL,
 )
-from etm_compat.errors import PteFormatError, UnreadableError
-from etm_compat.fileio import open_regular
+from etm_compat.errors import PteFormatError
 from etm_compat.formats.flatbuf import FlatBuffer, Table
+from etm_compat.formats.flatfile import (
+    FlatFileFormat,
+    has_identifier,
+    read_flat_head,
+    view_flat_head,
+)
 from etm_compat.formats.treespec import ConstantValue, unflatten
 
 # Loop bounds: far above any real program, low enough that a hostile file stays cheap.
@@ -123,15 +128,15 @@ class _Header:
     segment_base_offset: int | None
     segment_data_size: int | None
 
+    @property
+    def flatbuffer_end(self) -> int:
+        """The program head is the FlatBuffer: ``[0, program_size)``."""
+        return self.program_size
+
 
 def is_pte_file(path: str | os.PathLike[str]) -> bool:
     """True if ``path`` starts like an ExecuTorch program (``ET12`` at bytes 4..8). Never raises."""
-    try:
-        with open_regular(path) as f:
-            head = f.read(8)
-    except (OSError, ValueError):
-        return False
-    return head[PTE_IDENTIFIER_OFFSET:8] == PTE_IDENTIFIER
+    return has_identifier(path, _PTE_FILE)
 
 
 def read_pte(path: str | os.PathLike[str]) -> PteInfo:
@@ -140,30 +145,14 @@ def read_pte(path: str | os.PathLike[str]) -> PteInfo:
     >>> read_pte("model.pte").methods  # doctest: +SKIP
     ('forward',)
     """
-    name = os.fspath(path)
-    try:
-        with open_regular(name) as f:
-            file_size = os.fstat(f.fileno()).st_size
-            head = f.read(PTE_HEAD_BYTES)
-            header = _parse_header(head, file_size, name)
-            data = head[: header.program_size]
-            if header.program_size > len(head):
-                data += f.read(header.program_size - len(head))
-    except OSError as exc:
-        raise UnreadableError(f"cannot read program: {exc.strerror or exc}", path=name) from exc
-    if len(data) != header.program_size:
-        raise PteFormatError(
-            f"file is truncated: expected {header.program_size} program bytes, read {len(data)}",
-            path=name,
-        )
-    return _parse_program(data, file_size, header, name)
+    head = read_flat_head(path, _PTE_FILE)
+    return _parse_program(head.data, head.file_size, head.header, os.fspath(path))
 
 
 def read_pte_bytes(data: bytes | memoryview, *, name: str = "<bytes>") -> PteInfo:
     """Describe a ``.pte`` held in memory (e.g. an archive member); only its head is parsed."""
-    view = memoryview(data).cast("B") if isinstance(data, memoryview) else data
-    header = _parse_header(bytes(view[:PTE_HEAD_BYTES]), len(view), name)
-    return _parse_program(view[: header.program_size], len(view), header, name)
+    head = view_flat_head(data, _PTE_FILE, name)
+    return _parse_program(head.data, head.file_size, head.header, name)
 
 
 def _parse_header(head: bytes, file_size: int, name: str) -> _Header:
@@ -248,6 +237,17 @@ def _parse_extended_header(head: bytes, file_size: int, name: str) -> _Header:
             hint="copy the file again; the download or transfer was incomplete",
         )
     return _Header(program_size, True, seg_base, seg_size)
+
+
+#: How :mod:`etm_compat.formats.flatfile` reads a program's head.
+_PTE_FILE: Final[FlatFileFormat[_Header]] = FlatFileFormat(
+    identifier=PTE_IDENTIFIER,
+    head_bytes=PTE_HEAD_BYTES,
+    parse_header=_parse_header,
+    error=PteFormatError,
+    what="program",
+    extent="program",
+)
 
 
 def _parse_program(data: bytes | memoryview, file_size: int, header: _Header, name: str) -> PteInfo:
