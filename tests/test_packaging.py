@@ -1,4 +1,5 @@
-"""The wheel must carry every subpackage (setuptools is given an explicit list)."""
+"""The wheel must carry every subpackage (setuptools is given an explicit list), and installing
+prints no packaging warning."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ def test_every_subpackage_is_listed_in_pyproject():
         for p in (ROOT / "etm_compat").rglob("__init__.py")
         if p.parent != ROOT / "etm_compat"
     }
-    assert on_disk | {"etm_compat.adapters"} <= listed
-    assert config["package-dir"]["etm_compat.adapters"] == "adapters"
+    assert on_disk <= listed and "etm_compat.adapters" in listed
+    # adapters/ stays at the top of the repository; the package sees it through a symlink.
+    link = ROOT / "etm_compat" / "adapters"
+    assert link.is_symlink() and link.resolve() == ROOT / "adapters"
 
 
 def test_adapters_import_under_the_package_name():
@@ -35,11 +38,15 @@ def test_built_wheel_carries_adapters_templates_and_schemas(tmp_path):
     import subprocess
     import zipfile
 
-    subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
         check=True,
         capture_output=True,
+        text=True,
     )
+    # The build is quiet: no deprecation or missing-package warnings from setuptools.
+    noise = [line for line in proc.stderr.splitlines() if "Warning" in line]
+    assert not noise, proc.stderr
     (wheel,) = tmp_path.glob("etm_compat-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     templates = {p.name for p in (ROOT / "etm_compat" / "prompt" / "families" / "templates").glob("*.jinja")}
