@@ -3,14 +3,17 @@
 Used to show that a refactor changes no behaviour: run it on the old commit and on the new one,
 then compare the two record folders::
 
-    .venv/bin/python tools/same_behaviour.py record /tmp/before     # on the old commit
-    .venv/bin/python tools/same_behaviour.py record /tmp/after      # on the new commit
-    .venv/bin/python tools/same_behaviour.py compare /tmp/before /tmp/after
+    python tools/same_behaviour.py record /tmp/before --root CHECKOUT_OF_OLD_COMMIT
+    python tools/same_behaviour.py record /tmp/after --root CHECKOUT_OF_NEW_COMMIT
+    python tools/same_behaviour.py compare /tmp/before /tmp/after
 
-Each command runs as ``python -m etm_compat`` from the checkout's root with relative paths, so the
-records do not depend on where the checkout lives. A record holds the exit code, stdout and stderr
-of each command, and the sha256 of every file it wrote (archives byte for byte). Only the command
-line is used, so the script works on any commit that has it.
+The fixtures are copied into a fixed scratch folder with fixed modification times (archives
+record their sources' mtimes), and each command runs as ``python -m etm_compat`` there, with the
+checkout's code first on ``PYTHONPATH``: the records do not depend on where a checkout lives or
+when it was made. A record holds the exit code, stdout and stderr of each command, and the sha256
+of every file it wrote (archives byte for byte). Only the command line is used, so the script
+works on any commit that has it (a commit from before ``etm_compat/adapters`` became a link to
+``adapters/`` needs that link made in its checkout first).
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the checkout whose code runs (--root)
 WORK = Path("/tmp/etm-same-behaviour-work")  # fixed, so paths printed by commands are equal
+FIXED_MTIME = 1_700_000_000
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Hello!"},
@@ -37,7 +41,7 @@ FIXTURE_FOLDERS = ("programs", "tokenizers", "llama", "legacy", "broken")
 # Timings vary from run to run; everything else must be equal.
 VOLATILE = re.compile(r'"(seconds|elapsed|duration|started|finished|wall)[a-z_]*": [0-9.e+-]+')
 #: Scratch folder names (tempfile's random suffix) and the timestamp/pid of torch's log lines.
-SCRATCH = re.compile(r"(/tmp/etm-[a-z]+-)[A-Za-z0-9_]{8}")
+SCRATCH = re.compile(r"(/tmp/etm-(?:diagnose|verify)-)[a-z0-9_]{8}")
 TORCH_LOG = re.compile(r"^([WIE])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ ", re.M)
 
 
@@ -48,7 +52,7 @@ def _normalize(text: str) -> str:
 
 
 def _fixture_paths() -> list[str]:
-    fixtures = ROOT / "fixtures"
+    fixtures = WORK / "fixtures"
     paths: list[str] = []
     for sub in FIXTURE_FOLDERS:
         base = fixtures / sub
@@ -57,16 +61,16 @@ def _fixture_paths() -> list[str]:
         for path in sorted(base.rglob("*")):
             if "__pycache__" in path.parts:
                 continue
-            paths.append(str(path.relative_to(ROOT)))
+            paths.append(str(path.relative_to(WORK)))
     return paths
 
 
 def _run(args: list[str], *, stdin: str | None = None) -> dict[str, object]:
-    env = dict(os.environ, NO_COLOR="1", COLUMNS="120", ETM_CACHE_DIR=str(WORK / "cache"))
+    env = dict(os.environ, NO_COLOR="1", COLUMNS="120", ETM_CACHE_DIR=str(WORK / "cache"), PYTHONPATH=str(ROOT))
     env.pop("ETM_TRACEBACK", None)
     proc = subprocess.run(
         [sys.executable, "-m", "etm_compat", *args],
-        cwd=ROOT, capture_output=True, text=True, env=env, input=stdin, timeout=600,
+        cwd=WORK, capture_output=True, text=True, env=env, input=stdin, timeout=600,
     )
     return {
         "args": args,
@@ -91,12 +95,16 @@ def _tree_digest(folder: Path) -> dict[str, str]:
 def record(out: Path) -> int:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
+    for sub in FIXTURE_FOLDERS:
+        shutil.copytree(ROOT / "fixtures" / sub, WORK / "fixtures" / sub, symlinks=True)
+    for path in (WORK / "fixtures").rglob("*"):
+        os.utime(path, (FIXED_MTIME, FIXED_MTIME), follow_symlinks=False)
     messages = WORK / "messages.json"
     messages.write_text(json.dumps(MESSAGES))
     records: list[dict[str, object]] = []
     paths = _fixture_paths()
     for i, path in enumerate(paths):
-        p = ROOT / path
+        p = WORK / path
         records.append(_run(["inspect", path, "--json"]))
         if not p.is_dir() and not path.endswith(".pte"):
             continue
@@ -124,7 +132,7 @@ def record(out: Path) -> int:
             records.append(_run(["diagnose", path, "--json"]))
     tree = WORK / "tree"  # the recorded fixture folders only, whatever else fixtures/ holds
     for sub in FIXTURE_FOLDERS:
-        shutil.copytree(ROOT / "fixtures" / sub, tree / sub, symlinks=True)
+        shutil.copytree(WORK / "fixtures" / sub, tree / sub, symlinks=True)
     for fmt in ("json", "md", "html"):
         records.append(_run(["diagnose", str(tree), "--format", fmt]))
     records.append(_run(["upgrade", "fixtures/legacy", "--out", str(WORK / "up"), "--dry-run", "--json"]))
@@ -169,15 +177,20 @@ def compare(a: Path, b: Path) -> int:
 
 
 def main() -> int:
+    global ROOT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("record")
     r.add_argument("out", type=Path)
+    r.add_argument("--root", type=Path, help="the checkout whose code runs (default: this one)")
     c = sub.add_parser("compare")
     c.add_argument("a", type=Path)
     c.add_argument("b", type=Path)
     args = parser.parse_args()
-    return record(args.out) if args.cmd == "record" else compare(args.a, args.b)
+    if args.cmd == "record":
+        ROOT = (args.root or ROOT).resolve()
+        return record(args.out)
+    return compare(args.a, args.b)
 
 
 if __name__ == "__main__":
