@@ -15,7 +15,8 @@ import pytest
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 MAX_FILE_BYTES = 1_000_000
-MAX_TOTAL_BYTES = 8_000_000
+# legacy/ and broken/ (~5 MB) plus field/ (~3 MB, issue 12) and multimodal/ + lora/ (~1.9 MB).
+MAX_TOTAL_BYTES = 11_500_000
 
 TOKENIZERS = [
     "tokenizers/corpus.txt",
@@ -73,7 +74,7 @@ def test_fixture_exists_and_is_small(rel: str) -> None:
 
 
 def test_fixtures_total_size_budget() -> None:
-    total = sum(p.stat().st_size for p in FIXTURES.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in FIXTURES.rglob("*") if p.is_file() and not p.is_symlink())
     assert total <= MAX_TOTAL_BYTES
 
 
