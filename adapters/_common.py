@@ -1,4 +1,10 @@
-"""What every layout shares: listing a folder, finding the tokenizer, pairing weights by keys."""
+"""What every layout shares: pairing programs with tokenizers and weights, by content.
+
+File names never decide a pairing: a program is paired with the tokenizer whose vocabulary and
+special-token ids fit its own metadata, and with the ``.ptd`` files that provide its external
+keys. A tokenizer a folder lacks is searched in its ``tokenizer/`` subfolder, then up the tree
+to the scan root (a tree of variants sharing one tokenizer), and the choice is noted.
+"""
 
 from __future__ import annotations
 
@@ -6,46 +12,21 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from etm_compat.constants import TOKENIZER_SUFFIXES
-from etm_compat.errors import InputError
+from etm_compat.errors import EtmError, InputError
 from etm_compat.formats.ptd import is_ptd_file, read_ptd
 from etm_compat.formats.pte import is_pte_file, read_pte
-from etm_compat.formats.tokenizer.detect import looks_like_tokenizer
+from etm_compat.formats.tokenizer.detect import read_tokenizer
+from etm_compat.formats.tokenizer.model import TokenizerInfo
 from etm_compat.legacy.deployment import ConfigRole, Deployment
-
-#: Fixed file names of configuration files, by role.
-CONFIG_NAMES: Mapping[str, ConfigRole] = {
-    "tokenizer_config.json": "tokenizer_config",
-    "generation_config.json": "generation_config",
-    "config.json": "config",
-    "chat_template.jinja": "chat_template",
-    "chat_template.json": "chat_template",
-    "params.json": "params",
-    "special_tokens_map.json": "special_tokens_map",
-}
-
-#: Tokenizer file names in the order the ExecuTorch runner's loader prefers them.
-TOKENIZER_NAMES = ("tekken.json", "tokenizer.json", "tokenizer.model", "tokenizer.bin")
-#: Files never taken for a tokenizer even if they sniff like one.
-NOT_TOKENIZERS = frozenset(CONFIG_NAMES) | {"metadata.json", "vocab.json", "merges.txt"}
+from etm_compat.legacy.files import (
+    find_configs,
+    left_out,
+    list_files,
+    tokenizer_candidates,
+    tokenizer_in,
+)
 
 YAML_SUFFIXES = (".yaml", ".yml")
-
-
-def list_files(folder: Path) -> list[Path]:
-    """Regular files directly in ``folder``, sorted by name (symlinks to files count)."""
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as exc:
-        raise InputError(f"cannot list folder: {exc.strerror}", path=folder) from exc
-    files = []
-    for entry in entries:
-        try:
-            if entry.is_file():
-                files.append(Path(entry.path))
-        except OSError:
-            continue
-    return files
 
 
 def programs_in(files: Sequence[Path]) -> list[Path]:
@@ -56,33 +37,71 @@ def has_program(folder: Path) -> bool:
     return bool(programs_in(list_files(folder)))
 
 
-def find_tokenizer(files: Sequence[Path]) -> tuple[Path | None, str | None]:
-    """The tokenizer file of a folder, decided by content; and a note when the choice is not obvious."""
-    by_name = {p.name: p for p in files}
-    for name in TOKENIZER_NAMES:
-        path = by_name.get(name)
-        if path is not None and looks_like_tokenizer(path):
-            return path, None
-    candidates = [
-        p
-        for p in files
-        if p.suffix in TOKENIZER_SUFFIXES and p.name not in NOT_TOKENIZERS and looks_like_tokenizer(p)
-    ]
-    if not candidates:
-        return None, "no tokenizer file found"
-    note = None
-    if len(candidates) > 1:
-        note = f"several tokenizer candidates ({', '.join(p.name for p in candidates)}); took {candidates[0].name}"
-    return candidates[0], note
+def shared_tokenizer(folder: Path, root: Path | None) -> tuple[Path | None, dict[ConfigRole, Path]]:
+    """The tokenizer of the nearest folder above ``folder`` (up to ``root``) that has one."""
+    if root is None:
+        return None, {}
+    here, top = folder.resolve(), root.resolve()
+    if here != top and top not in here.parents:
+        return None, {}
+    for ancestor in [folder / "tokenizer", *folder.parents]:
+        if ancestor.resolve() != top and top not in ancestor.resolve().parents:
+            break
+        tokenizer, configs = tokenizer_in(ancestor)
+        if tokenizer is not None:
+            return tokenizer, configs
+    return None, {}
 
 
-def find_configs(files: Sequence[Path]) -> dict[ConfigRole, Path]:
-    configs: dict[ConfigRole, Path] = {}
-    for path in files:
-        role = CONFIG_NAMES.get(path.name)
-        if role is not None and role not in configs:
-            configs[role] = path
-    return configs
+def _ids(constant_methods: Mapping[str, object]) -> list[int]:
+    ids: list[int] = []
+    for key in ("get_bos_id", "get_eos_ids", "get_eos_id"):
+        value = constant_methods.get(key)
+        values = value if isinstance(value, list) else [value]
+        ids += [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    return ids
+
+
+def fits(constant_methods: Mapping[str, object], tok: TokenizerInfo) -> bool:
+    """Whether a program's own metadata is consistent with a tokenizer: the same vocabulary size
+    (when the program records one), and every bos/eos id it names is a special token there."""
+    vocab = constant_methods.get("get_vocab_size")
+    if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab != tok.vocab_size:
+        return False
+    specials = set(tok.special_tokens.values()) | {i for i in (tok.bos_id, tok.eos_id) if i is not None}
+    return all(i in specials for i in _ids(constant_methods))
+
+
+def pair_tokenizers(
+    programs: Sequence[Path], candidates: Sequence[Path]
+) -> dict[Path, tuple[Path | None, str]]:
+    """Each program's tokenizer and why: the only candidate, or the only one its metadata fits."""
+    if len(candidates) <= 1:
+        only = candidates[0] if candidates else None
+        return {p: (only, "" if only else "no tokenizer file found beside the program") for p in programs}
+    infos: dict[Path, TokenizerInfo] = {}
+    for path in candidates:
+        try:
+            infos[path] = read_tokenizer(path, check_runner=False)
+        except EtmError:
+            continue
+    names = ", ".join(p.name for p in infos)
+    out: dict[Path, tuple[Path | None, str]] = {}
+    for program in programs:
+        try:
+            cm = read_pte(program).constant_methods
+        except EtmError as exc:
+            out[program] = (None, f"unreadable program: {exc.message}")
+            continue
+        fitting = [path for path, info in infos.items() if fits(cm, info)]
+        if len(fitting) == 1:
+            out[program] = (fitting[0], f"paired with {fitting[0].name} by vocabulary and special-token ids (tokenizers here: {names})")
+        elif not fitting:
+            out[program] = (None, f"no tokenizer here fits its vocabulary and special-token ids ({names})")
+        else:
+            fit_names = ", ".join(p.name for p in fitting[:-1]) + f" and {fitting[-1].name}"
+            out[program] = (None, f"ambiguous: {fit_names} each fit its vocabulary and special-token ids; name its tokenizer explicitly")
+    return out
 
 
 def find_export_config(files: Sequence[Path]) -> Path | None:
@@ -145,26 +164,48 @@ def pair_weights(programs: Sequence[Path], ptds: Sequence[Path]) -> tuple[dict[P
     return paired, notes
 
 
-def read_folder(folder: Path, layout: str, *, extra_configs: Mapping[ConfigRole, Path] | None = None) -> list[Deployment]:
+def read_folder(
+    folder: Path,
+    layout: str,
+    *,
+    root: Path | None = None,
+    extra_configs: Mapping[ConfigRole, Path] | None = None,
+) -> list[Deployment]:
     """One deployment per program in ``folder``; variants share tokenizer and configs."""
     files = list_files(folder)
     programs = programs_in(files)
-    tokenizer, tok_note = find_tokenizer(files)
-    configs = find_configs(files)
+    configs, stubs = find_configs(files)
+    notes = [f"{s.name} is a stub config (only model_type): not used as evidence" for s in stubs]
     if extra_configs:
         configs.update(extra_configs)
+    candidates = tokenizer_candidates(files)
+    if not candidates:
+        shared, shared_configs = shared_tokenizer(folder, root)
+        if shared is not None:
+            candidates = [shared]
+            for role, path in shared_configs.items():
+                configs.setdefault(role, path)
+            notes.append(f"tokenizer {os.path.relpath(shared, folder)}: the nearest one up the tree")
     ptds = [p for p in files if p.suffix == ".ptd" and is_ptd_file(p)]
     paired, pair_notes = pair_weights(programs, ptds)
-    base_notes = [n for n in (tok_note,) if n] + pair_notes
-    return [
-        Deployment(
-            root=folder,
-            program=program,
-            layout=layout,
-            tokenizer=tokenizer,
-            weights=tuple(paired[program]),
-            configs=dict(configs),
-            notes=tuple(base_notes),
+    tokenizers = pair_tokenizers(programs, candidates)
+    used = {*programs, *candidates, *ptds, *configs.values(), *stubs}
+    ignored = tuple(left_out(files, used))
+    deployments = []
+    for program in programs:
+        tokenizer, why = tokenizers[program]
+        own = [why] if why and tokenizer is not None else []
+        deployments.append(
+            Deployment(
+                root=folder,
+                program=program,
+                layout=layout,
+                tokenizer=tokenizer,
+                weights=tuple(paired[program]),
+                configs=dict(configs),
+                notes=tuple(notes + own + pair_notes),
+                left_out=ignored,
+                problem=None if tokenizer is not None else why,
+            )
         )
-        for program in programs
-    ]
+    return deployments

@@ -18,5 +18,5 @@ class ExecutorchExampleAdapter:
     def detect(self, folder: Path) -> bool:
         return has_program(folder)
 
-    def read(self, folder: Path) -> Sequence[Deployment]:
-        return read_folder(folder, self.name)
+    def read(self, folder: Path, root: Path | None = None) -> Sequence[Deployment]:
+        return read_folder(folder, self.name, root=root)

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from etm_compat.legacy.deployment import ConfigRole, Deployment
+from etm_compat.legacy.files import list_files
 
-from ._common import find_export_config, has_program, list_files, read_folder
+from ._common import find_export_config, has_program, read_folder
 
 
 class ExportLlmAdapter:
@@ -18,7 +19,7 @@ class ExportLlmAdapter:
     def detect(self, folder: Path) -> bool:
         return has_program(folder) and find_export_config(list_files(folder)) is not None
 
-    def read(self, folder: Path) -> Sequence[Deployment]:
+    def read(self, folder: Path, root: Path | None = None) -> Sequence[Deployment]:
         config = find_export_config(list_files(folder))
         extra: dict[ConfigRole, Path] | None = {"export_config": config} if config is not None else None
-        return read_folder(folder, self.name, extra_configs=extra)
+        return read_folder(folder, self.name, root=root, extra_configs=extra)

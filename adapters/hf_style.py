@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from etm_compat.legacy.deployment import Deployment
+from etm_compat.legacy.files import find_configs, list_files
 
-from ._common import find_configs, has_program, list_files, read_folder
+from ._common import has_program, read_folder
 
 #: Any of these beside a program makes the folder HF-style.
 HF_ROLES = ("tokenizer_config", "generation_config", "config", "chat_template")
@@ -21,8 +22,8 @@ class HfStyleAdapter:
     def detect(self, folder: Path) -> bool:
         if not has_program(folder):
             return False
-        configs = find_configs(list_files(folder))
+        configs, _ = find_configs(list_files(folder))
         return any(role in configs for role in HF_ROLES)
 
-    def read(self, folder: Path) -> Sequence[Deployment]:
-        return read_folder(folder, self.name)
+    def read(self, folder: Path, root: Path | None = None) -> Sequence[Deployment]:
+        return read_folder(folder, self.name, root=root)

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURES
+
 from etm_compat.adapters import (
     ExecutorchExampleAdapter,
     ExportLlmAdapter,
     HfStyleAdapter,
     default_adapters,
 )
-
 from etm_compat.formats.ptd import read_ptd
 from etm_compat.formats.pte import read_pte
 from etm_compat.legacy.scan import deployments_in_folder
@@ -45,7 +45,7 @@ def test_every_adapter_satisfies_the_protocol():
         ("hf_style", "hf_style"),
         ("export_llm", "export_llm"),
         ("with_ptd", "executorch_example"),
-        ("tiktoken_llama3", "executorch_example"),
+        ("tiktoken_llama3", "export_llm"),
     ],
 )
 def test_layout_is_recognised(folder, layout):

@@ -137,8 +137,12 @@ class UpgradeResult:
 
     @property
     def ok(self) -> bool:
-        """True when every deployment found has an archive (written now, before, or by another run)."""
-        return not self.plan.skipped and all(i.outcome != "failed" for i in self.items)
+        """True when every deployment found has an archive (written now, before, or by another run).
+
+        Files that are never packed (checkpoints, notebooks beside the programs) do not count.
+        """
+        unpacked = [s for s in self.plan.skipped if not s.ignored]
+        return not unpacked and all(i.outcome != "failed" for i in self.items)
 
     def to_json(self) -> dict[str, Any]:
         outcomes: tuple[Outcome, ...] = ("written", "up_to_date", "locked", "failed")

@@ -40,6 +40,10 @@ class Deployment:
     configs: Mapping[ConfigRole, Path] = field(default_factory=dict)
     #: Why the adapter chose what it chose, or what it could not find.
     notes: tuple[str, ...] = ()
+    #: Files beside the program that are never packed (checkpoints, notebooks), with the reason.
+    left_out: tuple[tuple[Path, str], ...] = ()
+    #: Why the deployment cannot be packed as found (no tokenizer, an ambiguous pairing...).
+    problem: str | None = None
 
     @property
     def name(self) -> str:
@@ -68,23 +72,31 @@ class Deployment:
             "weights": [rel(p) for p in self.weights],
             "configs": {role: rel(p) for role, p in self.configs.items()},
             "notes": list(self.notes),
+            "left_out": [{"path": rel(p), "reason": why} for p, why in self.left_out],
+            "problem": self.problem,
         }
 
 
 @runtime_checkable
 class Adapter(Protocol):
-    """Reads one legacy layout. ``detect`` is cheap; ``read`` may read file heads."""
+    """Reads one legacy layout. ``detect`` is cheap; ``read`` may read file heads.
+
+    ``root`` is the top of the tree being scanned (None for a folder on its own): files a
+    program needs but its folder lacks (a tokenizer shared by a tree) are searched up to it.
+    """
 
     name: str
 
     def detect(self, folder: Path) -> bool: ...
 
-    def read(self, folder: Path) -> Sequence[Deployment]: ...
+    def read(self, folder: Path, root: Path | None = None) -> Sequence[Deployment]: ...
 
 
 @dataclass(frozen=True)
 class Skipped:
-    """A folder (or file) that holds programs but could not become a deployment, and why."""
+    """A program or folder that could not become a deployment, and why; or (``ignored``) a file
+    published beside programs that is never packed (a checkpoint, a notebook)."""
 
     path: Path
     reason: str
+    ignored: bool = False

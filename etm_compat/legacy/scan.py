@@ -17,6 +17,7 @@ from etm_compat.errors import InputError, UnreadableError
 from etm_compat.legacy.deployment import Adapter, Deployment, Skipped
 
 MAX_DEPTH = 32
+NO_TOKENIZER = "no tokenizer file found beside the program"
 MAX_FOLDERS = 200_000
 
 
@@ -63,18 +64,25 @@ def walk_folders(root: Path, skipped: list[Skipped], archives: list[Path] | None
         stack.extend((child, depth + 1) for child in children)
 
 
-def deployments_in_folder(folder: Path, adapters: Iterable[Adapter]) -> tuple[list[Deployment], list[Skipped]]:
-    """Deployments of one folder: the first adapter that recognises it reads it."""
+def deployments_in_folder(
+    folder: Path, adapters: Iterable[Adapter], root: Path | None = None
+) -> tuple[list[Deployment], list[Skipped]]:
+    """Deployments of one folder: the first adapter that recognises it reads it.
+
+    Programs that cannot be packed as found (no tokenizer, an ambiguous pairing) and files that
+    are never packed (checkpoints, notebooks) come back as skipped, each with its reason.
+    """
     for adapter in adapters:
         try:
             if not adapter.detect(folder):
                 continue
-            found = list(adapter.read(folder))
+            found = list(adapter.read(folder, root))
         except InputError as exc:
             return [], [Skipped(folder, exc.message)]
         good = [d for d in found if d.tokenizer is not None]
-        bad = [Skipped(d.program, "no tokenizer file found beside the program") for d in found if d.tokenizer is None]
-        return good, bad
+        bad = [Skipped(d.program, d.problem or NO_TOKENIZER) for d in found if d.tokenizer is None]
+        ignored = {path: why for d in found for path, why in d.left_out}
+        return good, bad + [Skipped(path, why, ignored=True) for path, why in sorted(ignored.items())]
     return [], []
 
 
@@ -93,7 +101,7 @@ def scan(root: str | os.PathLike[str], adapters: Sequence[Adapter]) -> ScanResul
     skipped: list[Skipped] = []
     archives: list[Path] = []
     for folder in walk_folders(base, skipped, archives):
-        found, bad = deployments_in_folder(folder, adapters)
+        found, bad = deployments_in_folder(folder, adapters, base)
         deployments.extend(found)
         skipped.extend(bad)
     return ScanResult(base, tuple(deployments), tuple(skipped), tuple(archives))
