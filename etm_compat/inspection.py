@@ -1,7 +1,9 @@
 """``inspect``: say what a file or folder is, by content, as a typed record.
 
 Nothing here imports torch or executorch: inspecting pays only for the bytes it reads. Every
-result has ``to_json()``, the form ``etm-compat inspect --json`` prints.
+result has ``to_json()``, the form ``etm-compat inspect --json`` prints. A program also shows its
+constant methods in one normalized view (``dialects``); a folder's deployments also show what the
+ExecuTorch 1.x runner will actually use (``runner``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from etm_compat.archive import is_archive, open_archive
 from etm_compat.constants import MEMBER_METADATA, TOKENIZER_SUFFIXES
 from etm_compat.errors import EtmError, InputError, UnreadableError
+from etm_compat.formats.dialects import read_dialects
 from etm_compat.formats.ptd import PtdInfo, is_ptd_file, read_ptd
 from etm_compat.formats.pte import PteInfo, is_pte_file, read_pte
 from etm_compat.formats.tokenizer.detect import read_tokenizer, sniff_tokenizer_format
@@ -26,13 +29,17 @@ from etm_compat.view import DeploymentView, describe
 
 @dataclass(frozen=True)
 class FileInspection:
-    """A program, weights or tokenizer file, and what its reader says."""
+    """A program, weights or tokenizer file, and what its reader says (for a program, also the
+    normalized view of its constant methods: ``dialects``)."""
 
     path: Path
     info: PteInfo | PtdInfo | TokenizerInfo
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": str(self.path), **self.info.to_json()}
+        out = {"path": str(self.path), **self.info.to_json()}
+        if isinstance(self.info, PteInfo):
+            out["dialects"] = read_dialects(self.info.constant_methods).to_json()
+        return out
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,8 @@ class DeploymentInspection:
         entry["tokenizer_info"] = self.view.tokenizer.to_json()
         entry["weights_info"] = [w.to_json() for w in self.view.weights]
         entry["inference"] = self.view.inference.to_json()
+        entry["dialects"] = self.view.dialects.to_json()
+        entry["runner"] = self.view.runner.to_json()
         entry["findings"] = [f.to_json() for f in self.view.findings]
         return entry
 

@@ -2,6 +2,9 @@
 
 A :class:`DeploymentView` is what every verb works from: ``pack`` writes it, ``diagnose``
 reports it, ``inspect`` shows it, and the loader turns it into metadata. Nothing is written.
+Beside what inference resolved, it says what the program's constant methods mean whatever
+dialect wrote them (``dialects``) and what the ExecuTorch 1.x runner will actually use
+(``runner``).
 """
 
 from __future__ import annotations
@@ -16,23 +19,31 @@ from etm_compat.errors import EtmError
 from etm_compat.fileio import display_path
 from etm_compat.findings import Finding
 from etm_compat.formats.configs import read_config
+from etm_compat.formats.dialects import DialectView, read_dialects
 from etm_compat.formats.ptd import PtdInfo, read_ptd
 from etm_compat.formats.pte import PteInfo, read_pte
 from etm_compat.formats.tokenizer.detect import read_tokenizer
 from etm_compat.formats.tokenizer.model import TokenizerInfo
 from etm_compat.infer import Inference, infer
+from etm_compat.infer.runner import RunnerTruth, runner_truth, tokenizer_ids
 from etm_compat.legacy.deployment import Deployment
 
 
 @dataclass(frozen=True)
 class DeploymentView:
-    """Everything the readers and inference say about one deployment, and the checks' findings."""
+    """Everything the readers and inference say about one deployment, and the checks' findings.
+
+    ``dialects`` is the program's constant methods in one normalized view; ``runner`` what the
+    ExecuTorch 1.x LLM runner takes from the program and the tokenizer (its bos, eos, lengths).
+    """
 
     deployment: Deployment
     pte: PteInfo
     tokenizer: TokenizerInfo
     weights: tuple[PtdInfo, ...]
     inference: Inference
+    dialects: DialectView
+    runner: RunnerTruth
     findings: tuple[Finding, ...] = field(default=())
 
 
@@ -65,9 +76,34 @@ def describe(
         family_override=family,
         chat_template_override=chat_template,
     )
-    view = DeploymentView(deployment, pte, tok, weights, inference, tuple(inference.findings))
+    runner = runner_truth(pte.constant_methods, tok)
+    found = tuple(_with_runner_truth(f, runner, tok) for f in inference.findings)
+    view = DeploymentView(
+        deployment, pte, tok, weights, inference, read_dialects(pte.constant_methods), runner, found
+    )
     checked = run_checks(subject_of_view(view), registered_backends=registered_backends)
-    return replace(view, findings=merge_findings(inference.findings, checked))
+    return replace(view, findings=merge_findings(found, checked))
+
+
+def _with_runner_truth(f: Finding, runner: RunnerTruth, tok: TokenizerInfo) -> Finding:
+    """Inference's ``legacy-default-bos-eos`` speaks of the archive's stop set; a loose program
+    still goes to the runner as it is: say what the runner will do with the stale defaults."""
+    if f.code != "legacy-default-bos-eos":
+        return f
+    eos, bos = runner.eos_ids, runner.bos_id
+    tok_eos = tokenizer_ids(tok)[1]
+    if eos.source == "get_eos_ids" and tok_eos in (eos.value or []):
+        stops = f"stops at get_eos_ids={eos.value} (the tokenizer's eos {tok_eos} among them)"
+    elif eos.source == "get_eos_ids":
+        stops = f"stops only at get_eos_ids={eos.value}, never at the tokenizer's eos {tok_eos}"
+    else:
+        shown = ", ".join(str(i) for i in eos.value or []) or "(none)"
+        stops = f"ignores get_eos_id and stops at the tokenizer's eos {shown}"
+    return replace(
+        f,
+        message=f"{f.message}. Run loose, the ExecuTorch 1.x runner {stops}; it ignores "
+        f"get_bos_id and takes bos {bos.value} from the tokenizer",
+    )
 
 
 # --- the checks' subject -----------------------------------------------------------------------
@@ -108,7 +144,9 @@ def _config_ids(dep: Deployment) -> tuple[tuple[str, int, str], ...]:
         for key, kind in (("bos_token_id", "bos"), ("eos_token_id", "eos")):
             value = cfg.get(key)
             values = value if isinstance(value, list) else [value]
-            ids += [(kind, v, label) for v in values if isinstance(v, int) and not isinstance(v, bool)]
+            ids += [
+                (kind, v, label) for v in values if isinstance(v, int) and not isinstance(v, bool)
+            ]
     return tuple(ids)
 
 
@@ -136,7 +174,8 @@ def subject_of_view(view: DeploymentView) -> Subject:
         external_keys=tuple(view.pte.external_keys),
         backends=tuple(view.pte.backends),
         weights=tuple(
-            (display_path(p, dep.root), w.keys) for p, w in zip(dep.weights, view.weights, strict=False)
+            (display_path(p, dep.root), w.keys)
+            for p, w in zip(dep.weights, view.weights, strict=False)
         ),
         model_vocab=_model_vocab(dep, dict(view.pte.constant_methods)),
         config_ids=_config_ids(dep),

@@ -51,12 +51,16 @@ class Family(TypedDict):
     evidence: list[Evidence]
 
 
-class ProgramInfo(TypedDict):
+class _ProgramRequired(TypedDict):
     constant_methods: dict[str, Any]
     methods: list[str]
     backends: list[str]
     external_keys: list[str]
     size: int
+
+
+class ProgramInfo(_ProgramRequired, total=False):
+    dialects: list[str]  # the constant-method dialects the program speaks (formats/dialects.py)
 
 
 class _TokenizerRequired(TypedDict):
@@ -122,7 +126,29 @@ class Provenance(TypedDict):
     sources: list[Source]
 
 
-class Metadata(TypedDict):
+class RunnerValue(TypedDict):
+    value: Any
+    source: str
+    ignored: dict[str, Any]
+
+
+class Runner(TypedDict):
+    """What the ExecuTorch 1.x LLM runner takes from the program and tokenizer (infer/runner.py)."""
+
+    runner: str
+    loads: bool
+    refusal: str | None
+    bos_id: RunnerValue
+    eos_ids: RunnerValue
+    vocab_size: RunnerValue
+    max_seq_len: RunnerValue
+    max_context_len: RunnerValue
+    use_kv_cache: RunnerValue
+    use_sdpa_with_kv_cache: RunnerValue
+    enable_dynamic_shape: RunnerValue
+
+
+class _MetadataRequired(TypedDict):
     format: str
     format_version: int
     min_reader_version: int
@@ -137,6 +163,10 @@ class Metadata(TypedDict):
     members: list[MemberEntry]
     diagnostics: list[Diagnostic]
     provenance: Provenance
+
+
+class Metadata(_MetadataRequired, total=False):
+    runner: Runner  # optional: added in format_version 1 without a bump (readers ignore it)
 
 
 def new_metadata(*, tool_version: str) -> dict[str, Any]:
@@ -307,6 +337,8 @@ __all__ = [
     "Metadata",
     "ProgramInfo",
     "Provenance",
+    "Runner",
+    "RunnerValue",
     "Source",
     "TokenizerMeta",
     "WeightsEntry",

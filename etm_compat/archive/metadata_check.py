@@ -166,7 +166,7 @@ def validate_metadata(obj: object) -> list[str]:
     keys = ("constant_methods", "methods", "backends", "external_keys", "size")
     if "program" in obj and c.obj(program, "$.program", keys):
         c.field(program, "constant_methods", "$.program", "object")
-        for key in ("methods", "backends", "external_keys"):
+        for key in ("methods", "backends", "external_keys", "dialects"):
             c.array_of(program, key, "$.program", "str")
         c.field(program, "size", "$.program", "uint")
 
@@ -175,6 +175,7 @@ def validate_metadata(obj: object) -> list[str]:
     c.field(obj, "chat_template_source", "$", "str|null")
     c.field(obj, "prompt_format", "$", "object|null")
     _check_generation(c, obj)
+    _check_runner(c, obj)
 
     for i, w in enumerate(c.array(obj, "weights", "$")):
         p = f"$.weights[{i}]"
@@ -259,3 +260,38 @@ def _check_generation(c: _Checker, obj: dict[str, Any]) -> None:
     c.field(gen, "top_p", p, "number|null")
     c.field(gen, "top_k", p, "uint|null")
     c.field(gen, "max_new_tokens", p, "uint|null")
+
+
+#: The optional ``runner`` section (infer/runner.py): each value's kinds, or None for "array".
+_RUNNER_VALUES = {
+    "bos_id": "int|null",
+    "eos_ids": None,
+    "vocab_size": "uint|null",
+    "max_seq_len": "uint|null",
+    "max_context_len": "uint|null",
+    "use_kv_cache": "bool",
+    "use_sdpa_with_kv_cache": "bool",
+    "enable_dynamic_shape": "bool",
+}
+
+
+def _check_runner(c: _Checker, obj: dict[str, Any]) -> None:
+    """The optional ``runner`` section: what the ExecuTorch 1.x runner takes from the files."""
+    p = "$.runner"
+    if "runner" not in obj or not c.obj(obj["runner"], p, ("loads", *_RUNNER_VALUES)):
+        return
+    runner = obj["runner"]
+    c.field(runner, "runner", p, "str")
+    c.field(runner, "loads", p, "bool")
+    c.field(runner, "refusal", p, "str|null")
+    for name, kinds in _RUNNER_VALUES.items():
+        q = f"{p}.{name}"
+        entry = runner.get(name)
+        if name not in runner or not c.obj(entry, q, ("value", "source")):
+            continue
+        if kinds is not None:
+            c.field(entry, "value", q, kinds)
+        elif entry["value"] is not None:
+            c.array_of(entry, "value", q, "int")
+        c.field(entry, "source", q, "str")
+        c.field(entry, "ignored", q, "object")

@@ -27,8 +27,33 @@ from etm_compat.formats.tokenizer.detect import read_tokenizer
 from etm_compat.formats.tokenizer.model import TokenizerInfo
 
 
+def _tensor_leaves(items: list[Any]) -> list[Any]:
+    """A runtime output list with each tensor (anything with ``tolist()``) replaced by its
+    flattened values: the way the .pte reader and metadata.json hold a constant tensor."""
+    out: list[Any] = []
+    for item in items:
+        if callable(getattr(item, "tolist", None)):
+            stack, leaves = [item.tolist()], []
+            while stack:
+                top = stack.pop()
+                if isinstance(top, list):
+                    stack.extend(reversed(top))
+                else:
+                    leaves.append(top)
+            out += leaves
+        else:
+            out.append(item)
+    return out
+
+
 def same_value(a: Any, b: Any) -> bool:
-    """Equal as JSON values (bools are not ints; floats compared with a relative tolerance)."""
+    """Equal as JSON values (bools are not ints; floats compared with a relative tolerance).
+
+    A runtime tensor inside a list stands for its flattened values (``verify --runtime``
+    compares the runtime's outputs with the snapshot's flattened values).
+    """
+    if isinstance(a, list) and isinstance(b, list):
+        a, b = _tensor_leaves(a), _tensor_leaves(b)
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     if isinstance(a, float) or isinstance(b, float):

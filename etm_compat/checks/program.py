@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from etm_compat.checks.subject import Subject, as_int, finding
 from etm_compat.findings import Finding
+from etm_compat.formats.dialects import read_dialects
+from etm_compat.infer.runner import runner_truth
 
 # --- program ----------------------------------------------------------------------------------
 
 
 def check_program(s: Subject) -> list[Finding]:
-    """Constant methods the ExecuTorch LLM runner requires or compares."""
+    """Constant methods the ExecuTorch LLM runner requires, compares, or ignores."""
     cm = s.constant_methods
     out: list[Finding] = []
     seq = as_int(cm.get("get_max_seq_len"))
@@ -24,7 +26,7 @@ def check_program(s: Subject) -> list[Finding]:
                 "max-seq-len-missing",
                 "error",
                 f"{s.program_label} has no get_max_seq_len constant method; the ExecuTorch LLM "
-                "runner refuses such a program (\"Required metadata method get_max_seq_len not found\")",
+                'runner refuses such a program ("Required metadata method get_max_seq_len not found")',
                 "re-export with constant_methods={'get_max_seq_len': N} (export_llm writes it)",
                 s.program_label,
             )
@@ -41,7 +43,44 @@ def check_program(s: Subject) -> list[Finding]:
                 s.program_label,
             )
         )
-    return out
+    return out + check_ignored_keys(s)
+
+
+def check_ignored_keys(s: Subject) -> list[Finding]:
+    """Dialect keys that carry a runner setting the 1.x runner never reads (``get_max_ctx_len``,
+    ``get_use_kv_cache``, ``get_n_bos``...), where what it uses instead differs or comes from
+    elsewhere. A singular ``get_eos_id`` is :func:`~etm_compat.checks.tokens.check_eos`'s."""
+    view = read_dialects(s.constant_methods)
+    truth = runner_truth(s.constant_methods, s.tokenizer).values
+    notes: list[str] = []
+    for k in view.keys:
+        if k.runner != "ignored" or k.stands_for is None or k.key == "get_eos_id":
+            continue
+        if k.stands_for.startswith("GenerationConfig.") or k.field not in truth:
+            if k.value:  # get_n_bos=0, append_eos_to_prompt=False: nothing is lost
+                notes.append(f"{k.key}={k.raw!r} (it adds {k.stands_for} tokens, default 0)")
+            continue
+        if k.value is None:
+            continue
+        used = truth[k.field]
+        if k.stands_for in s.constant_methods and used.value == k.value:
+            continue  # the key the runner reads says the same
+        source = {"default": "its default", "missing": "nowhere"}.get(used.source, used.source)
+        notes.append(f"{k.key}={k.value!r} (it uses {k.field}={used.value!r} from {source})")
+    if not notes:
+        return []
+    return [
+        finding(
+            "runner-ignores-key",
+            "info",
+            f"{s.program_label} sets {'; '.join(notes)}: keys the ExecuTorch 1.x LLM runner "
+            "never reads",
+            "re-export with the keys the runner reads (get_max_context_len, use_kv_cache, "
+            "get_eos_ids) and pass num_bos/num_eos in GenerationConfig (the archive records "
+            "them under generation)",
+            s.program_label,
+        )
+    ]
 
 
 def check_weights(s: Subject) -> list[Finding]:
@@ -116,4 +155,4 @@ def check_backends(s: Subject, registered: frozenset[str] | None) -> list[Findin
     ]
 
 
-__all__ = ["check_backends", "check_program", "check_weights"]
+__all__ = ["check_backends", "check_ignored_keys", "check_program", "check_weights"]

@@ -16,6 +16,8 @@ from typing import Any
 from etm_compat.checks.subject import Subject, as_int, finding
 from etm_compat.constants import LEGACY_DEFAULT_BOS_ID, LEGACY_DEFAULT_EOS_IDS
 from etm_compat.findings import Finding
+from etm_compat.formats.tokenizer.model import TokenizerInfo
+from etm_compat.infer.runner import RunnerTruth, runner_truth
 
 
 def _ints(value: Any) -> list[int] | None:
@@ -33,6 +35,15 @@ def program_eos(cm: Mapping[str, Any]) -> tuple[list[int] | None, str]:
     if eos is not None:
         return eos, "get_eos_ids"
     return _ints(cm.get("get_eos_id")), "get_eos_id"
+
+
+def token_label(tok: TokenizerInfo | None, token_id: int) -> str:
+    """``2 ('</s>')``: an id with its token text when the tokenizer names it."""
+    text = None
+    if tok is not None:
+        text = tok.eos_token if token_id == tok.eos_id else None
+        text = text or next((t for t, i in tok.special_tokens.items() if i == token_id), None)
+    return f"{token_id} ({text!r})" if text else str(token_id)
 
 
 def is_legacy_default(s: Subject) -> bool:
@@ -149,13 +160,16 @@ def end_of_turn_id(s: Subject, template_eot: str | None) -> tuple[str, int] | No
 
 
 def check_eos(s: Subject, eot: tuple[str, int] | None) -> list[Finding]:
-    """The program's get_eos_ids against the tokenizer and the end of turn; the runner's stop set."""
+    """The program's eos ids against the tokenizer and the end of turn, and the stop set the
+    runner really uses (:func:`~etm_compat.infer.runner.runner_truth`: ``get_eos_ids``, else
+    the tokenizer's eos; a singular ``get_eos_id`` is never read)."""
     tok = s.tokenizer
     if tok is None:
         return []
     out: list[Finding] = []
-    eos, key = program_eos(s.constant_methods)
+    eos = _ints(s.constant_methods.get("get_eos_ids"))
     legacy = is_legacy_default(s)
+    runner = runner_truth(s.constant_methods, tok)
     if eos is not None and not legacy:
         wanted = {i for i in (tok.eos_id, eot[1] if eot else None) if i is not None}
         if wanted and not wanted & set(eos):
@@ -163,8 +177,8 @@ def check_eos(s: Subject, eot: tuple[str, int] | None) -> list[Finding]:
                 finding(
                     "eos-ids-mismatch",
                     "warning",
-                    f"{s.program_label} declares {key}={eos}, which holds neither the tokenizer's "
-                    f"eos ({tok.eos_id})"
+                    f"{s.program_label} declares get_eos_ids={eos}, which holds neither the "
+                    f"tokenizer's eos ({tok.eos_id})"
                     + (f" nor the end-of-turn token {eot[0]!r} ({eot[1]})" if eot else ""),
                     "the runner replaces the tokenizer's eos by these ids; re-export with "
                     "--metadata giving the right get_eos_ids (the archive's stop set is corrected)",
@@ -172,6 +186,8 @@ def check_eos(s: Subject, eot: tuple[str, int] | None) -> list[Finding]:
                     s.tokenizer_label,
                 )
             )
+    if not legacy:
+        out += _singular_eos(s, runner)
     if eot is None:
         return out
     if s.kind == "archive":
@@ -187,9 +203,13 @@ def check_eos(s: Subject, eot: tuple[str, int] | None) -> list[Finding]:
                 )
             )
         return out
-    runner_stops = set(eos) if eos is not None and not legacy else {tok.eos_id}
-    if eot[1] not in runner_stops:
-        source = f"{key}={eos}" if eos is not None and not legacy else f"the tokenizer's eos {tok.eos_id}"
+    stops = runner.eos_ids.value or []
+    if eot[1] not in stops:
+        source = (
+            f"get_eos_ids={stops}"
+            if runner.eos_ids.source == "get_eos_ids"
+            else f"the tokenizer's eos {', '.join(str(i) for i in stops) or '(none)'}"
+        )
         out.append(
             finding(
                 "stop-missing-end-of-turn",
@@ -204,6 +224,37 @@ def check_eos(s: Subject, eot: tuple[str, int] | None) -> list[Finding]:
             )
         )
     return out
+
+
+def _singular_eos(s: Subject, runner: RunnerTruth) -> list[Finding]:
+    """A singular ``get_eos_id`` without ``get_eos_ids``: the 1.x runner never reads it."""
+    meant = _ints(s.constant_methods.get("get_eos_id"))
+    if meant is None or "get_eos_ids" in s.constant_methods:
+        return []
+    used = list(runner.eos_ids.value or [])
+    missed = [i for i in meant if i not in used]
+    shown = ", ".join(token_label(s.tokenizer, i) for i in used) or "none"
+    raw = s.constant_methods["get_eos_id"]
+    consequence = (
+        f", not {', '.join(str(i) for i in missed)}: generation will not stop where the "
+        "exporter meant"
+        if missed
+        else " (the same id, so nothing is lost)"
+    )
+    return [
+        finding(
+            "eos-id-ignored",
+            "warning" if missed else "info",
+            f"{s.program_label} declares get_eos_id={raw} but no get_eos_ids; the ExecuTorch "
+            f"1.x runner reads only get_eos_ids, so it will use eos {shown} from the tokenizer"
+            + consequence,
+            "re-export with get_eos_ids listing these ids (export_llm --metadata "
+            "'{\"get_eos_ids\": [...]}', or constant_methods); the packed archive's stop set "
+            "includes them",
+            s.program_label,
+            s.tokenizer_label,
+        )
+    ]
 
 
 def check_runner_tokenizer(s: Subject) -> list[Finding]:
@@ -267,4 +318,5 @@ __all__ = [
     "end_of_turn_id",
     "is_legacy_default",
     "program_eos",
+    "token_label",
 ]

@@ -54,12 +54,48 @@ def render_pte(console: Console, info: Mapping[str, Any]) -> None:
             ],
         )
     )
-    table = Table(title="constant methods", title_justify="left")
+    view = info.get("dialects") or {}
+    spoken = ", ".join(view.get("dialects") or []) or "none recognised"
+    title = f"constant methods (dialect: {spoken})" if view else "constant methods"
+    table = Table(title=safe(title), title_justify="left")
     table.add_column("name", style="bold")
     table.add_column("value")
+    keys = {k["key"]: k for k in view.get("keys") or []}
+    if view:
+        table.add_column("means")
+        table.add_column("1.x runner")
     for name, value in info["constant_methods"].items():
-        table.add_row(safe(name), short(value))
+        row = [safe(name), short(value)]
+        if view:
+            key = keys.get(name) or {}
+            row += [safe(key.get("field") or "-"), safe(_runner_use(key))]
+        table.add_row(*row)
     console.print(table)
+
+
+def _runner_use(key: Mapping[str, Any]) -> str:
+    use = str(key.get("runner") or "ignored")
+    if use == "overridden":
+        return "replaced by the tokenizer's"
+    if use == "ignored" and key.get("stands_for"):
+        return f"ignored (reads {key['stands_for']})"
+    return use
+
+
+def render_runner(console: Console, runner: Mapping[str, Any]) -> None:
+    """What the ExecuTorch 1.x runner will use (a ``runner`` section), beside what it ignores."""
+    title = "ExecuTorch 1.x runner uses" + ("" if runner.get("loads") else " (REFUSES the program)")
+    table = Table(title=safe(title), title_justify="left")
+    for col in ("setting", "value", "from", "ignored in the program"):
+        table.add_column(col)
+    for name, entry in runner.items():
+        if not isinstance(entry, Mapping):
+            continue
+        ignored = ", ".join(f"{k}={short(v, 30)}" for k, v in (entry.get("ignored") or {}).items())
+        table.add_row(safe(name), short(entry.get("value")), safe(entry.get("source")), ignored or "-")
+    console.print(table)
+    if runner.get("refusal"):
+        console.print(f"[bold red]refuses:[/] {safe(runner['refusal'])}")
 
 
 def render_ptd(console: Console, info: Mapping[str, Any]) -> None:
@@ -169,9 +205,12 @@ def render_archive(console: Console, info: Mapping[str, Any]) -> None:
                 ("stop ids", gen.get("stop_token_ids")),
                 ("num_bos / num_eos", f"{gen.get('num_bos')} / {gen.get('num_eos')}"),
                 ("max_seq_len", gen.get("max_seq_len")),
+                ("program dialects", ", ".join((meta.get("program") or {}).get("dialects") or []) or "-"),
             ],
         )
     )
+    if isinstance(meta.get("runner"), Mapping):
+        render_runner(console, meta["runner"])
     table = Table(title="members", title_justify="left")
     for col in ("name", "offset", "size", "crc32"):
         table.add_column(col)
@@ -198,6 +237,8 @@ def render_inspect(console: Console, info: Mapping[str, Any]) -> None:
             if "inference" in d:
                 console.rule(safe(d["name"]))
                 render_inference(console, d["inference"])
+                if d.get("runner"):
+                    render_runner(console, d["runner"])
                 render_findings(console, d.get("findings") or [])
 
 

@@ -4,7 +4,9 @@ A ``.pte`` is a FlatBuffer (identifier ``ET12``). When the program has segments,
 extended header at byte 8 gives ``program_size``: the reader reads ``[0, program_size)`` and
 nothing after it, so a 1 GiB program costs as much to describe as a 1 MB one. Every offset in
 the file is untrusted (see :mod:`etm_compat.formats.flatbuf`); anything malformed raises
-:class:`~etm_compat.errors.PteFormatError`.
+:class:`~etm_compat.errors.PteFormatError`. The one read past the head: a constant method that
+returns a small constant tensor (MLX's ``get_kv_heads``...) has its data fetched from the
+constant segment, bounded, and reported as the nested lists ``Tensor.tolist()`` gives.
 
 >>> info = read_pte("fixtures/programs/constants_all.pte")  # doctest: +SKIP
 >>> info.constant_methods["get_eos_ids"]  # doctest: +SKIP
@@ -13,9 +15,10 @@ the file is untrusted (see :mod:`etm_compat.formats.flatbuf`); anything malforme
 
 from __future__ import annotations
 
+import math
 import os
-import re
-from collections.abc import Mapping
+import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
@@ -32,24 +35,14 @@ from etm_compat.constants import (
     EVALUE_NULL,
     EVALUE_STRING,
     EVALUE_TENSOR,
-    FLATBUFFER_MAX_BYTES,
-    PTD_IDENTIFIER,
-    PTE_EXTENDED_MAGIC,
-    PTE_EXTENDED_MIN_LENGTH,
     PTE_EXTENDED_OFFSET,
-    PTE_HEAD_BYTES,
-    PTE_IDENTIFIER,
-    PTE_IDENTIFIER_OFFSET,
     TENSOR_DATA_LOCATION_EXTERNAL,
 )
-from etm_compat.errors import PteFormatError
+from etm_compat.errors import PteFormatError, UnreadableError
+from etm_compat.fileio import open_regular
 from etm_compat.formats.flatbuf import FlatBuffer, Table
-from etm_compat.formats.flatfile import (
-    FlatFileFormat,
-    has_identifier,
-    read_flat_head,
-    view_flat_head,
-)
+from etm_compat.formats.flatfile import has_identifier, read_flat_head, view_flat_head
+from etm_compat.formats.pte_header import PTE_FILE, PteHeader
 from etm_compat.formats.treespec import ConstantValue, unflatten
 
 # Loop bounds: far above any real program, low enough that a hostile file stays cheap.
@@ -59,22 +52,32 @@ MAX_LIST_ITEMS: Final = 1_000_000
 MAX_SEGMENTS: Final = 1_000_000
 MAX_DELEGATES: Final = 100_000
 MAX_NAMED_DATA: Final = 1_000_000
+#: Constant tensors that constant methods return are read up to this size, and at most this many
+#: per program; a larger or later one reads as None (constant methods return metadata, not weights).
+MAX_CONSTANT_TENSOR_BYTES: Final = 64 * 1024
+MAX_CONSTANT_TENSORS: Final = 64
 
 # Vtable slots (4 + 2 * field id), program.fbs; see docs/research notes section 2.
-_PROGRAM_EXECUTION_PLAN, _PROGRAM_SEGMENTS, _PROGRAM_NAMED_DATA = 6, 12, 18
+_PROGRAM_EXECUTION_PLAN, _PROGRAM_SEGMENTS, _PROGRAM_CONSTANT_SEGMENT = 6, 12, 14
+_PROGRAM_NAMED_DATA = 18
+_SUBSEGMENT_INDEX, _SUBSEGMENT_OFFSETS = 4, 6
 _PLAN_NAME, _PLAN_META, _PLAN_VALUES, _PLAN_INPUTS = 4, 6, 8, 10
 _PLAN_OUTPUTS, _PLAN_CHAINS, _PLAN_DELEGATES = 12, 14, 18
 _META_OUT_STR = 6
 _CHAIN_INSTRUCTIONS = 8
 _EVALUE_TYPE, _EVALUE_VAL = 4, 6
 _PAYLOAD_VALUE = 4  # Int.int_val, Bool.bool_val, Double.double_val, String.string_val, *List.items
-_TENSOR_EXTRA_INFO = 22
+_TENSOR_SCALAR_TYPE, _TENSOR_SIZES, _TENSOR_DIM_ORDER = 4, 8, 10
+_TENSOR_DATA_BUFFER, _TENSOR_ALLOCATION, _TENSOR_EXTRA_INFO = 14, 16, 22
 _EXTRA_FQN, _EXTRA_LOCATION = 6, 8
 _DELEGATE_ID = 4
 _KEY, _SEGMENT_INDEX = 4, 6  # NamedData
 _SEGMENT_OFFSET, _SEGMENT_SIZE = 4, 6  # DataSegment
 
-_OTHER_ET_ID = re.compile(rb"ET[0-9a-zA-Z]{2}")
+#: ScalarType -> struct code, for the element types a constant tensor is decoded from.
+_TENSOR_CODES: Final = {0: "B", 1: "b", 2: "h", 3: "i", 4: "q", 5: "e", 6: "f", 7: "d", 11: "?"}
+#: ``fetch(offset, size)``: bytes of the file at an absolute offset (the constant segment).
+Fetch = Callable[[int, int], bytes]
 
 
 @dataclass(frozen=True)
@@ -121,22 +124,9 @@ class PteInfo:
         }
 
 
-@dataclass(frozen=True)
-class _Header:
-    program_size: int
-    extended: bool
-    segment_base_offset: int | None
-    segment_data_size: int | None
-
-    @property
-    def flatbuffer_end(self) -> int:
-        """The program head is the FlatBuffer: ``[0, program_size)``."""
-        return self.program_size
-
-
 def is_pte_file(path: str | os.PathLike[str]) -> bool:
     """True if ``path`` starts like an ExecuTorch program (``ET12`` at bytes 4..8). Never raises."""
-    return has_identifier(path, _PTE_FILE)
+    return has_identifier(path, PTE_FILE)
 
 
 def read_pte(path: str | os.PathLike[str]) -> PteInfo:
@@ -145,114 +135,41 @@ def read_pte(path: str | os.PathLike[str]) -> PteInfo:
     >>> read_pte("model.pte").methods  # doctest: +SKIP
     ('forward',)
     """
-    head = read_flat_head(path, _PTE_FILE)
-    return _parse_program(head.data, head.file_size, head.header, os.fspath(path))
+    name = os.fspath(path)
+    head = read_flat_head(name, PTE_FILE)
+    return _parse_program(head.data, head.file_size, head.header, name, _file_fetch(name))
 
 
 def read_pte_bytes(data: bytes | memoryview, *, name: str = "<bytes>") -> PteInfo:
     """Describe a ``.pte`` held in memory (e.g. an archive member); only its head is parsed."""
-    head = view_flat_head(data, _PTE_FILE, name)
-    return _parse_program(head.data, head.file_size, head.header, name)
+    head, whole = view_flat_head(data, PTE_FILE, name), memoryview(data).cast("B")
+    fetch: Fetch = lambda at, size: bytes(whole[at : at + size])  # noqa: E731
+    return _parse_program(head.data, head.file_size, head.header, name, fetch)
 
 
-def _parse_header(head: bytes, file_size: int, name: str) -> _Header:
-    if file_size < 8 or len(head) < 8:
-        raise PteFormatError(
-            f"not an ExecuTorch program: only {file_size} bytes, too short for a FlatBuffer header",
-            path=name,
-            hint="expected a .pte file written by executorch",
-        )
-    ident = bytes(head[PTE_IDENTIFIER_OFFSET:8])
-    if ident != PTE_IDENTIFIER:
-        if _OTHER_ET_ID.fullmatch(ident):
-            raise PteFormatError(
-                f"unsupported program format version: identifier {ident!r} found, "
-                f"only {PTE_IDENTIFIER!r} is supported",
-                path=name,
-                offset=PTE_IDENTIFIER_OFFSET,
-                hint="re-export the model with an executorch release that writes ET12",
-            )
-        hint = None
-        if ident == PTD_IDENTIFIER:
-            hint = "this is a .ptd weights file, not a program"
-        elif all(32 <= b < 127 or b in b"\t\r\n" for b in head[:8]):
-            hint = "the file starts like text; a .pte is a binary file written by executorch"
-        raise PteFormatError(
-            f"not an ExecuTorch program: found {ident!r} (hex {ident.hex()}) at bytes 4..8, "
-            f"expected {PTE_IDENTIFIER!r}",
-            path=name,
-            offset=PTE_IDENTIFIER_OFFSET,
-            hint=hint or "expected a .pte file written by executorch",
-        )
-    if bytes(head[PTE_EXTENDED_OFFSET : PTE_EXTENDED_OFFSET + 4]) != PTE_EXTENDED_MAGIC:
-        if file_size > FLATBUFFER_MAX_BYTES:
-            raise PteFormatError(
-                f"program without an extended header is {file_size} bytes, more than a "
-                f"FlatBuffer can address ({FLATBUFFER_MAX_BYTES})",
-                path=name,
-            )
-        return _Header(file_size, False, None, None)
-    return _parse_extended_header(head, file_size, name)
+def _file_fetch(name: str) -> Fetch:
+    def fetch(offset: int, size: int) -> bytes:
+        try:
+            with open_regular(name) as f:
+                f.seek(offset)
+                return f.read(size)
+        except OSError as exc:
+            raise UnreadableError(f"cannot read program: {exc.strerror or exc}", path=name) from exc
+
+    return fetch
 
 
-def _parse_extended_header(head: bytes, file_size: int, name: str) -> _Header:
-    base = PTE_EXTENDED_OFFSET
-    if len(head) < base + PTE_EXTENDED_MIN_LENGTH:
-        raise PteFormatError(
-            f"file is truncated inside the eh00 extended header ({file_size} bytes)",
-            path=name,
-            offset=base,
-        )
-    length = int.from_bytes(head[base + 4 : base + 8], "little")
-    if length < PTE_EXTENDED_MIN_LENGTH or base + length > len(head):
-        raise PteFormatError(
-            f"bad eh00 extended header: length {length}, expected "
-            f"{PTE_EXTENDED_MIN_LENGTH} to {len(head) - base}",
-            path=name,
-            offset=base + 4,
-        )
-    program_size = int.from_bytes(head[base + 8 : base + 16], "little")
-    seg_base = int.from_bytes(head[base + 16 : base + 24], "little")
-    seg_size = int.from_bytes(head[base + 24 : base + 32], "little") if length >= 32 else None
-    if not base + length <= program_size <= FLATBUFFER_MAX_BYTES:
-        raise PteFormatError(
-            f"bad eh00 extended header: program_size {program_size} is out of range "
-            f"[{base + length}, {FLATBUFFER_MAX_BYTES}]",
-            path=name,
-            offset=base + 8,
-        )
-    if seg_base < program_size:
-        raise PteFormatError(
-            f"bad eh00 extended header: segment_base_offset {seg_base} lies inside the "
-            f"program head (program_size {program_size})",
-            path=name,
-            offset=base + 16,
-        )
-    needed = max(program_size, seg_base + (seg_size or 0))
-    if file_size < needed:
-        raise PteFormatError(
-            f"file is truncated: {file_size} bytes, but its header says the program "
-            f"needs {needed} (segment_base_offset {seg_base} + segment_data_size {seg_size or 0})",
-            path=name,
-            hint="copy the file again; the download or transfer was incomplete",
-        )
-    return _Header(program_size, True, seg_base, seg_size)
-
-
-#: How :mod:`etm_compat.formats.flatfile` reads a program's head.
-_PTE_FILE: Final[FlatFileFormat[_Header]] = FlatFileFormat(
-    identifier=PTE_IDENTIFIER,
-    head_bytes=PTE_HEAD_BYTES,
-    parse_header=_parse_header,
-    error=PteFormatError,
-    what="program",
-    extent="program",
-)
-
-
-def _parse_program(data: bytes | memoryview, file_size: int, header: _Header, name: str) -> PteInfo:
+def _parse_program(
+    data: bytes | memoryview, file_size: int, header: PteHeader, name: str, fetch: Fetch
+) -> PteInfo:
     buf = FlatBuffer(data, path=name, error=PteFormatError)
     program = buf.root("Program")
+    segments = tuple(
+        Segment(s.u64(_SEGMENT_OFFSET, "offset"), s.u64(_SEGMENT_SIZE, "size"))
+        for s in program.tables(_PROGRAM_SEGMENTS, "segments", MAX_SEGMENTS)
+    )
+    _check_segments(segments, file_size, header, name)
+    tensors = _ConstantTensors(program, segments, header.segment_base_offset, fetch)
     methods: list[str] = []
     constants: dict[str, ConstantValue] = {}
     backends: set[str] = set()
@@ -265,7 +182,7 @@ def _parse_program(data: bytes | memoryview, file_size: int, header: _Header, na
             buf.fail(f"execution_plan[{index}] has no name", offset=plan.pos)
         values = plan.tables(_PLAN_VALUES, f"{plan_name}.values", MAX_VALUES)
         if _is_constant_method(plan):
-            constants[plan_name] = _read_constant(plan, plan_name, values)
+            constants[plan_name] = _read_constant(plan, plan_name, values, tensors)
         else:
             methods.append(plan_name)
         for delegate in plan.tables(_PLAN_DELEGATES, f"{plan_name}.delegates", MAX_DELEGATES):
@@ -276,11 +193,6 @@ def _parse_program(data: bytes | memoryview, file_size: int, header: _Header, na
             key = _external_key(value)
             if key is not None:
                 external[key] = None
-    segments = tuple(
-        Segment(s.u64(_SEGMENT_OFFSET, "offset"), s.u64(_SEGMENT_SIZE, "size"))
-        for s in program.tables(_PROGRAM_SEGMENTS, "segments", MAX_SEGMENTS)
-    )
-    _check_segments(segments, file_size, header, name)
     named = tuple(
         nd.string(_KEY, "key") or ""
         for nd in program.tables(_PROGRAM_NAMED_DATA, "named_data", MAX_NAMED_DATA)
@@ -288,7 +200,7 @@ def _parse_program(data: bytes | memoryview, file_size: int, header: _Header, na
     return PteInfo(
         path=name,
         file_size=file_size,
-        program_size=header.program_size,
+        program_size=header.flatbuffer_end,
         has_extended_header=header.extended,
         segment_base_offset=header.segment_base_offset,
         segment_data_size=header.segment_data_size,
@@ -311,7 +223,9 @@ def _is_constant_method(plan: Table) -> bool:
     return plan.vector_len(_PLAN_INPUTS, "inputs", 4, MAX_VALUES) == 0
 
 
-def _read_constant(plan: Table, name: str, values: list[Table]) -> ConstantValue:
+def _read_constant(
+    plan: Table, name: str, values: list[Table], tensors: _ConstantTensors
+) -> ConstantValue:
     outputs = plan.ints(_PLAN_OUTPUTS, f"{name}.outputs", "i", MAX_VALUES)
     flat: list[ConstantValue] = []
     for out in outputs:
@@ -320,13 +234,13 @@ def _read_constant(plan: Table, name: str, values: list[Table]) -> ConstantValue
                 f"constant method {name!r} outputs value {out}, but it has {len(values)} values",
                 offset=plan.pos,
             )
-        flat.append(_evalue(values[out], f"{name}.values[{out}]"))
+        flat.append(_evalue(values[out], f"{name}.values[{out}]", tensors))
     meta = plan.table(_PLAN_META, "container_meta_type")
     spec = meta.string(_META_OUT_STR, "encoded_out_str") if meta is not None else None
     return unflatten(spec, flat)
 
 
-def _evalue(value: Table, where: str) -> ConstantValue:
+def _evalue(value: Table, where: str, tensors: _ConstantTensors) -> ConstantValue:
     buf = value.buf
     tag = value.u8(_EVALUE_TYPE, "val_type")
     if tag > EVALUE_MAX_TAG:
@@ -353,9 +267,50 @@ def _evalue(value: Table, where: str) -> ConstantValue:
         return [float(v) for v in payload.scalars(_PAYLOAD_VALUE, "items", "d", MAX_LIST_ITEMS)]
     if tag == EVALUE_BOOL_LIST:
         return [v != 0 for v in payload.ints(_PAYLOAD_VALUE, "items", "B", MAX_LIST_ITEMS)]
-    # Tensor, TensorList, OptionalTensorList: a constant method returning tensors has no
-    # scalar value to report; its data lives in segments this reader does not touch.
-    return None
+    if tag == EVALUE_TENSOR and _external_key(value) is None:
+        return tensors.read(payload)
+    return None  # a TensorList, or a tensor whose data is in a .ptd: not read
+
+
+class _ConstantTensors:
+    """Small tensors returned by constant methods, as ``Tensor.tolist()`` gives them.
+
+    Only plain, contiguous, non-empty tensors (at most 16 dimensions) whose data lies in the
+    constant segment (``data_buffer_idx`` > 0, no ``allocation_info``), within the bounds above;
+    any other reads as None.
+    """
+
+    def __init__(self, program: Table, segs: tuple[Segment, ...], base: int | None, fetch: Fetch):
+        self.fetch, self.left, self.start, self.size = fetch, MAX_CONSTANT_TENSORS, 0, 0
+        self.offsets: tuple[int, ...] = ()
+        sub = program.table(_PROGRAM_CONSTANT_SEGMENT, "constant_segment")
+        index = sub.u32(_SUBSEGMENT_INDEX, "segment_index") if sub is not None else len(segs)
+        if sub is not None and base is not None and index < len(segs):
+            self.start, self.size = base + segs[index].offset, segs[index].size
+            self.offsets = sub.ints(_SUBSEGMENT_OFFSETS, "offsets", "Q", MAX_VALUES)
+
+    def read(self, tensor: Table) -> ConstantValue:
+        code = _TENSOR_CODES.get(tensor.i8(_TENSOR_SCALAR_TYPE, "scalar_type"))
+        index = tensor.u32(_TENSOR_DATA_BUFFER, "data_buffer_idx")
+        sizes = tensor.ints(_TENSOR_SIZES, "sizes", "i", MAX_LIST_ITEMS)
+        order = tensor.ints(_TENSOR_DIM_ORDER, "dim_order", "B", MAX_LIST_ITEMS)
+        if code is None or tensor.has(_TENSOR_ALLOCATION) or not 0 < index < len(self.offsets):
+            return None
+        contiguous = order in ((), tuple(range(len(sizes))))
+        if len(sizes) > 16 or min(sizes, default=1) < 1 or not contiguous:
+            return None
+        count, at = math.prod(sizes), self.offsets[index]
+        nbytes = count * struct.calcsize(code)
+        if nbytes > MAX_CONSTANT_TENSOR_BYTES or at + nbytes > self.size or self.left < 1:
+            return None
+        self.left -= 1
+        raw = self.fetch(self.start + at, nbytes)
+        if len(raw) != nbytes:
+            tensor.buf.fail("file is truncated inside a constant tensor", offset=self.start + at)
+        flat: list[ConstantValue] = list(struct.unpack(f"<{count}{code}", raw))
+        for size in reversed(sizes[1:]):  # row-major nesting, as tolist() gives
+            flat = [flat[i : i + size] for i in range(0, len(flat), size)]
+        return flat if sizes else flat[0]
 
 
 def _external_key(value: Table) -> str | None:
@@ -373,7 +328,7 @@ def _external_key(value: Table) -> str | None:
 
 
 def _check_segments(
-    segments: tuple[Segment, ...], file_size: int, header: _Header, name: str
+    segments: tuple[Segment, ...], file_size: int, header: PteHeader, name: str
 ) -> None:
     """Every segment must lie inside the file (checked by size, without reading it)."""
     if header.segment_base_offset is None:
