@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURES
-from etm_compat.adapters import default_adapters
 
+from etm_compat.adapters import default_adapters
 from etm_compat.archive import open_archive
 from etm_compat.bulk.lock import archive_lock, lock_path
 from etm_compat.bulk.upgrade import execute, plan_upgrade
@@ -316,13 +316,13 @@ def test_reports_in_three_formats_carry_outcomes_and_findings(tmp_path, capsys):
     assert [s["reason"] for s in data["skipped"]] == ["no tokenizer file found beside the program"]
     tik = next(i for i in data["items"] if i["program"] == "tiktoken_llama3/model.pte")
     assert tik["family"] == "llama3_2" and tik["size"] > 0
-    assert {f["code"] for f in tik["findings"]} >= {"family-ambiguous"}
+    assert {f["code"] for f in tik["findings"]} >= {"family-tokenizer-mismatch"}
     md = reports[1].read_text()
-    assert "| tiktoken\\_llama3/model.pte | up_to_date |" in md and "family-ambiguous" in md
+    assert "| tiktoken\\_llama3/model.pte | up_to_date |" in md and "family-tokenizer-mismatch" in md
     assert "evil\\|\\<b\\>name\\</b\\>" in md and "<b>" not in md
     page = reports[2].read_text()
     assert page.startswith("<!DOCTYPE html>") and "<script" not in page and "<b>name" not in page
-    assert "evil|&lt;b&gt;name&lt;/b&gt;" in page and "family-ambiguous" in page
+    assert "evil|&lt;b&gt;name&lt;/b&gt;" in page and "family-tokenizer-mismatch" in page
     assert not list(tmp_path.glob(".r.*.tmp"))
 
 

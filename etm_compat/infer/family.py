@@ -3,23 +3,39 @@
 Each source casts a :class:`Vote` for the families it is consistent with, weighted by how much
 it says: a shipped template that matches a registry template exactly outweighs everything; a
 template marker, ``config.json`` ``model_type``/``architectures``, the export config's
-``model_class`` and the tokenizer's special-token fingerprint are *strong*; vocabulary sizes,
-the tokenizer format, RoPE theta and file names are *weak*. :func:`decide_family` adds the
-weights up and records what it could not separate, what disagreed, and why.
+``model_class``, the tokenizer's special-token fingerprint and a tiktoken rank count equal to a
+family's are *strong*; vocabulary sizes, the tokenizer format, RoPE theta and file names are
+*weak*. :func:`decide_family` adds the weights up and records what it could not separate, what
+disagreed, and why.
+
+Only what the files hold counts. pytorch-tokenizers appends Llama 3's 256 special tokens to *any*
+tiktoken rank file, so those (and ids computed from them) are no vote; the rank count is. A
+tokenizer whose own vocabulary contradicts a family *vetoes* it (:meth:`VoteBox.tokenizer`):
+weak hints for it are dropped, and strong evidence from other files names it only when no
+unvetoed family has any, one confidence step lower, with a ``family-tokenizer-mismatch`` note.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any, Final
 
+from etm_compat.constants import TIKTOKEN_NUM_SPECIAL_TOKENS
 from etm_compat.errors import UsageError
 from etm_compat.findings import Confidence, Severity
 from etm_compat.formats.pte import PteInfo
 from etm_compat.formats.tokenizer.model import TokenizerInfo
-from etm_compat.infer.records import Evidence, Ledger, as_int, as_number
+from etm_compat.infer.records import (
+    Evidence,
+    FamilyDecision,
+    Ledger,
+    Vote,
+    as_int,
+    as_number,
+    lower_confidence,
+)
 from etm_compat.prompt.families import Family, detect_family_from_template, match_template
 
 # Vote weights (see the module docstring). A weak vote alone never names a family unless it
@@ -35,26 +51,6 @@ W_FILE_NAME: Final = 1
 
 #: RoPE theta of the Llama 3 generation (params.json ``rope_theta``).
 LLAMA3_ROPE_THETA: Final = 500000.0
-
-
-@dataclass(frozen=True)
-class Vote:
-    """One source's opinion: the families it fits, how much it weighs, the evidence behind it."""
-
-    families: tuple[str, ...]
-    weight: int
-    strong: bool
-    evidence: Evidence
-
-
-@dataclass(frozen=True)
-class FamilyDecision:
-    """The family chosen, how sure, the evidence, and the families left unseparated."""
-
-    family_id: str | None
-    confidence: Confidence
-    evidence: tuple[Evidence, ...]
-    alternatives: tuple[str, ...]
 
 
 def _ordered(registry: Mapping[str, Family], ids: Iterable[str]) -> tuple[str, ...]:
@@ -78,6 +74,8 @@ class VoteBox:
         self.registry = registry
         self.ledger = ledger
         self.votes: list[Vote] = []
+        #: Families the tokenizer rules out: ``{family: (source, why)}``.
+        self.vetoes: dict[str, tuple[str, str]] = {}
 
     def cast(
         self, families: Iterable[str], weight: int, strong: bool, source: str, detail: str
@@ -144,33 +142,41 @@ class VoteBox:
             self.cast(fits, W_ROPE, False, source, f"rope_theta {theta} (Llama 3 generation)")
 
     def tokenizer(self, tok: TokenizerInfo, source: str) -> None:
-        """Fingerprint votes, then the format and the vocabulary size.
+        """Vetoes, fingerprint votes, then the format and the vocabulary size.
 
         A tokenizer may hold several families' fingerprints (a Qwen3 tokenizer also has
         Qwen2.5's ``<tool_call>``; a Gemma 3 one has Gemma's ``<bos>``/``<eos>``). Each matched
         family then gains one point per token it has that another matched family does not
-        know (:func:`family_tokens`): the more specific family wins.
+        know (:meth:`Family.token_texts`): the more specific family wins. Among matched families the
+        size decides first: those far from it drop out when one that fits remains (a Qwen3
+        tokenizer holds Qwen3.5's ChatML tokens, but its size is Qwen3's).
         """
+        rank_file = tok.format == "tiktoken"  # holds no special tokens: the runner adds them
 
         def present(text: str) -> bool:
-            return text in tok.special_tokens or tok.token_id(text) is not None
+            return not rank_file and (text in tok.special_tokens or tok.token_id(text) is not None)
 
+        misfits = {
+            i: f.vocabulary_misfit(tok.format, tok.vocab_size) for i, f in self.registry.items()
+        }
+        far = {fid for fid, why in misfits.items() if why is not None}
+        for fid in far:  # a veto: the size says no, and no special token of the family says yes
+            if not any(present(t) for t in self.registry[fid].special_token_fingerprint):
+                why = "; the runner's Llama 3 tokens on any rank file are no evidence"
+                why = why if rank_file else ", and none of its special tokens"
+                self.vetoes[fid] = (source, f"{misfits[fid]}{why}")
         fits = self.where(
             lambda f: (
                 bool(f.special_token_fingerprint)
                 and all(present(t) for t in f.special_token_fingerprint)
             )
         )
+        if any(fid not in far for fid in fits):
+            fits = tuple(fid for fid in fits if fid not in far)
         by_bonus: dict[tuple[int, tuple[str, ...]], list[str]] = {}
-        # A tiktoken file holds no special tokens: the reader supplies the runner's Llama 3
-        # defaults, so which of them are present says nothing about the release.
-        synthetic = tok.format == "tiktoken"
         for fid in fits:
-            if synthetic:
-                by_bonus.setdefault((0, ()), []).append(fid)
-                continue
-            mine = {t for t in family_tokens(self.registry[fid]) if present(t)}
-            others = [family_tokens(self.registry[o]) for o in fits if o != fid]
+            mine = {t for t in self.registry[fid].token_texts() if present(t)}
+            others = [self.registry[o].token_texts() for o in fits if o != fid]
             extra = tuple(sorted(t for t in mine if any(t not in known for known in others)))
             by_bonus.setdefault((len(extra), extra), []).append(fid)
         for (bonus, extra), ids in sorted(by_bonus.items(), reverse=True):
@@ -178,15 +184,20 @@ class VoteBox:
                 {t for fid in ids for t in self.registry[fid].special_token_fingerprint}
             )
             detail = f"special tokens {prints}"
-            if synthetic:
-                detail += " (the tiktoken reader's default Llama 3 specials)"
             if extra:
                 detail += f"; also {list(extra)}, which other matching families lack"
             self.cast(ids, W_FINGERPRINT + bonus, True, source, detail)
-        formats = self.where(lambda f: tok.format in f.tokenizer_formats)
+        if rank_file:
+            ranks = tok.vocab_size - TIKTOKEN_NUM_SPECIAL_TOKENS
+            same = self.where(lambda f: "tiktoken" in f.tokenizer_formats and f.id not in far)
+            self.cast(same, W_FINGERPRINT, True, source, f"a tiktoken rank file of {ranks} ranks")
+        formats = self.where(
+            lambda f: tok.format in f.tokenizer_formats and f.id not in self.vetoes
+        )
         if formats and len(formats) < len(self.registry):
             self.cast(formats, W_FORMAT, False, source, f"tokenizer format {tok.format!r}")
-        self.vocab(tok.vocab_size, source, "tokenizer vocabulary size")
+        if not rank_file:  # a rank file's size counts the runner's 256 special tokens
+            self.vocab(tok.vocab_size, source, "tokenizer vocabulary size")
 
     def pte(self, pte: PteInfo, source: str) -> None:
         self.vocab(as_int(pte.constant_methods.get("get_vocab_size")), source, "get_vocab_size")
@@ -207,14 +218,6 @@ class VoteBox:
                 self.cast([hit], W_FILE_NAME, False, name, f"file name mentions {hit!r}")
 
 
-def family_tokens(family: Family) -> frozenset[str]:
-    """Every token text the registry names for a family (fingerprint, bos, eos, stops)."""
-    named = (family.bos_token, family.eos_token, family.end_of_turn)
-    return frozenset(
-        [*family.special_token_fingerprint, *family.stop_tokens, *(t for t in named if t)]
-    )
-
-
 def _class_fits(model_class: str, classes: Iterable[str]) -> bool:
     """Exact, or export_llm's sized id of the class (``qwen3_1_7b`` fits ``qwen3``).
 
@@ -232,8 +235,12 @@ def decide_family(
     ledger: Ledger,
     *,
     override: str | None = None,
+    vetoes: Mapping[str, tuple[str, str]] | None = None,
 ) -> FamilyDecision:
     """Add the votes up and choose; record conflicts and findings in ``ledger``.
+
+    ``vetoes`` (from :attr:`VoteBox.vetoes`) are families the tokenizer rules out: their weak
+    votes never count, and their strong ones only when no unvetoed family has a strong vote.
 
     >>> decide_family({}, [], Ledger()).confidence
     'none'
@@ -257,16 +264,23 @@ def decide_family(
         return FamilyDecision(override, "high", (ev, *(v.evidence for v in votes)), ())
 
     all_evidence = tuple(v.evidence for v in votes)
+    vetoes = vetoes or {}
+    counted = _without_vetoed(votes, set(vetoes))
     scores: dict[str, int] = {}
-    for vote in votes:
+    for vote in counted:
         for fid in vote.families:
             scores[fid] = scores.get(fid, 0) + vote.weight
     if not scores:
-        return _unknown(ledger, all_evidence, (), "no source names a known family")
+        hinted = {f for v in votes for f in v.families}
+        ruled = _ordered(registry, (f for f in vetoes if f in hinted or "tiktoken" in vetoes[f][1]))
+        why = "no source names a known family"
+        if ruled:  # say why the hints, or the rank file's default Llama 3 tokens, do not count
+            why = f"the tokenizer rules out {', '.join(ruled)} ({vetoes[ruled[0]][1]})"
+        return _unknown(ledger, all_evidence, (), why)
     top = max(scores.values())
     tied = _ordered(registry, (fid for fid, s in scores.items() if s == top))
     strong_for = {
-        fid: {v.evidence.source for v in votes if v.strong and fid in v.families} for fid in tied
+        fid: {v.evidence.source for v in counted if v.strong and fid in v.families} for fid in tied
     }
     groups = {registry[fid].group for fid in tied}
     one_group = len(groups) == 1 and None not in groups
@@ -280,7 +294,7 @@ def decide_family(
         defaults = [fid for fid in tied if registry[fid].group_default]
         chosen = defaults[0] if defaults else tied[0]
         alternatives = tuple(fid for fid in tied if fid != chosen)
-    exact = any(v.weight >= W_TEMPLATE_EXACT and chosen in v.families for v in votes)
+    exact = any(v.weight >= W_TEMPLATE_EXACT and chosen in v.families for v in counted)
     sources = strong_for[chosen]
     confidence: Confidence = (
         "high" if exact or len(sources) >= 2 else "medium" if sources else "low"
@@ -346,8 +360,28 @@ def decide_family(
             hint=f"check the files, or pass --family to choose (inferred {chosen})",
             paths=sorted({v.evidence.source for v in against}),
         )
+    if chosen in vetoes:
+        source, why = vetoes[chosen]
+        confidence = lower_confidence(confidence)
+        ledger.note(source, "family", (chosen,), f"does not fit {chosen}: {why}")
+        ledger.find(
+            "family-tokenizer-mismatch",
+            "info",
+            f"{source} does not fit {chosen} ({why}); {chosen} comes from "
+            + ", ".join(sorted(strong_for[chosen])),
+            hint="check that the tokenizer belongs to this model",
+            paths=(source,),
+        )
     used = tuple(e for e in ledger.evidence if e.field == "family" and e not in all_evidence)
     return FamilyDecision(chosen, confidence, all_evidence + used, alternatives)
+
+
+def _without_vetoed(votes: Sequence[Vote], vetoed: set[str]) -> list[Vote]:
+    """The votes that count: vetoed families drop out, unless only they have strong votes."""
+    strong = {fid for v in votes if v.strong for fid in v.families}
+    drop = vetoed if strong - vetoed else vetoed - strong
+    kept = [replace(v, families=tuple(f for f in v.families if f not in drop)) for v in votes]
+    return [v for v in kept if v.families]
 
 
 def _unknown(
@@ -366,4 +400,4 @@ def _unknown(
     return FamilyDecision(None, "none", evidence, candidates)
 
 
-__all__ = ["FamilyDecision", "Vote", "VoteBox", "decide_family", "family_tokens"]
+__all__ = ["VoteBox", "decide_family"]

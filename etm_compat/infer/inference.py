@@ -241,7 +241,9 @@ def infer_from_parts(
     if pte is not None:
         box.pte(pte, pte_source)
     box.file_names(file_names)
-    decision = decide_family(registry, box.votes, ledger, override=family_override)
+    decision = decide_family(
+        registry, box.votes, ledger, override=family_override, vetoes=box.vetoes
+    )
     family = registry[decision.family_id] if decision.family_id is not None else None
 
     chat_template, template_source = infer_fields.choose_template(

@@ -107,6 +107,26 @@ class Ledger:
         return conflict
 
 
+@dataclass(frozen=True)
+class Vote:
+    """One source's opinion: the families it fits, how much it weighs, the evidence behind it."""
+
+    families: tuple[str, ...]
+    weight: int
+    strong: bool
+    evidence: Evidence
+
+
+@dataclass(frozen=True)
+class FamilyDecision:
+    """The family chosen, how sure, the evidence, and the families left unseparated."""
+
+    family_id: str | None
+    confidence: Confidence
+    evidence: tuple[Evidence, ...]
+    alternatives: tuple[str, ...]
+
+
 def lower_confidence(confidence: Confidence, steps: int = 1) -> Confidence:
     """One level less sure, but never below ``"low"`` (``"none"`` stays ``"none"``)."""
     if confidence == "none":
@@ -154,7 +174,9 @@ __all__ = [
     "MAX_IDS_PER_SOURCE",
     "Conflict",
     "Evidence",
+    "FamilyDecision",
     "Ledger",
+    "Vote",
     "as_int",
     "as_int_list",
     "as_number",

@@ -3,7 +3,9 @@
 Each ``<id>.json`` next to this module describes a family (special tokens, stop set, BOS/EOS
 counts, generation defaults, tokenizer facts and fingerprints) and names its template files in
 ``templates/``; ``SOURCES.md`` records where every template was copied from. Adding a family is
-adding a JSON file and a template: no code changes.
+adding a JSON file and a template: no code changes. A family whose vendor publishes no chat
+template (a base model such as ``stories110m``) has ``"template": null``: its ``chat_template``
+is ``""`` and :meth:`Family.templates` is empty.
 
 Detection from template text is ordered substring matching, like llama.cpp's
 ``llm_chat_detect_template``: families are tried in ``detect_order``, markers in order, and the
@@ -28,9 +30,11 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any, Final
 
+from etm_compat.constants import TIKTOKEN_NUM_SPECIAL_TOKENS
 from etm_compat.errors import UsageError
 
 __all__ = [
+    "VOCAB_TOLERANCE",
     "Family",
     "detect_family_from_template",
     "get_family",
@@ -52,6 +56,10 @@ _OPTIONAL_STR: Final = ("bos_token", "eos_token", "end_of_turn", "group")
 _GENERATION_KEYS: Final = frozenset(
     {"temperature", "top_p", "top_k", "min_p", "repetition_penalty"}
 )
+#: How far (relative) a tokenizer's size may be from a family's published vocabulary size and
+#: still fit it: HF configs pad the embedding (Qwen2.5: 151665 tokens, 151936 rows), vision
+#: models add a few tokens. OpenAI's cl100k (100k) against Llama 3's 128k is far.
+VOCAB_TOLERANCE: Final = 0.1
 
 
 @dataclass(frozen=True)
@@ -82,8 +90,41 @@ class Family:
     group_default: bool
 
     def templates(self) -> dict[str, str]:
-        """The default template under ``"default"`` plus every named variant."""
-        return {"default": self.chat_template, **self.variants}
+        """The default template under ``"default"`` plus every named variant.
+
+        A family without a published chat template (a base model) has none: ``{}``.
+        """
+        default = {"default": self.chat_template} if self.chat_template else {}
+        return {**default, **self.variants}
+
+    def token_texts(self) -> frozenset[str]:
+        """Every token text the family names: fingerprint, bos, eos, end of turn, stops."""
+        named = (self.bos_token, self.eos_token, self.end_of_turn)
+        return frozenset(
+            [*self.special_token_fingerprint, *self.stop_tokens, *(t for t in named if t)]
+        )
+
+    def vocabulary_misfit(self, tokenizer_format: str, vocab_size: int) -> str | None:
+        """Why a tokenizer of this format and size cannot be the family's, or None if it can.
+
+        A tiktoken rank file must have exactly the family's rank count (a published size less
+        the runner's special tokens, which pytorch-tokenizers adds to any rank file); any other
+        tokenizer must be within :data:`VOCAB_TOLERANCE` of a published size.
+
+        >>> get_family("llama3").vocabulary_misfit("tiktoken", 100256 + 256)
+        "a tiktoken rank file of 100256 ranks; llama3's has [128000]"
+        """
+        if tokenizer_format == "tiktoken" and "tiktoken" in self.tokenizer_formats:
+            ranks = vocab_size - TIKTOKEN_NUM_SPECIAL_TOKENS
+            theirs = [size - TIKTOKEN_NUM_SPECIAL_TOKENS for size in self.vocab_sizes]
+            return (
+                None
+                if ranks in theirs
+                else f"a tiktoken rank file of {ranks} ranks; {self.id}'s has {theirs}"
+            )
+        if any(abs(vocab_size - size) <= size * VOCAB_TOLERANCE for size in self.vocab_sizes):
+            return None
+        return f"vocabulary size {vocab_size}, far from {self.id}'s {list(self.vocab_sizes)}"
 
 
 def _read_template(name: str, problems: list[str], where: str) -> str:
@@ -104,9 +145,12 @@ def _parse(raw: Any, where: str, problems: list[str]) -> tuple[int, Family] | No
     if not isinstance(raw, dict):
         problems.append(f"{where}: top level must be an object")
         return None
-    for key in ("id", "display_name", "template", "template_source"):
+    for key in ("id", "display_name", "template_source"):
         if not isinstance(raw.get(key), str) or not raw.get(key):
             problems.append(f"{where}: '{key}' must be a non-empty string")
+    template = raw.get("template")
+    if template is not None and (not isinstance(template, str) or not template):
+        problems.append(f"{where}: 'template' must be a non-empty string or null (no template)")
     for key in _OPTIONAL_STR:
         if raw.get(key) is not None and not isinstance(raw.get(key), str):
             problems.append(f"{where}: '{key}' must be a string or null")
@@ -137,8 +181,8 @@ def _parse(raw: Any, where: str, problems: list[str]) -> tuple[int, Family] | No
     family = Family(
         id=raw["id"],
         display_name=raw["display_name"],
-        chat_template=_read_template(raw["template"], problems, where),
-        template_name=raw["template"],
+        chat_template=_read_template(template, problems, where) if template else "",
+        template_name=template or "",
         template_source=raw["template_source"],
         variants=MappingProxyType(
             {k: _read_template(v, problems, where) for k, v in variants.items()}
