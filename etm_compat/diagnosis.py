@@ -7,6 +7,7 @@ live in :mod:`etm_compat.checks`; a deployment's run with :func:`etm_compat.view
 
 No torch or executorch import happens unless ``runtime=True`` asks for the backend check;
 without it that check is skipped, and the report says so in its ``checks_skipped`` field.
+``app="android"|"ios"`` adds the demo-app checks (:mod:`etm_compat.checks.app`).
 
 >>> from etm_compat.adapters import default_adapters
 >>> report = diagnose("fixtures/legacy", default_adapters())  # doctest: +SKIP
@@ -22,17 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from etm_compat.archive import is_archive
+from etm_compat.archive import is_archive, open_archive
+from etm_compat.checks.app import AppTarget, check_app
 from etm_compat.checks.archive import check_archive
 from etm_compat.checks.folder import unused_ptd_files
 from etm_compat.checks.run import registered_backends
+from etm_compat.constants import MEMBER_METADATA, MEMBER_PROGRAM
 from etm_compat.errors import EtmError, InputError, UnreadableError
 from etm_compat.fileio import display_path
 from etm_compat.findings import SEVERITY_RANK, Finding, Severity, sort_findings, worst
-from etm_compat.legacy.deployment import Adapter, Deployment
+from etm_compat.legacy.deployment import Adapter, Deployment, Skipped
 from etm_compat.legacy.resolve import resolve_source
 from etm_compat.legacy.scan import scan
-from etm_compat.view import describe
+from etm_compat.prompt.apps import get_app
+from etm_compat.view import DeploymentView, describe
 
 #: Version of the JSON report (etm_compat/schemas/diagnose.schema.json).
 SCHEMA_VERSION: Final = 1
@@ -110,8 +114,52 @@ class DiagnoseReport:
 # --- building the report ------------------------------------------------------------------------
 
 
+def _view_target(view: DeploymentView) -> AppTarget:
+    dep, inf = view.deployment, view.inference
+    return AppTarget(
+        kind="deployment",
+        program_name=dep.program.name,
+        program_label=display_path(dep.program, dep.root),
+        stem=dep.program.stem,
+        family_id=inf.family_id,
+        template=inf.chat_template,
+        template_label=inf.chat_template_source or "chat template",
+        bos_token=view.tokenizer.bos_token,
+        eos_token=view.tokenizer.eos_token,
+    )
+
+
+def _archive_app_findings(path: Path, app: str | None) -> list[Finding]:
+    """The demo-app checks on what metadata.json records (the app is given ``unpack``'s files)."""
+    if app is None:
+        return []
+    with open_archive(path) as archive:
+        meta = archive.metadata
+    family = meta.get("family") if isinstance(meta.get("family"), dict) else {}
+    tokenizer = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), dict) else {}
+    assert isinstance(family, dict) and isinstance(tokenizer, dict)
+    eos = [t for t in tokenizer.get("eos_tokens") or [] if isinstance(t, str) and t]
+    template, family_id, bos = meta.get("chat_template"), family.get("id"), tokenizer.get("bos_token")
+    target = AppTarget(
+        kind="archive",
+        program_name=MEMBER_PROGRAM,
+        program_label=MEMBER_PROGRAM,
+        stem=path.stem,
+        family_id=family_id if isinstance(family_id, str) else None,
+        template=template if isinstance(template, str) else None,
+        template_label=f"{MEMBER_METADATA} chat_template",
+        bos_token=bos if isinstance(bos, str) else None,
+        eos_token=eos[0] if eos else None,
+    )
+    return check_app(app, target)
+
+
 def _deployment_report(
-    dep: Deployment, root: Path, backends: frozenset[str] | None, extra: Sequence[Finding] = ()
+    dep: Deployment,
+    root: Path,
+    backends: frozenset[str] | None,
+    extra: Sequence[Finding] = (),
+    app: str | None = None,
 ) -> DeploymentReport:
     name = display_path(dep.program, root)
     try:
@@ -120,23 +168,28 @@ def _deployment_report(
         finding = Finding("input-unreadable", "error", str(exc), exc.hint, (name,))
         unread = tuple(sort_findings([finding, *extra]))
         return DeploymentReport(name, str(dep.program), "deployment", unread, str(exc))
-    findings = sort_findings([*view.findings, *extra])
+    app_findings = check_app(app, _view_target(view)) if app is not None else []
+    findings = sort_findings([*view.findings, *extra, *app_findings])
     return DeploymentReport(name, str(dep.program), "deployment", tuple(findings))
 
 
-def _archive_report(path: Path, name: str) -> DeploymentReport:
+def _archive_report(path: Path, name: str, app: str | None = None) -> DeploymentReport:
     try:
-        findings = check_archive(path)
+        findings = check_archive(path) + _archive_app_findings(path, app)
     except EtmError as exc:
         finding = Finding("archive-unreadable", "error", str(exc), exc.hint, (name,))
         return DeploymentReport(name, str(path), "archive", (finding,), str(exc))
     return DeploymentReport(name, str(path), "archive", tuple(sort_findings(findings)))
 
 
-def _skipped_report(path: Path, reason: str, root: Path) -> DeploymentReport:
-    name = display_path(path, root)
-    finding = Finding("deployment-skipped", "warning", reason, "put the program's tokenizer next to it", (name,))
-    return DeploymentReport(name, str(path), "skipped", (finding,))
+def _skipped_report(skipped: Skipped, root: Path) -> DeploymentReport:
+    name = display_path(skipped.path, root)
+    if skipped.ignored:
+        finding = Finding("file-not-packed", "info", skipped.reason, "nothing to do: it is no part of an ExecuTorch deployment", (name,))
+    else:
+        hint = "put the program's tokenizer next to it, or name it: pack --tokenizer PATH"
+        finding = Finding("deployment-skipped", "warning", skipped.reason, hint, (name,))
+    return DeploymentReport(name, str(skipped.path), "skipped", (finding,))
 
 
 def diagnose(
@@ -144,6 +197,7 @@ def diagnose(
     adapters: Sequence[Adapter],
     *,
     runtime: bool = False,
+    app: str | None = None,
 ) -> DiagnoseReport:
     """Diagnose an archive, a ``.pte`` with its siblings, a legacy folder, or a whole tree.
 
@@ -151,7 +205,12 @@ def diagnose(
     ``.pte``/archive that cannot be read raises its reader's error; inside a tree, unreadable
     deployments become ``input-unreadable`` findings and the walk goes on. ``runtime=True``
     also checks delegate backends against the installed ExecuTorch runtime (imports torch).
+    ``app`` (``"android"`` or ``"ios"``, see :data:`etm_compat.prompt.apps.APP_IDS`) also
+    checks each program the way that ExecuTorch demo app would take it: the model type its
+    file name selects, and the app's prompt format against the model's chat template.
     """
+    if app is not None:
+        get_app(app)  # an unknown app fails before any work
     target = Path(path)
     if not target.exists():
         raise UnreadableError("no such file or folder", path=target)
@@ -159,18 +218,20 @@ def diagnose(
     skipped_checks = () if runtime else ("backend-not-registered (needs --runtime)",)
     if target.is_file():
         if is_archive(target):
-            findings = check_archive(target)
+            findings = check_archive(target) + _archive_app_findings(target, app)
             report = DeploymentReport(target.name, str(target), "archive", tuple(sort_findings(findings)))
             return DiagnoseReport(str(target), (report,), checks_skipped=skipped_checks)
         dep = resolve_source(target, adapters)
         extra = unused_ptd_files([dep]).get(dep.program, [])
-        one = _deployment_report(dep, target.parent, backends, extra)
+        one = _deployment_report(dep, target.parent, backends, extra, app)
         return DiagnoseReport(str(target), (one,), checks_skipped=skipped_checks)
     result = scan(target, adapters)
     unused = unused_ptd_files(result.deployments)
-    reports = [_deployment_report(d, target, backends, unused.get(d.program, ())) for d in result.deployments]
-    reports += [_skipped_report(s.path, s.reason, target) for s in result.skipped]
-    reports += [_archive_report(p, display_path(p, target)) for p in result.archives]
+    reports = [
+        _deployment_report(d, target, backends, unused.get(d.program, ()), app) for d in result.deployments
+    ]
+    reports += [_skipped_report(s, target) for s in result.skipped]
+    reports += [_archive_report(p, display_path(p, target), app) for p in result.archives]
     if not reports:
         raise InputError(
             "no ExecuTorch program (.pte) or .etm archive found under this folder",

@@ -32,6 +32,7 @@ from etm_compat.findings import Finding
 from etm_compat.formats.tokenizer.llama2c import convert_llama2c_original
 from etm_compat.legacy.deployment import Adapter
 from etm_compat.legacy.resolve import resolve_source
+from etm_compat.prompt.apps import app_file_names
 from etm_compat.view import DeploymentView, describe
 
 
@@ -89,7 +90,10 @@ def build_metadata(
         "backends": list(pte.backends),
         "external_keys": list(pte.external_keys),
         "size": pte.file_size,
+        "dialects": list(view.dialects.dialects),
     }
+    # What the ExecuTorch 1.x runner takes from these files (optional: version-1 readers skip it).
+    meta["runner"] = view.runner.to_json()
     eos_tokens: list[str | None] = []
     for eos in inf.eos_ids:
         text = next((t for t, i in tok.special_tokens.items() if i == eos), None)
@@ -202,14 +206,37 @@ def pack_view(
 
 
 def unpack(
-    archive: str | os.PathLike[str], dest: str | os.PathLike[str], *, force: bool = False
+    archive: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    app: str | None = None,
 ) -> list[Path]:
     """Restore the multi-file layout of ``archive`` into folder ``dest``; the files written.
 
-    Existing files are refused unless ``force``; nothing is written outside ``dest``.
+    Existing files are refused unless ``force``; nothing is written outside ``dest``. With
+    ``app`` (``"android"`` or ``"ios"``) the program is named so that ExecuTorch demo app picks
+    the model type meant for the archive's family (:func:`etm_compat.prompt.apps.app_file_names`:
+    ``model.etm`` of a Llama 3.2 gives ``llama3_2-model.pte``); a family the app has no type
+    for is a :class:`~etm_compat.errors.UsageError`, raised before anything is written.
+
+    >>> unpack("model.etm", "for-ios", app="ios")  # doctest: +SKIP
+    [PosixPath('for-ios/llama3_2-model.pte'), PosixPath('for-ios/tokenizer.model')]
     """
     with open_archive(archive) as etm:
-        return etm.extract(dest, force=force)
+        rename = None
+        if app is not None:
+            family = etm.metadata.get("family") or {}
+            tokenizer = etm.metadata.get("tokenizer") or {}
+            family_id, member = family.get("id"), tokenizer.get("member")
+            rename = app_file_names(
+                app,
+                family_id if isinstance(family_id, str) else None,
+                stem=Path(archive).stem,
+                program_member=MEMBER_PROGRAM,
+                tokenizer_member=member if isinstance(member, str) else None,
+            )
+        return etm.extract(dest, force=force, rename=rename)
 
 
 __all__ = ["PackResult", "build_metadata", "pack", "pack_view", "plan_members", "unpack"]

@@ -37,6 +37,7 @@ from etm_compat.errors import (
     MetadataError,
     OutputError,
     UnreadableError,
+    UsageError,
 )
 from etm_compat.fileio import open_regular
 
@@ -198,27 +199,49 @@ class EtmArchive:
         *,
         force: bool = False,
         include_metadata: bool = False,
+        rename: Mapping[str, str] | None = None,
     ) -> list[Path]:
         """Restore the loose layout into ``dest_dir``: ``weights/x.ptd`` becomes ``x.ptd``.
 
-        Refuses to replace existing files unless ``force``; each file is written to a temp file
-        beside it, checked against its sha256 and CRC, and renamed only once every member has
-        been checked, so a corrupt archive leaves nothing behind.
+        ``rename`` maps member names to other plain file names (``{"model.pte":
+        "llama3_2-model.pte"}``); a name with a folder part, a member not in the archive, or two
+        members landing on one file is a :class:`UsageError`. Refuses to replace existing files
+        unless ``force``; each file is written to a temp file beside it, checked against its
+        sha256 and CRC, and renamed only once every member has been checked, so a corrupt
+        archive leaves nothing behind.
         """
+        renames = dict(rename or {})
+        unknown = sorted(set(renames) - set(self.members))
+        bad = sorted(n for n in renames.values() if not _plain_file_name(n))
+        if unknown or bad:
+            raise UsageError(
+                f"cannot rename {', '.join(map(repr, unknown))}: not members of the archive"
+                if unknown
+                else f"cannot extract to {', '.join(map(repr, bad))}: not a plain file name",
+                path=self.path,
+            )
+        names = {
+            info.name: renames.get(info.name, info.name.rsplit("/", 1)[-1])
+            for info in self.members.values()
+            if info.name != MEMBER_METADATA or include_metadata
+        }
+        targets = list(names.values())
+        clashes = sorted({t for t in targets if targets.count(t) > 1})
+        if clashes:
+            raise UsageError(
+                f"several members would be written to {', '.join(map(repr, clashes))}",
+                path=self.path,
+            )
         root = Path(dest_dir)
         root.mkdir(parents=True, exist_ok=True)
         real_root = root.resolve()
         plan: list[tuple[MemberInfo, Path]] = []
-        for info in self.members.values():
-            if info.name == MEMBER_METADATA and not include_metadata:
-                continue
-            target = root / info.name.rsplit("/", 1)[-1]
+        for member, file_name in names.items():
+            target = root / file_name
             # Names were validated at open; this guards against a future name rule slipping.
             if target.parent.resolve() != real_root:
-                raise ArchiveError(
-                    f"member {info.name!r} would be written outside {root}", path=self.path
-                )
-            plan.append((info, target))
+                raise ArchiveError(f"member {member!r} would be written outside {root}", path=self.path)
+            plan.append((self.members[member], target))
         existing = [str(t) for _, t in plan if t.exists() or t.is_symlink()]
         if existing and not force:
             raise OutputError(
@@ -251,6 +274,11 @@ class EtmArchive:
                 tmp.unlink(missing_ok=True)
             raise
         return [target for _, target in plan]
+
+
+def _plain_file_name(name: str) -> bool:
+    """A name that stays one file inside the destination folder (no folder part, no NUL)."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
 
 
 def is_archive(path: str | os.PathLike[str]) -> bool:

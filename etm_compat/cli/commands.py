@@ -82,7 +82,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
-    written = unpack(args.archive, args.output, force=args.force)
+    written = unpack(args.archive, args.output, force=args.force, app=args.app)
     if args.json:
         emit_json({"written": [str(p) for p in written]})
     else:
@@ -107,7 +107,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     fmt = "json" if args.json and args.format is None else args.format
     if args.output:
         fmt = report_files.format_for(args.output, fmt)  # a bad extension fails before any work
-    report = diagnose(args.path, adapters(), runtime=args.runtime)
+    report = diagnose(args.path, adapters(), runtime=args.runtime, app=args.app)
     if args.output:
         report_files.write_report(args.output, report, fmt=fmt)
     elif fmt is not None:

@@ -30,6 +30,7 @@ from etm_compat.cli.exit_codes import (
 )
 from etm_compat.constants import VERSION
 from etm_compat.errors import EtmError
+from etm_compat.prompt.apps import APP_IDS
 
 # --- parser -----------------------------------------------------------------------------------
 
@@ -68,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("archive")
     p.add_argument("-o", "--output", required=True, help="folder to write into")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.add_argument(
+        "--for",
+        dest="app",
+        choices=APP_IDS,
+        help="name the program so this ExecuTorch demo app picks the model type of the archive's family",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_unpack)
 
@@ -84,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE (.json, .md or .html)")
     p.add_argument("--fail-on", choices=("error", "warning", "info"), default="error", help="exit 1 when a finding is at or above this level (default: error)")
     p.add_argument("--runtime", action="store_true", help="also check delegate backends against the installed ExecuTorch runtime (imports torch)")
+    p.add_argument("--app", choices=APP_IDS, help="also check each program as this ExecuTorch demo app would take it: model type from the file name, hard-coded prompt format")
     p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("render", help="render a conversation with a deployment's chat template")

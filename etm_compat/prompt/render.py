@@ -40,7 +40,7 @@ def render_prompt(
         template, bos_token, eos_token = fam.chat_template, fam.bos_token, fam.eos_token
     if not template:
         raise UsageError(
-            "no chat template: none shipped and the model family is unknown",
+            "no chat template: none shipped, and the model family is unknown or has none (a base model)",
             path=path,
             hint="pass {family} (see the README's family list) or {chat_template}",
         )
