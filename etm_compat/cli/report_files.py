@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from etm_compat.errors import OutputError, UsageError, escape_control
+from etm_compat.findings import SEVERITIES
 
-SEVERITIES: Final = ("error", "warning", "info")
 COLORS: Final = {"error": "#c62828", "warning": "#ef8f00", "info": "#1565c0"}
 #: The report formats, and the one table of the file extensions that name them.
 KINDS: Final = ("json", "md", "html")
@@ -54,7 +54,7 @@ def as_dict(report: ReportLike) -> Mapping[str, Any]:
 
 def _counts(rep: Mapping[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
     summary = rep.get("summary") or {}
-    by_sev = {s: int((summary.get("by_severity") or {}).get(s, 0)) for s in SEVERITIES}
+    by_sev: dict[str, int] = {s: int((summary.get("by_severity") or {}).get(s, 0)) for s in SEVERITIES}
     by_code = {str(k): int(v) for k, v in (summary.get("by_code") or {}).items()}
     return by_sev, by_code
 
@@ -339,7 +339,6 @@ def write_report(path: str | os.PathLike[str], report: ReportLike, *, fmt: str |
 __all__ = [
     "FORMATS",
     "KINDS",
-    "SEVERITIES",
     "ReportLike",
     "as_dict",
     "check_format",

@@ -31,7 +31,6 @@ from rich.table import Table
 from etm_compat.bulk.upgrade import ItemResult, UpgradePlan, UpgradeResult
 from etm_compat.cli.console import SEVERITY_STYLE, safe
 from etm_compat.cli.report_files import (
-    SEVERITIES,
     check_format,
     esc,
     format_for,
@@ -41,6 +40,7 @@ from etm_compat.cli.report_files import (
     write_text_atomic,
 )
 from etm_compat.constants import VERSION
+from etm_compat.findings import SEVERITIES
 
 TITLE = "etm-compat upgrade report"
 OUTCOME_STYLE = {"written": "green", "up_to_date": "cyan", "locked": "yellow", "failed": "bold red"}
