@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from etm_compat.constants import (
+    BACKEND_BLOB_PREFIXES,
+    BACKEND_BLOB_SUFFIXES,
     FLATBUFFER_MAX_BYTES,
     PTD_HEAD_BYTES,
     PTD_HEADER_LENGTH,
@@ -306,4 +310,63 @@ def _dtype_name(scalar_type: int) -> str:
     return known[0] if known else f"UNKNOWN_{scalar_type}"
 
 
-__all__ = ["PtdInfo", "PtdTensor", "is_ptd_file", "read_ptd", "read_ptd_bytes"]
+# --- what the entries are: weights, a delegate's constants, or a backend's own blobs ----------
+
+#: What one entry of a ``.ptd`` holds, by content (see :func:`entry_kind`).
+EntryKind = Literal["tensor", "delegate_constant", "backend_blob", "opaque"]
+#: What a whole ``.ptd`` holds (see :func:`ptd_content`).
+PtdContent = Literal["weights", "backend_blob", "opaque", "empty"]
+#: XNNPACK and Vulkan key each constant by the SHA-256 hex of its bytes (``scale_`` + hex for
+#: XNNPACK's quantization scales).
+_CONTENT_HASH_KEY = re.compile(r"(?:scale_)?[0-9a-f]{64}")
+
+
+def entry_kind(tensor: PtdTensor) -> EntryKind:
+    """What one entry holds, from its layout and key.
+
+    ``tensor``: it has a TensorLayout (a named tensor any kernel can use; every v0.6 entry).
+    Without a layout: ``backend_blob`` for a key a backend gives its own artifact (AOTI's
+    ``*_so_blob``/``*_weights_blob``, CUDA's ``cuda_fqn_weight:*``, ``coreml_*``, ``coreai/*``);
+    ``delegate_constant`` for a content-hash key (one XNNPACK/Vulkan constant, still a weight);
+    ``opaque`` for any other key. Keys are the only evidence for blobs: a backend that keyed
+    its artifact by a bare SHA-256 would read as ``delegate_constant``.
+
+    >>> entry_kind(PtdTensor("a" * 64, None, None, 16, 0))
+    'delegate_constant'
+    """
+    if tensor.dtype is not None:
+        return "tensor"
+    key = tensor.key
+    if key.endswith(BACKEND_BLOB_SUFFIXES) or key.startswith(BACKEND_BLOB_PREFIXES):
+        return "backend_blob"
+    return "delegate_constant" if _CONTENT_HASH_KEY.fullmatch(key) else "opaque"
+
+
+def ptd_content(info: PtdInfo) -> PtdContent:
+    """What a ``.ptd`` is for: ``weights`` if any entry is a tensor or a delegate constant (a
+    model's weights, a LoRA foundation or adapter), else ``backend_blob`` if any entry is a
+    backend's artifact (``aoti_cuda_blob.ptd``), else ``opaque`` (only unknown layout-less
+    blobs), or ``empty``.
+
+    >>> ptd_content(read_ptd("fixtures/lora/foundation.ptd"))  # doctest: +SKIP
+    'weights'
+    """
+    kinds = Counter(entry_kind(t) for t in info.tensors)
+    if kinds["tensor"] or kinds["delegate_constant"]:
+        return "weights"
+    if kinds["backend_blob"]:
+        return "backend_blob"
+    return "opaque" if kinds["opaque"] else "empty"
+
+
+__all__ = [
+    "EntryKind",
+    "PtdContent",
+    "PtdInfo",
+    "PtdTensor",
+    "entry_kind",
+    "is_ptd_file",
+    "ptd_content",
+    "read_ptd",
+    "read_ptd_bytes",
+]

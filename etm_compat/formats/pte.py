@@ -135,16 +135,55 @@ def read_pte(path: str | os.PathLike[str]) -> PteInfo:
     >>> read_pte("model.pte").methods  # doctest: +SKIP
     ('forward',)
     """
-    name = os.fspath(path)
-    head = read_flat_head(name, PTE_FILE)
-    return _parse_program(head.data, head.file_size, head.header, name, _file_fetch(name))
+    return describe_program(open_program(path))
 
 
 def read_pte_bytes(data: bytes | memoryview, *, name: str = "<bytes>") -> PteInfo:
     """Describe a ``.pte`` held in memory (e.g. an archive member); only its head is parsed."""
+    return describe_program(open_program_bytes(data, name=name))
+
+
+@dataclass(frozen=True)
+class ProgramHead:
+    """A program's parsed head: its Program table, checked segments, and a bounded ``fetch``.
+
+    What :func:`describe_program` and the signature and delegate readers
+    (:mod:`etm_compat.formats.signatures`, :mod:`etm_compat.formats.delegates`) start from.
+    ``fetch(offset, size)`` reads bytes past the head; callers bound ``size`` themselves.
+    """
+
+    name: str
+    file_size: int
+    header: PteHeader
+    program: Table
+    segments: tuple[Segment, ...]
+    fetch: Fetch
+
+
+def open_program(path: str | os.PathLike[str]) -> ProgramHead:
+    """Parse the head of the ``.pte`` at ``path`` (the FlatBuffer only) and check its segments."""
+    name = os.fspath(path)
+    head = read_flat_head(name, PTE_FILE)
+    return _open_head(head.data, head.file_size, head.header, name, _file_fetch(name))
+
+
+def open_program_bytes(data: bytes | memoryview, *, name: str = "<bytes>") -> ProgramHead:
+    """Like :func:`open_program` for a ``.pte`` held in memory."""
     head, whole = view_flat_head(data, PTE_FILE, name), memoryview(data).cast("B")
     fetch: Fetch = lambda at, size: bytes(whole[at : at + size])  # noqa: E731
-    return _parse_program(head.data, head.file_size, head.header, name, fetch)
+    return _open_head(head.data, head.file_size, head.header, name, fetch)
+
+
+def _open_head(
+    data: bytes | memoryview, file_size: int, header: PteHeader, name: str, fetch: Fetch
+) -> ProgramHead:
+    program = FlatBuffer(data, path=name, error=PteFormatError).root("Program")
+    segments = tuple(
+        Segment(s.u64(_SEGMENT_OFFSET, "offset"), s.u64(_SEGMENT_SIZE, "size"))
+        for s in program.tables(_PROGRAM_SEGMENTS, "segments", MAX_SEGMENTS)
+    )
+    _check_segments(segments, file_size, header, name)
+    return ProgramHead(name, file_size, header, program, segments, fetch)
 
 
 def _file_fetch(name: str) -> Fetch:
@@ -159,17 +198,11 @@ def _file_fetch(name: str) -> Fetch:
     return fetch
 
 
-def _parse_program(
-    data: bytes | memoryview, file_size: int, header: PteHeader, name: str, fetch: Fetch
-) -> PteInfo:
-    buf = FlatBuffer(data, path=name, error=PteFormatError)
-    program = buf.root("Program")
-    segments = tuple(
-        Segment(s.u64(_SEGMENT_OFFSET, "offset"), s.u64(_SEGMENT_SIZE, "size"))
-        for s in program.tables(_PROGRAM_SEGMENTS, "segments", MAX_SEGMENTS)
-    )
-    _check_segments(segments, file_size, header, name)
-    tensors = _ConstantTensors(program, segments, header.segment_base_offset, fetch)
+def describe_program(head: ProgramHead) -> PteInfo:
+    """The :class:`PteInfo` of an opened program head (what :func:`read_pte` returns)."""
+    program, segments, header, name = head.program, head.segments, head.header, head.name
+    buf = program.buf
+    tensors = _ConstantTensors(program, segments, header.segment_base_offset, head.fetch)
     methods: list[str] = []
     constants: dict[str, ConstantValue] = {}
     backends: set[str] = set()
@@ -199,7 +232,7 @@ def _parse_program(
     )
     return PteInfo(
         path=name,
-        file_size=file_size,
+        file_size=head.file_size,
         program_size=header.flatbuffer_end,
         has_extended_header=header.extended,
         segment_base_offset=header.segment_base_offset,
@@ -350,4 +383,16 @@ def _check_segments(
             )
 
 
-__all__ = ["ConstantValue", "PteInfo", "Segment", "is_pte_file", "read_pte", "read_pte_bytes"]
+__all__ = [
+    "ConstantValue",
+    "Fetch",
+    "ProgramHead",
+    "PteInfo",
+    "Segment",
+    "describe_program",
+    "is_pte_file",
+    "open_program",
+    "open_program_bytes",
+    "read_pte",
+    "read_pte_bytes",
+]
