@@ -84,12 +84,32 @@ ETM_SUFFIX: Final = ".etm"
 #: The first bytes of a zip file (a local file header's signature).
 ZIP_LOCAL_MAGIC: Final = b"PK\x03\x04"
 ETM_FORMAT: Final = "etm"
+#: The version of an archive that uses no version-2 feature (what ``pack`` writes for one program).
 ETM_FORMAT_VERSION: Final = 1
-ETM_SUPPORTED_VERSIONS: Final = (1,)
+#: The newest format version this code writes and reads (docs/FORMAT.md, "Version 2").
+ETM_LATEST_FORMAT_VERSION: Final = 2
+ETM_SUPPORTED_VERSIONS: Final = (1, 2)
 MEMBER_METADATA: Final = "metadata.json"
 MEMBER_PROGRAM: Final = "model.pte"
 MEMBER_WEIGHTS_DIR: Final = "weights/"
 MEMBER_TOKENIZER_CONFIG: Final = "tokenizer_config.json"
+# --- .etm format version 2: several programs, weight roles, processors, modalities ---
+#: The name of the main program (member ``model.pte``) in ``metadata["programs"]``.
+MAIN_PROGRAM_NAME: Final = "model"
+#: Other programs are ``programs/<name>.pte``; processor configs ``processors/<name>.json``.
+MEMBER_PROGRAMS_DIR: Final = "programs/"
+MEMBER_PROCESSORS_DIR: Final = "processors/"
+#: A tokenizer folder's special-token map (HF), stored beside ``tokenizer_config.json``.
+MEMBER_SPECIAL_TOKENS_MAP: Final = "special_tokens_map.json"
+#: Program roles; a role outside these is spelled ``x-<name>`` (``x-vad``, ``x-draft``).
+ETM_PROGRAM_ROLES: Final = ("model", "preprocessor", "encoder", "decoder")
+#: Weight-file roles: a program's own constants, a LoRA foundation shared by several programs,
+#: a LoRA adapter, a backend's compiled payload (CUDA/AOTI ``aoti_cuda_blob.ptd``).
+ETM_WEIGHTS_ROLES: Final = ("weights", "foundation", "adapter", "backend_blob")
+ETM_MODALITIES: Final = ("text", "vision", "audio")
+#: Most keys a reader compares for clashes across the data files of each program, summed over
+#: the programs (a LoRA deployment of 10 programs over a 7B foundation lists ~10^4).
+ETM_MAX_DATA_KEY_REFS: Final = 1 << 20
 #: Archive member name of the tokenizer, by detected format.
 TOKENIZER_MEMBER_BY_FORMAT: Final = {
     "hf_json": "tokenizer.json",
@@ -148,3 +168,52 @@ SCALAR_TYPES: Final[dict[int, tuple[str, int | None]]] = {
     28: ("UINT32", 4),
     29: ("UINT64", 8),
 }
+
+# --- program kinds, method signatures, delegate payloads (issue 13) ---------------------------
+#: Method names the ExecuTorch runners and optimum-executorch give multi-method programs
+#: (extension/llm/runner/constants.h; optimum-executorch convert.py).
+METHOD_FORWARD: Final = "forward"
+METHOD_PREFILL: Final = "prefill"
+METHOD_DECODE: Final = "decode"
+METHOD_TOKEN_EMBEDDING: Final = "token_embedding"
+METHOD_TEXT_DECODER: Final = "text_decoder"
+METHOD_VISION_ENCODER: Final = "vision_encoder"
+METHOD_AUDIO_ENCODER: Final = "audio_encoder"
+METHOD_ENCODER: Final = "encoder"
+#: optimum-executorch's multimodal constant methods (utils.save_config_to_constant_methods).
+KEY_MODALITY: Final = "modality"
+#: Constant method -> the modality whose placeholder token it names.
+MEDIA_TOKEN_KEYS: Final = {"vision_token_id": "vision", "audio_token_id": "audio"}
+#: The preprocessor_config.json key optimum copies that gives the mel bin count.
+KEY_FEATURE_SIZE: Final = "feature_size"
+#: program.fbs KernelTypes tag -> name (EValue union types).
+EVALUE_TYPE_NAMES: Final = ("None", "Null", "Int", "Bool", "Double", "Tensor", "String",
+                            "IntList", "DoubleList", "BoolList", "TensorList",
+                            "OptionalTensorList")  # fmt: skip
+#: program.fbs TensorShapeDynamism.
+TENSOR_SHAPE_DYNAMISM: Final = ("static", "dynamic_bound", "dynamic_unbound")
+#: The runtime's kTensorDimensionLimit: no tensor has more dimensions.
+TENSOR_MAX_RANK: Final = 16
+#: ScalarType value -> torch dtype name (as MethodMeta's dtype maps to torch).
+TORCH_DTYPE_NAMES: Final = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64",
+                            5: "float16", 6: "float32", 7: "float64", 11: "bool",
+                            15: "bfloat16", 27: "uint16", 28: "uint32", 29: "uint64"}  # fmt: skip
+SCALAR_TYPE_INTEGERS: Final = frozenset({0, 1, 2, 3, 4, 27, 28, 29})
+SCALAR_TYPE_FLOATS: Final = frozenset({5, 6, 7, 15})
+# Delegate payloads. XNNPACK (backends/xnnpack/serialization/xnnpack_graph_serialize.py):
+# 4 zero bytes, magic XH00, u16 header length, u32 flatbuffer offset, u32 flatbuffer size,
+# u32 constant data offset, u64 constant data size; then an XNNGraph FlatBuffer (XN00 from the
+# runtime schema, XN01 from the writer's), whose constant_data[].named_key name the data.
+BACKEND_XNNPACK: Final = "XnnpackBackend"
+XNN_HEADER_MAGIC: Final = b"XH00"
+XNN_HEADER_MIN_LENGTH: Final = 30
+XNN_FLATBUFFER_IDENTIFIERS: Final = (b"XN00", b"XN01")
+#: AOTI backends (backends/aoti/aoti_backend.py): their payload is UTF-8 key lines
+#: ("<sha256>_so_blob\n<sha256>_weights_blob"); CUDA's 1.5 payload is the binary weight table
+#: that starts with this magic (backends/cuda/cuda_weight_collector.py).
+BACKENDS_AOTI: Final = ("CudaBackend", "MetalBackend")
+CUDA_WEIGHT_TABLE_MAGIC: Final = b"ETCUDAFQN3"
+#: .ptd keys without a layout that name a backend's own artifact, not a weight tensor:
+#: AOTI's compiled library and weights blob, CUDA's per-storage weights, Core ML's compiled models.
+BACKEND_BLOB_SUFFIXES: Final = ("_so_blob", "_weights_blob")
+BACKEND_BLOB_PREFIXES: Final = ("cuda_fqn_weight:", "coreml_", "coreai/")

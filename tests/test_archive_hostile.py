@@ -149,7 +149,7 @@ CASES: dict[str, tuple[Build, type[Exception], str, bool]] = {
     "oversized_metadata": (lambda _: simple([], BIG_META), MetadataError, "more than the 4194304 allowed", True),
     "schema_invalid_metadata": (lambda _: simple([], b'{"format": "etm", "format_version": 1, "min_reader_version": 1}'), MetadataError, "missing required key 'family'", True),
     "metadata_not_json": (lambda _: simple([], b"{]"), MetadataError, "not valid JSON", True),
-    "unsupported_version": (lambda _: simple([], meta_bytes({"model.pte": PTE_BYTES}, format_version=2, min_reader_version=2)), UnsupportedVersionError, "reads format versions 1", True),
+    "unsupported_version": (lambda _: simple([], meta_bytes({"model.pte": PTE_BYTES}, format_version=3, min_reader_version=3)), UnsupportedVersionError, "reads format versions 1, 2", True),
     "unlisted_member": (lambda _: simple([{"name": "tokenizer.bin", "data": b"x"}]), MetadataError, "not in metadata.json", True),
     "metadata_bad_crc": (lambda _: raw_zip([{"name": "metadata.json", "data": meta_bytes({"model.pte": PTE_BYTES}), "crc": 1234}, {"name": "model.pte", "data": PTE_BYTES}]), IntegrityError, "fails its CRC32 check", True),
     "wrong_crc": (lambda p: mutate_member_byte(good(p), p), IntegrityError, "CRC32", False),

@@ -245,11 +245,12 @@ def test_parse_size_cap() -> None:
 
 def test_parse_unsupported_version_lists_supported_and_hints_upgrade() -> None:
     meta = full_metadata()
-    meta["format_version"] = 3
-    meta["min_reader_version"] = 2
+    meta["format_version"] = 4
+    meta["min_reader_version"] = 3
     with pytest.raises(UnsupportedVersionError) as info:
         parse_metadata(serialize_metadata(meta), name="m")
-    assert "reads format versions 1" in info.value.message
+    assert "needs reader version 3" in info.value.message
+    assert info.value.message.endswith("reads format versions 1, 2")
     assert info.value.hint is not None and "upgrade etm-compat" in info.value.hint
 
 
@@ -258,3 +259,118 @@ def test_newer_minor_version_readable_by_old_reader() -> None:
     meta["format_version"] = 2  # a newer writer, but one a v1 reader can still read
     meta["min_reader_version"] = 1
     assert parse_metadata(serialize_metadata(meta), name="m")["format_version"] == 2
+
+
+def full_metadata_v2() -> dict[str, Any]:
+    """A format-2 metadata object: two LoRA programs over one foundation, a preprocessor program,
+    a tokenizer folder's special_tokens_map.json, a processor config, an audio modality."""
+    meta = full_metadata()
+    meta["format_version"] = meta["min_reader_version"] = 2
+    meta["members"] = [
+        {"name": "model.pte", "size": 2304, "sha256": SHA_A, "role": "program"},
+        {"name": "programs/adapter_b.pte", "size": 2304, "sha256": "b" * 64, "role": "program"},
+        {"name": "programs/preprocessor.pte", "size": 99, "sha256": "c" * 64, "role": "program"},
+        {"name": "special_tokens_map.json", "size": 9, "sha256": "d" * 64, "role": "tokenizer_config"},
+        {"name": "processors/preprocessor_config.json", "size": 9, "sha256": "e" * 64, "role": "processor_config"},
+        {"name": "weights/adapter_a.ptd", "size": 7, "sha256": "1" * 64, "role": "weights"},
+        {"name": "weights/adapter_b.ptd", "size": 7, "sha256": "2" * 64, "role": "weights"},
+        {"name": "weights/foundation.ptd", "size": 7, "sha256": "3" * 64, "role": "weights"},
+    ]  # fmt: skip
+    meta["weights"] = [
+        {"member": "weights/adapter_a.ptd", "keys": ["a"], "role": "adapter"},
+        {"member": "weights/adapter_b.ptd", "keys": ["b"], "role": "adapter"},
+        {"member": "weights/foundation.ptd", "keys": ["linear.weight"], "role": "foundation"},
+    ]
+    meta["programs"] = [
+        {"name": "model", "member": "model.pte", "role": "model",
+         "data": ["weights/foundation.ptd", "weights/adapter_a.ptd"]},
+        {"name": "adapter_b", "member": "programs/adapter_b.pte", "role": "model",
+         "data": ["weights/foundation.ptd", "weights/adapter_b.ptd"]},
+        {"name": "preprocessor", "member": "programs/preprocessor.pte", "role": "preprocessor",
+         "data": [], "snapshot": {"constant_methods": {}, "methods": ["forward"],
+                                  "backends": ["XnnpackBackend"], "external_keys": [], "size": 99}},
+    ]  # fmt: skip
+    meta["modalities"] = [
+        {"modality": "text", "token_id": None},
+        {"modality": "audio", "token_id": 517, "special_token_ids": {"begin_audio": 516},
+         "program": "model", "method": "forward", "preprocessor": "preprocessor",
+         "processor": "processors/preprocessor_config.json"},
+    ]  # fmt: skip
+    return meta
+
+
+def test_format_2_metadata_is_valid_for_both_checkers(schema: dict[str, Any]) -> None:
+    meta = full_metadata_v2()
+    assert validate_metadata(meta) == []
+    assert schema_errors(schema, meta) == []
+    assert parse_metadata(serialize_metadata(meta), name="m") == meta
+
+
+# Each breaks one version-2 rule the JSON Schema can express; both checkers must reject it.
+MUTATIONS_V2 = {
+    "programs_missing": _set("programs", _DELETE),
+    "weights_role_missing": _set("weights.0.role", _DELETE),
+    "weights_role": _set("weights.0.role", "lora"),
+    "program_role": _set("programs.2.role", "modle"),
+    "program_named_role_upper": _set("programs.2.role", "x-VAD"),
+    "program_name_traversal": _set("programs.2.name", "../x"),
+    "program_member": _set("programs.2.member", "programs/../x.pte"),
+    "program_data_not_list": _set("programs.0.data", "weights/foundation.ptd"),
+    "program_data_twice": _set("programs.0.data", ["weights/foundation.ptd"] * 2),
+    "program_snapshot_size": _set("programs.2.snapshot.size", -1),
+    "modality": _set("modalities.1.modality", "smell"),
+    "modality_token_negative": _set("modalities.1.token_id", -1),
+    "modality_special_string": _set("modalities.1.special_token_ids.begin_audio", "516"),
+    "modality_no_token_id": _set("modalities.0.token_id", _DELETE),
+    "member_role": _set("members.4.role", "processor"),
+    "reader_1_with_programs": _set("min_reader_version", 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MUTATIONS_V2))
+def test_checker_and_schema_reject_the_same_format_2_mutations(schema: dict[str, Any], case: str) -> None:
+    meta = full_metadata_v2()
+    MUTATIONS_V2[case](meta)
+    assert validate_metadata(meta), f"own checker accepted {case}"
+    assert schema_errors(schema, meta), f"JSON Schema accepted {case}"
+
+
+@pytest.mark.parametrize(
+    ("feature", "mutate"),
+    [
+        ("member 'programs/p.pte'", lambda m: m["members"].append(
+            {"name": "programs/p.pte", "size": 1, "sha256": SHA_A, "role": "program"})),
+        ("$.modalities", lambda m: m.__setitem__("modalities", [])),
+        ("$.weights[].role", lambda m: m["weights"][0].__setitem__("role", "weights")),
+    ],
+)  # fmt: skip
+def test_a_version_1_archive_may_not_use_format_2_features(
+    schema: dict[str, Any], feature: str, mutate: Callable[[dict[str, Any]], None]
+) -> None:
+    meta = full_metadata()
+    mutate(meta)
+    problems = validate_metadata(meta)
+    assert len(problems) == 1 and feature in problems[0] and "must be 2" in problems[0]
+    assert schema_errors(schema, meta)
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every key/index path inside a JSON value."""
+    found: list[tuple[Any, ...]] = []
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else []
+    for key, child in items:
+        found.append((*prefix, key))
+        found += _paths(child, (*prefix, key))
+    return found
+
+
+@pytest.mark.parametrize("odd", [[], {}, ["x"], {"a": [1]}, -1, 2.5, None, "x", True])
+def test_any_odd_value_anywhere_in_format_2_metadata_is_reported_not_raised(odd: Any) -> None:
+    base = full_metadata_v2()
+    for path in _paths(base):
+        meta = copy.deepcopy(base)
+        node: Any = meta
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = copy.deepcopy(odd)
+        assert isinstance(validate_metadata(meta), list), path  # never an exception

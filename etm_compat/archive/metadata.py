@@ -8,7 +8,8 @@ checker kept in sync with ``schemas/metadata.schema.json`` (the schema is for ot
 
 Forward compatibility: readers of the same major version ignore unknown keys, at the top level
 and inside each section. A writer that adds something an old reader must not ignore raises
-``min_reader_version``.
+``min_reader_version``: several programs, weight roles, processors and modalities need 2
+(:func:`~etm_compat.archive.programs.format2_features`).
 
 >>> meta = new_metadata(tool_version="0.1.0")
 >>> validate_metadata(meta)
@@ -18,11 +19,13 @@ and inside each section. A writer that adds something an old reader must not ign
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
-from etm_compat.archive.metadata_check import describe_kind, is_kind, validate_metadata
-from etm_compat.archive.names import Role
+from etm_compat.archive.checker import describe_kind, is_kind
+from etm_compat.archive.metadata_check import validate_metadata
+from etm_compat.archive.names import Role, WeightsRole
+from etm_compat.archive.programs import ModalityEntry, ProgramEntry
 from etm_compat.constants import (
     ETM_FORMAT,
     ETM_FORMAT_VERSION,
@@ -93,9 +96,13 @@ class Generation(_GenerationRequired, total=False):
     max_new_tokens: int | None
 
 
-class WeightsEntry(TypedDict):
+class _WeightsEntryRequired(TypedDict):
     member: str
     keys: list[str]
+
+
+class WeightsEntry(_WeightsEntryRequired, total=False):
+    role: WeightsRole  # format 2: required (weights, foundation, adapter, backend_blob)
 
 
 class MemberEntry(TypedDict):
@@ -167,6 +174,8 @@ class _MetadataRequired(TypedDict):
 
 class Metadata(_MetadataRequired, total=False):
     runner: Runner  # optional: added in format_version 1 without a bump (readers ignore it)
+    programs: list[ProgramEntry]  # format 2: every program, its role and data (required there)
+    modalities: list[ModalityEntry]  # format 2: the input modalities and their token ids
 
 
 def new_metadata(*, tool_version: str) -> dict[str, Any]:
@@ -303,16 +312,26 @@ def parse_metadata(raw: bytes, *, name: str) -> dict[str, Any]:
     return obj
 
 
-def check_version(obj: Mapping[str, Any], *, name: str) -> None:
-    """Refuse metadata whose ``min_reader_version`` is newer than this reader."""
+def check_version(
+    obj: Mapping[str, Any], *, name: str, supported: Sequence[int] = ETM_SUPPORTED_VERSIONS
+) -> None:
+    """Refuse metadata whose ``min_reader_version`` is newer than this reader.
+
+    ``supported`` is the reader's set of versions (a test plays a version-1 reader with ``(1,)``).
+
+    >>> check_version({"min_reader_version": 2}, name="m", supported=(1,))
+    Traceback (most recent call last):
+    ...
+    etm_compat.errors.UnsupportedVersionError: m: archive needs reader version 2 (format_version None); this etm-compat reads format versions 1 (hint: upgrade etm-compat (pip install -U etm-compat))
+    """
     mrv: Any = obj.get("min_reader_version")
     if not is_kind(mrv, "uint"):
         return  # reported by validate_metadata
-    if mrv > max(ETM_SUPPORTED_VERSIONS):
-        supported = ", ".join(str(v) for v in ETM_SUPPORTED_VERSIONS)
+    if mrv > max(supported):
+        listed = ", ".join(str(v) for v in supported)
         raise UnsupportedVersionError(
             f"archive needs reader version {mrv} (format_version {obj.get('format_version')!r}); "
-            f"this etm-compat reads format versions {supported}",
+            f"this etm-compat reads format versions {listed}",
             path=name,
             hint="upgrade etm-compat (pip install -U etm-compat)",
         )

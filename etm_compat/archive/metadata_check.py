@@ -2,7 +2,9 @@
 
 A small checker kept in sync with ``schemas/metadata.schema.json`` (the schema is for other
 tools; ``jsonschema`` is not a runtime dependency). Unknown keys are allowed everywhere (forward
-compatibility). :mod:`etm_compat.archive.metadata` re-exports :func:`validate_metadata`.
+compatibility). The version-2 sections and their cross-references are checked by
+:func:`~etm_compat.archive.programs.check_format2`. :mod:`etm_compat.archive.metadata`
+re-exports :func:`validate_metadata`.
 
 >>> validate_metadata({"format": "etm"})[0]
 "$: missing required key 'format_version'"
@@ -10,105 +12,15 @@ compatibility). :mod:`etm_compat.archive.metadata` re-exports :func:`validate_me
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from typing import Any
 
+from etm_compat.archive.checker import Checker, is_kind
 from etm_compat.archive.names import ROLES
+from etm_compat.archive.programs import check_format2, check_program_info
 from etm_compat.constants import ETM_FORMAT, TOKENIZER_FORMATS
 from etm_compat.findings import CONFIDENCES, SEVERITIES
 
-__all__ = ["describe_kind", "is_kind", "validate_metadata"]
-
-_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
-
-
-class _Checker:
-    """Collects every problem as ``<json path>: <what is wrong>``."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def bad(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}")
-
-    def obj(self, value: Any, path: str, required: Sequence[str]) -> bool:
-        if not isinstance(value, dict):
-            self.bad(path, f"expected an object, got {describe_kind(value)}")
-            return False
-        for key in required:
-            if key not in value:
-                self.bad(path, f"missing required key {key!r}")
-        return True
-
-    def typed(self, value: Any, path: str, kinds: str) -> None:
-        """Check ``value`` against ``kinds``: '|'-joined of str, int, uint, number, bool, null."""
-        for kind in kinds.split("|"):
-            if is_kind(value, kind):
-                return
-        self.bad(path, f"expected {kinds.replace('|', ' or ')}, got {describe_kind(value)}")
-
-    def field(self, parent: Any, key: str, path: str, kinds: str) -> None:
-        if isinstance(parent, dict) and key in parent:
-            self.typed(parent[key], f"{path}.{key}", kinds)
-
-    def enum(self, parent: Any, key: str, path: str, allowed: Sequence[Any]) -> None:
-        if isinstance(parent, dict) and key in parent and parent[key] not in allowed:
-            self.bad(f"{path}.{key}", f"{parent[key]!r} is not one of {list(allowed)}")
-
-    def array(self, parent: Any, key: str, path: str) -> list[Any]:
-        if not isinstance(parent, dict) or key not in parent:
-            return []
-        value = parent[key]
-        if not isinstance(value, list):
-            self.bad(f"{path}.{key}", f"expected an array, got {describe_kind(value)}")
-            return []
-        return value
-
-    def array_of(self, parent: Any, key: str, path: str, kinds: str) -> None:
-        for i, item in enumerate(self.array(parent, key, path)):
-            self.typed(item, f"{path}.{key}[{i}]", kinds)
-
-    def sha(self, parent: Any, key: str, path: str) -> None:
-        if isinstance(parent, dict) and key in parent:
-            value = parent[key]
-            if not isinstance(value, str) or not _SHA256.match(value):
-                self.bad(f"{path}.{key}", "expected 64 lowercase hex digits (sha256)")
-
-
-def is_kind(value: Any, kind: str) -> bool:
-    if kind == "str":
-        return isinstance(value, str)
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "null":
-        return value is None
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "uint":
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    if kind == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == "object":
-        return isinstance(value, dict)
-    raise AssertionError(kind)
-
-
-def describe_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
+__all__ = ["validate_metadata"]
 
 _TOP_REQUIRED = (
     "format",
@@ -136,7 +48,7 @@ def validate_metadata(obj: object) -> list[str]:
     >>> validate_metadata({"format": "etm"})[0]
     "$: missing required key 'format_version'"
     """
-    c = _Checker()
+    c = Checker()
     if not c.obj(obj, "$", _TOP_REQUIRED):
         return c.problems
     assert isinstance(obj, dict)
@@ -162,13 +74,8 @@ def validate_metadata(obj: object) -> list[str]:
                 c.field(ev, "field", p, "str")
                 c.field(ev, "detail", p, "str|null")
 
-    program = obj.get("program")
-    keys = ("constant_methods", "methods", "backends", "external_keys", "size")
-    if "program" in obj and c.obj(program, "$.program", keys):
-        c.field(program, "constant_methods", "$.program", "object")
-        for key in ("methods", "backends", "external_keys", "dialects"):
-            c.array_of(program, key, "$.program", "str")
-        c.field(program, "size", "$.program", "uint")
+    if "program" in obj:
+        check_program_info(c, obj["program"], "$.program")
 
     _check_tokenizer(c, obj)
     c.field(obj, "chat_template", "$", "str|null")
@@ -214,10 +121,11 @@ def validate_metadata(obj: object) -> list[str]:
                 c.field(s, "size", p, "uint")
                 c.sha(s, "sha256", p)
                 c.field(s, "mtime_ns", p, "int")
+    check_format2(c, obj)
     return c.problems
 
 
-def _check_tokenizer(c: _Checker, obj: dict[str, Any]) -> None:
+def _check_tokenizer(c: Checker, obj: dict[str, Any]) -> None:
     tok = obj.get("tokenizer")
     if tok is None:
         return
@@ -245,7 +153,7 @@ def _check_tokenizer(c: _Checker, obj: dict[str, Any]) -> None:
     c.field(tok, "converted_from", p, "str|null")
 
 
-def _check_generation(c: _Checker, obj: dict[str, Any]) -> None:
+def _check_generation(c: Checker, obj: dict[str, Any]) -> None:
     gen = obj.get("generation")
     p = "$.generation"
     required = ("num_bos", "num_eos", "stop_token_ids", "max_seq_len", "max_context_len")
@@ -275,7 +183,7 @@ _RUNNER_VALUES = {
 }
 
 
-def _check_runner(c: _Checker, obj: dict[str, Any]) -> None:
+def _check_runner(c: Checker, obj: dict[str, Any]) -> None:
     """The optional ``runner`` section: what the ExecuTorch 1.x runner takes from the files."""
     p = "$.runner"
     if "runner" not in obj or not c.obj(obj["runner"], p, ("loads", *_RUNNER_VALUES)):

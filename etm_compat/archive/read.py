@@ -2,8 +2,11 @@
 
 Opening reads only the end records, the central directory, the local headers and
 ``metadata.json``: O(1) in the size of the model. Everything read is untrusted; every structural
-problem found is collected and reported at once (:class:`ArchiveError`), naming the member.
-Member bytes are then served zero-copy from one ``mmap`` of the file.
+problem found is collected and reported at once (:class:`ArchiveError`), naming the member. An
+archive for a newer reader is refused as such (:class:`UnsupportedVersionError`) even when its
+new member names break this reader's name rules: the version is judged before the names.
+Member bytes are then served zero-copy from one ``mmap`` of the file; :attr:`EtmArchive.layout`
+says which member is which (programs, their weights in load order, processors, modalities).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Final
 
+from etm_compat.archive.layout import ArchiveLayout, check_members, read_layout
 from etm_compat.archive.metadata import parse_metadata
 from etm_compat.archive.names import check_member_name, role_of
 from etm_compat.archive.zipfmt import HINT_REPACK, MemberInfo, read_at, read_directory
@@ -28,7 +32,6 @@ from etm_compat.constants import (
     ETM_MAX_METADATA_BYTES,
     ETM_SUFFIX,
     MEMBER_METADATA,
-    MEMBER_PROGRAM,
     ZIP_LOCAL_MAGIC,
 )
 from etm_compat.errors import (
@@ -37,6 +40,7 @@ from etm_compat.errors import (
     MetadataError,
     OutputError,
     UnreadableError,
+    UnsupportedVersionError,
     UsageError,
 )
 from etm_compat.fileio import open_regular
@@ -74,6 +78,9 @@ class EtmArchive:
     >>> with open_archive("model.etm") as etm:     # doctest: +SKIP
     ...     etm.metadata["tokenizer"]["format"], etm.member_range("model.pte")
     ('sentencepiece', (16384, 2304))
+    >>> with open_archive("lora.etm") as etm:      # doctest: +SKIP
+    ...     [(p.name, p.role, p.data) for p in etm.layout.programs]
+    [('model', 'model', ('weights/foundation.ptd', 'weights/adapter_a.ptd')), ...]
     """
 
     def __init__(
@@ -81,6 +88,9 @@ class EtmArchive:
     ) -> None:
         self.path = path
         self.metadata = metadata
+        #: The programs and their roles, each program's weights in load order, processors,
+        #: modalities (a version-1 archive is one program, ``model``, loading every weights file).
+        self.layout: ArchiveLayout = read_layout(metadata)
         self.members: Mapping[str, MemberInfo] = members
         self._file = file
         self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
@@ -317,6 +327,7 @@ def open_archive(path: str | os.PathLike[str]) -> EtmArchive:
         size = os.fstat(f.fileno()).st_size
         members, problems = read_directory(f, size, path)
         if problems:
+            _refuse_newer_version(f, members, path)
             raise ArchiveError(
                 "unsafe or malformed archive: " + "; ".join(problems), path=path, hint=HINT_REPACK
             )
@@ -342,29 +353,8 @@ def _read_metadata(f: BinaryIO, members: dict[str, MemberInfo], path: Path) -> d
     if zlib.crc32(raw) != info.crc32:
         raise IntegrityError("metadata.json fails its CRC32 check", path=name, hint=HINT_REPACK)
     meta = parse_metadata(raw, name=name)
-    problems: list[str] = []
-    listed: dict[str, Any] = {}
-    for entry in meta["members"]:
-        if entry["name"] in listed:
-            problems.append(f"{entry['name']!r} listed twice")
-        listed[entry["name"]] = entry
-    actual = {n for n in members if n != MEMBER_METADATA}
-    for name_ in sorted(actual - listed.keys()):
-        problems.append(f"member {name_!r} is in the archive but not in metadata.json")
-    for name_ in sorted(listed.keys() - actual):
-        problems.append(f"{name_!r} is listed in metadata.json but not in the archive")
-    for name_ in sorted(actual & listed.keys()):
-        entry = listed[name_]
-        if entry["size"] != members[name_].size:
-            problems.append(
-                f"member {name_!r} is {members[name_].size} bytes, metadata.json says {entry['size']}"
-            )
-        if entry["role"] != role_of(name_):
-            problems.append(
-                f"member {name_!r} has role {entry['role']!r}, expected {role_of(name_)!r}"
-            )
-    if MEMBER_PROGRAM not in actual:
-        problems.append(f"no {MEMBER_PROGRAM} member")
+    sizes = {n: info.size for n, info in members.items() if n != MEMBER_METADATA}
+    problems = check_members(meta, sizes)
     if problems:
         raise MetadataError(
             "metadata.json disagrees with the archive: " + "; ".join(problems),
@@ -372,3 +362,21 @@ def _read_metadata(f: BinaryIO, members: dict[str, MemberInfo], path: Path) -> d
             hint=HINT_REPACK,
         )
     return meta
+
+
+def _refuse_newer_version(f: BinaryIO, members: dict[str, MemberInfo], path: Path) -> None:
+    """Raise :class:`UnsupportedVersionError` if the archive, structurally refused, says it is
+    for a newer reader: its new member kinds are what broke the rules, and upgrading is the fix.
+    Only a ``metadata.json`` that passes its bounds and CRC is read; otherwise this returns."""
+    info = members.get(MEMBER_METADATA)
+    if info is None or info.size > ETM_MAX_METADATA_BYTES:
+        return
+    raw = read_at(f, info.offset, info.size)
+    if zlib.crc32(raw) != info.crc32:
+        return
+    try:
+        parse_metadata(raw, name=f"{path}!{MEMBER_METADATA}")
+    except UnsupportedVersionError:
+        raise
+    except MetadataError:
+        return

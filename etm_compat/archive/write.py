@@ -1,7 +1,9 @@
 """Write ``.etm`` archives: stored, aligned, deterministic, streaming, atomic.
 
-Layout (docs/FORMAT.md): ``metadata.json`` first, then the program, the tokenizer, its config
-and the weight files sorted by name; every member STORED; each member's data aligned through a
+Layout (docs/FORMAT.md): ``metadata.json`` first, then the main program, the other programs
+(format 2), the tokenizer, its configs, the processor configs (format 2) and the weight files
+sorted by name (the order and the version come from :mod:`etm_compat.archive.plan`); every
+member STORED; each member's data aligned through a
 zipalign-style extra field in its local header (16 KiB for ``.pte``/``.ptd``, 64 bytes for the
 rest); DOS time 1980-01-01 00:00, unix mode 0644, no comment, no host data; ZIP64 records only
 for sizes or offsets that do not fit 32 bits.
@@ -29,44 +31,17 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from etm_compat.archive.metadata import SHA256_PLACEHOLDER, serialize_metadata, validate_metadata
-from etm_compat.archive.names import Role, check_member_name, role_of
+from etm_compat.archive.names import Role
+from etm_compat.archive.plan import MemberSpec, fill_metadata, order_specs
+from etm_compat.archive.programs import duplicate_weights
 from etm_compat.archive.zipfmt import central_entry, end_records, local_header
-from etm_compat.constants import (
-    ETM_ALIGN_DEFAULT,
-    ETM_ALIGN_MAPPED,
-    MEMBER_METADATA,
-    MEMBER_PROGRAM,
-    MEMBER_TOKENIZER_CONFIG,
-    MEMBER_TOKENIZER_NAMES,
-    MEMBER_WEIGHTS_DIR,
-)
+from etm_compat.constants import ETM_ALIGN_DEFAULT, ETM_ALIGN_MAPPED, MEMBER_METADATA
 from etm_compat.errors import MetadataError, OutputError, UnreadableError, UsageError
 
 #: Bytes per read while streaming a member (constant memory whatever the member size).
 CHUNK_BYTES = 8 * 1024 * 1024
 #: Bytes per copy_file_range call (the kernel may copy fewer).
 KERNEL_COPY_BYTES = 64 * 1024 * 1024
-_ROLE_ORDER: dict[str, int] = {"program": 1, "tokenizer": 2, "tokenizer_config": 3, "weights": 4}
-
-
-@dataclass(frozen=True)
-class MemberSpec:
-    """One file to pack: its archive ``name``, the ``source`` path, its ``role``.
-
-    ``keys`` lists the named-data keys a ``weights`` member provides (recorded in metadata).
-    ``provenance`` is the index of the ``metadata["provenance"]["sources"]`` entry this file
-    came from unchanged: the writer fills that entry's sha256 with the digest it computes while
-    copying, so a packer never reads a multi-GB source twice just to record its hash.
-
-    >>> MemberSpec("model.pte", Path("legacy/model.pte"), "program").name
-    'model.pte'
-    """
-
-    name: str
-    source: Path
-    role: Role
-    keys: tuple[str, ...] = ()
-    provenance: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,33 +79,6 @@ class _Slot:
 
 def _alignment(name: str) -> int:
     return ETM_ALIGN_MAPPED if name.endswith((".pte", ".ptd")) else ETM_ALIGN_DEFAULT
-
-
-def _check_specs(members: Sequence[MemberSpec]) -> list[MemberSpec]:
-    problems: list[str] = []
-    seen: set[str] = set()
-    for spec in members:
-        problem = check_member_name(spec.name)
-        if problem is None and spec.name == MEMBER_METADATA:
-            problem = "metadata.json is written by the archive writer itself"
-        if problem is None and role_of(spec.name) != spec.role:
-            problem = f"role {spec.role!r} does not fit the name (expected {role_of(spec.name)!r})"
-        if spec.name in seen:
-            problem = "given twice" if problem is None else f"{problem}; given twice"
-        seen.add(spec.name)
-        if problem:
-            problems.append(f"{spec.name!r}: {problem}")
-    if MEMBER_PROGRAM not in seen:
-        problems.append(f"no {MEMBER_PROGRAM!r} member")
-    if sum(1 for name in seen if name in MEMBER_TOKENIZER_NAMES) > 1:
-        problems.append("more than one tokenizer member")
-    if problems:
-        raise UsageError(
-            "cannot pack these members: " + "; ".join(problems),
-            hint=f"members are {MEMBER_PROGRAM}, one of {list(MEMBER_TOKENIZER_NAMES)}, "
-            f"{MEMBER_TOKENIZER_CONFIG} and {MEMBER_WEIGHTS_DIR}<name>.ptd",
-        )
-    return sorted(members, key=lambda s: (_ROLE_ORDER[s.role], s.name))
 
 
 def _kernel_copy(src_fd: int, dst_fd: int, size: int, src_off: int, dst_off: int) -> None:
@@ -216,14 +164,19 @@ def write_archive(
     programs (the kernel writes the data back later).
 
     The writer fills ``metadata["members"]`` (name, size, sha256, role) and
-    ``metadata["weights"]`` (member, keys) itself; the caller's mapping is not modified.
-    Raises :class:`OutputError` if ``dest`` exists and ``overwrite`` is false.
+    ``metadata["weights"]`` (member, keys) itself; the caller's mapping is not modified. Members
+    that use a version-2 feature (several programs, weight roles, processors; or a
+    ``metadata["modalities"]`` section) make a version-2 archive: the writer then also fills
+    ``programs`` and the weights roles and raises ``format_version`` and ``min_reader_version``
+    to 2 (:func:`~etm_compat.archive.plan.required_version`). Raises :class:`OutputError` if
+    ``dest`` exists and ``overwrite`` is false; :class:`UsageError` for bad member specs, and for
+    two weights members with the same bytes in a version-2 archive (store a shared file once).
 
     >>> write_archive("out/model.etm", metadata=meta,   # doctest: +SKIP
     ...     members=[MemberSpec("model.pte", Path("legacy/model.pte"), "program")])
     """
     dest = Path(dest)
-    ordered = _check_specs(members)
+    ordered = order_specs(members)
     if dest.exists() and not overwrite:
         raise OutputError("already exists", path=dest, hint="choose another name or pass {force}")
     if not dest.parent.is_dir():
@@ -235,13 +188,7 @@ def write_archive(
             sizes[spec.name] = os.stat(spec.source).st_size
         except OSError as exc:
             raise UnreadableError(f"cannot read: {exc.strerror}", path=spec.source) from None
-    meta["members"] = [
-        {"name": s.name, "size": sizes[s.name], "sha256": SHA256_PLACEHOLDER, "role": s.role}
-        for s in ordered
-    ]
-    meta["weights"] = [
-        {"member": s.name, "keys": list(s.keys)} for s in ordered if s.role == "weights"
-    ]
+    fill_metadata(meta, ordered, sizes, SHA256_PLACEHOLDER)
     sources = meta.get("provenance", {}).get("sources", [])
     for spec in ordered:
         if spec.provenance is not None:
@@ -291,6 +238,9 @@ def write_archive(
                 index = by_name[slot.name].provenance
                 if index is not None:
                     sources[index]["sha256"] = slot.sha256
+            twice = duplicate_weights(meta) if meta["min_reader_version"] >= 2 else []
+            if twice:
+                raise UsageError("cannot pack these members: " + "; ".join(twice), path=dest)
             final = serialize_metadata(meta)
             if len(final) != len(placeholder):  # pragma: no cover - sha256 hex has a fixed length
                 raise AssertionError("metadata changed length")
@@ -338,4 +288,4 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["CHUNK_BYTES", "ArchiveWriteResult", "MemberSpec", "WrittenMember", "write_archive"]
+__all__ = ["CHUNK_BYTES", "ArchiveWriteResult", "WrittenMember", "write_archive"]
