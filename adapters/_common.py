@@ -13,10 +13,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from etm_compat.errors import EtmError, InputError
-from etm_compat.formats.ptd import is_ptd_file, read_ptd
+from etm_compat.formats.ptd import PtdInfo, is_ptd_file, read_ptd
 from etm_compat.formats.pte import is_pte_file, read_pte
 from etm_compat.formats.tokenizer.detect import read_tokenizer
 from etm_compat.formats.tokenizer.model import TokenizerInfo
+from etm_compat.formats.weights_pairing import WeightsRole, read_program_keys
+from etm_compat.formats.weights_pairing import pair_weights as match_weights
 from etm_compat.legacy.deployment import ConfigRole, Deployment
 from etm_compat.legacy.files import (
     find_configs,
@@ -122,46 +124,43 @@ def find_export_config(files: Sequence[Path]) -> Path | None:
     return None
 
 
-def pair_weights(programs: Sequence[Path], ptds: Sequence[Path]) -> tuple[dict[Path, list[Path]], list[str]]:
-    """Give each program the ``.ptd`` files that provide its external tensor keys.
+def pair_weights(
+    programs: Sequence[Path], ptds: Sequence[Path]
+) -> tuple[dict[Path, list[Path]], list[str], dict[Path, WeightsRole]]:
+    """Give each program the ``.ptd`` files whose keys it needs, and name each file's role.
 
-    File names are never used: a ``.pte`` does not record its ``.ptd``'s name. A program whose
-    weights live inside a delegate payload (keys absent from its head) gets the ``.ptd`` files
-    no other program claims, when it is the only such program; the note says so.
+    File names are never used: a ``.pte`` does not record its ``.ptd``'s name. The keys come
+    from the program head and from the delegate payloads that can be read (XNNPACK); see
+    :mod:`etm_compat.formats.weights_pairing`. A program that needs no key it can show (an
+    opaque delegate) gets the ``.ptd`` files no other program claims, when it is the only such
+    program; the note says so.
     """
     notes: list[str] = []
     if not ptds:
-        return {p: [] for p in programs}, notes
-    ptd_keys: dict[Path, frozenset[str]] = {}
+        return {p: [] for p in programs}, notes, {}
+    infos: list[PtdInfo] = []
     for ptd in ptds:
         try:
-            ptd_keys[ptd] = read_ptd(ptd).keys
+            infos.append(read_ptd(ptd))
         except InputError as exc:
             notes.append(f"ignored {ptd.name}: {exc.message}")
-    paired: dict[Path, list[Path]] = {p: [] for p in programs}
-    claimed: set[Path] = set()
-    keyless: list[Path] = []
-    for program in programs:
-        info = read_pte(program)
-        wanted = set(info.external_keys)
-        if not wanted:
-            if info.backends:
-                keyless.append(program)
-            continue
-        for ptd, keys in ptd_keys.items():
-            if wanted & keys:
-                paired[program].append(ptd)
-                claimed.add(ptd)
-    unclaimed = [p for p in ptd_keys if p not in claimed]
+    keys = [read_program_keys(p) for p in programs]
+    pairing = match_weights(keys, infos)
+    paired = {p: [Path(f) for f in pw.files] for p, pw in zip(programs, pairing.programs, strict=True)}
+    roles = {Path(f.path): f.role for f in pairing.files if f.role is not None}
+    unclaimed = [Path(f.path) for f in pairing.files if f.role is None]
+    keyless = [p for p, k in zip(programs, keys, strict=True) if not k.needed and read_pte(p).backends]
     if unclaimed and len(keyless) == 1:
         paired[keyless[0]].extend(unclaimed)
+        roles.update({p: "weights" for p in unclaimed})
         notes.append(
             f"{keyless[0].name}: delegate-owned weights cannot be matched by key; "
             f"took the unclaimed {', '.join(p.name for p in unclaimed)}"
         )
     elif unclaimed:
         notes.append(f"no program uses {', '.join(p.name for p in unclaimed)}")
-    return paired, notes
+    notes += list(pairing.notes)
+    return paired, notes, roles
 
 
 def read_folder(
@@ -187,7 +186,7 @@ def read_folder(
                 configs.setdefault(role, path)
             notes.append(f"tokenizer {os.path.relpath(shared, folder)}: the nearest one up the tree")
     ptds = [p for p in files if p.suffix == ".ptd" and is_ptd_file(p)]
-    paired, pair_notes = pair_weights(programs, ptds)
+    paired, pair_notes, weight_roles = pair_weights(programs, ptds)
     tokenizers = pair_tokenizers(programs, candidates)
     used = {*programs, *candidates, *ptds, *configs.values(), *stubs}
     ignored = tuple(left_out(files, used))
@@ -202,6 +201,7 @@ def read_folder(
                 layout=layout,
                 tokenizer=tokenizer,
                 weights=tuple(paired[program]),
+                weight_roles={p: weight_roles[p] for p in paired[program] if weight_roles.get(p, "weights") != "weights"},
                 configs=dict(configs),
                 notes=tuple(notes + own + pair_notes),
                 left_out=ignored,

@@ -25,6 +25,25 @@ ConfigRole = Literal[
 
 
 @dataclass(frozen=True)
+class ProgramPart:
+    """A further program of a deployment: an audio preprocessor, or another model that shares
+    the main program's foundation weights (LoRA). ``name`` is its name in an archive."""
+
+    name: str
+    role: str
+    path: Path
+    weights: tuple[Path, ...] = ()
+
+    def to_json(self, root: Path) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "path": os.path.relpath(self.path, root),
+            "weights": [os.path.relpath(p, root) for p in self.weights],
+        }
+
+
+@dataclass(frozen=True)
 class Deployment:
     """One program and everything that belongs with it.
 
@@ -44,6 +63,10 @@ class Deployment:
     left_out: tuple[tuple[Path, str], ...] = ()
     #: Why the deployment cannot be packed as found (no tokenizer, an ambiguous pairing...).
     problem: str | None = None
+    #: The role of each weights file that is not plain weights: foundation, adapter, backend_blob.
+    weight_roles: Mapping[Path, str] = field(default_factory=dict)
+    #: Programs packed together with the main one (preprocessors, LoRA siblings).
+    parts: tuple[ProgramPart, ...] = ()
 
     @property
     def name(self) -> str:
@@ -58,6 +81,9 @@ class Deployment:
             files.append(self.tokenizer)
         files.extend(self.weights)
         files.extend(self.configs.values())
+        for part in self.parts:
+            files.append(part.path)
+            files.extend(part.weights)
         return tuple(dict.fromkeys(files))
 
     def to_json(self) -> dict[str, object]:
@@ -70,6 +96,8 @@ class Deployment:
             "program": rel(self.program),
             "tokenizer": rel(self.tokenizer) if self.tokenizer else None,
             "weights": [rel(p) for p in self.weights],
+            "weight_roles": {rel(p): role for p, role in self.weight_roles.items()},
+            "parts": [part.to_json(self.root) for part in self.parts],
             "configs": {role: rel(p) for role, p in self.configs.items()},
             "notes": list(self.notes),
             "left_out": [{"path": rel(p), "reason": why} for p, why in self.left_out],
