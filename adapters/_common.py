@@ -13,13 +13,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from etm_compat.errors import EtmError, InputError
+from etm_compat.formats.program_kinds import read_program_kind
 from etm_compat.formats.ptd import PtdInfo, is_ptd_file, read_ptd
 from etm_compat.formats.pte import is_pte_file, read_pte
 from etm_compat.formats.tokenizer.detect import read_tokenizer
 from etm_compat.formats.tokenizer.model import TokenizerInfo
 from etm_compat.formats.weights_pairing import WeightsRole, read_program_keys
 from etm_compat.formats.weights_pairing import pair_weights as match_weights
-from etm_compat.legacy.deployment import ConfigRole, Deployment
+from etm_compat.legacy.deployment import ConfigRole, Deployment, ProgramPart
 from etm_compat.legacy.files import (
     find_configs,
     left_out,
@@ -40,9 +41,10 @@ def has_program(folder: Path) -> bool:
 
 
 def shared_tokenizer(folder: Path, root: Path | None) -> tuple[Path | None, dict[ConfigRole, Path]]:
-    """The tokenizer of the nearest folder above ``folder`` (up to ``root``) that has one."""
+    """The tokenizer of ``folder/tokenizer``, else of the nearest folder above ``folder`` (up to
+    ``root``; not above a folder read on its own) that has one."""
     if root is None:
-        return None, {}
+        return tokenizer_in(folder / "tokenizer") if (folder / "tokenizer").is_dir() else (None, {})
     here, top = folder.resolve(), root.resolve()
     if here != top and top not in here.parents:
         return None, {}
@@ -187,13 +189,19 @@ def read_folder(
             notes.append(f"tokenizer {os.path.relpath(shared, folder)}: the nearest one up the tree")
     ptds = [p for p in files if p.suffix == ".ptd" and is_ptd_file(p)]
     paired, pair_notes, weight_roles = pair_weights(programs, ptds)
-    tokenizers = pair_tokenizers(programs, candidates)
+    groups, preprocessors, group_notes = group_programs(programs, paired, weight_roles)
+    heads = [group[0] for group in groups]
+    tokenizers = pair_tokenizers(heads, candidates)
     used = {*programs, *candidates, *ptds, *configs.values(), *stubs}
     ignored = tuple(left_out(files, used))
     deployments = []
-    for program in programs:
+    for group in groups:
+        program = group[0]
         tokenizer, why = tokenizers[program]
         own = [why] if why and tokenizer is not None else []
+        parts = tuple(ProgramPart(p.stem, "model", p, tuple(paired[p])) for p in group[1:])
+        parts += tuple(ProgramPart(p.stem, "preprocessor", p) for p in preprocessors)
+        group_weights = dict.fromkeys(w for p in group for w in paired[p])
         deployments.append(
             Deployment(
                 root=folder,
@@ -201,11 +209,56 @@ def read_folder(
                 layout=layout,
                 tokenizer=tokenizer,
                 weights=tuple(paired[program]),
-                weight_roles={p: weight_roles[p] for p in paired[program] if weight_roles.get(p, "weights") != "weights"},
+                weight_roles={w: weight_roles[w] for w in group_weights if weight_roles.get(w, "weights") != "weights"},
                 configs=dict(configs),
-                notes=tuple(notes + own + pair_notes),
+                notes=tuple(notes + own + pair_notes + group_notes),
                 left_out=ignored,
                 problem=None if tokenizer is not None else why,
+                parts=parts,
             )
         )
     return deployments
+
+
+def _kind(program: Path) -> str:
+    """The program's kind, or "unknown" when it cannot be read: a damaged program then fails on
+    its own when packed, and does not take its folder's good programs with it."""
+    try:
+        return read_program_kind(program).kind
+    except EtmError:
+        return "unknown"
+
+
+def group_programs(
+    programs: Sequence[Path], paired: Mapping[Path, Sequence[Path]], roles: Mapping[Path, str]
+) -> tuple[list[list[Path]], list[Path], list[str]]:
+    """Which programs of a folder make one deployment, decided by content.
+
+    Audio preprocessors (a waveform in, mel features out) belong with the folder's models, not
+    on their own; models that load the same foundation weights (LoRA) are one deployment, so the
+    foundation is packed once. Returns the groups (main program first), the preprocessors and
+    notes. A folder of preprocessors only keeps them as they are.
+    """
+    if len(programs) < 2:
+        return [[p] for p in programs], [], []
+    kinds = {p: _kind(p) for p in programs}
+    preprocessors = [p for p in programs if kinds[p] == "audio_preprocessor"]
+    models = [p for p in programs if p not in preprocessors]
+    if not models:
+        return [[p] for p in programs], [], []
+    notes = [f"{p.name} is an audio preprocessor: packed with the model" for p in preprocessors]
+    by_foundation: dict[frozenset[Path], list[Path]] = {}
+    groups: list[list[Path]] = []
+    for model in models:
+        foundation = frozenset(w for w in paired[model] if roles.get(w) == "foundation")
+        if foundation:
+            by_foundation.setdefault(foundation, []).append(model)
+        else:
+            groups.append([model])
+    for shared, members in by_foundation.items():
+        groups.append(members)
+        if len(members) > 1:
+            names = ", ".join(p.name for p in members)
+            notes.append(f"{names} share {', '.join(sorted(w.name for w in shared))}: packed as one deployment")
+    groups.sort(key=lambda g: g[0].name)
+    return groups, preprocessors, notes

@@ -12,16 +12,21 @@ import contextlib
 import dataclasses
 import os
 import tempfile
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from etm_compat.archive import MemberSpec, open_archive, write_archive
 from etm_compat.archive.metadata import SHA256_PLACEHOLDER, new_metadata
-from etm_compat.archive.names import weights_member_names
+from etm_compat.archive.names import (
+    processor_member_names,
+    program_member_names,
+    weights_member_names,
+)
 from etm_compat.constants import (
     MEMBER_PROGRAM,
+    MEMBER_SPECIAL_TOKENS_MAP,
     MEMBER_TOKENIZER_CONFIG,
     TOKENIZER_MEMBER_BY_FORMAT,
     VERSION,
@@ -29,6 +34,8 @@ from etm_compat.constants import (
 from etm_compat.errors import OutputError
 from etm_compat.fileio import sha256_file
 from etm_compat.findings import Finding
+from etm_compat.formats.ptd import read_ptd
+from etm_compat.formats.pte import read_pte
 from etm_compat.formats.tokenizer.llama2c import convert_llama2c_original
 from etm_compat.legacy.deployment import Adapter
 from etm_compat.legacy.resolve import resolve_source
@@ -55,17 +62,68 @@ def plan_members(view: DeploymentView) -> list[MemberSpec]:
     """
     dep, tok = view.deployment, view.tokenizer
     assert dep.tokenizer is not None
-    members = [
-        MemberSpec(MEMBER_PROGRAM, dep.program, "program"),
-        MemberSpec(TOKENIZER_MEMBER_BY_FORMAT[tok.format], dep.tokenizer, "tokenizer"),
-    ]
+    members = [MemberSpec(TOKENIZER_MEMBER_BY_FORMAT[tok.format], dep.tokenizer, "tokenizer")]
     config = dep.configs.get("tokenizer_config")
     if tok.format == "hf_json" and config is not None:
         members.append(MemberSpec(MEMBER_TOKENIZER_CONFIG, config, "tokenizer_config"))
-    names = weights_member_names(dep.weights)
-    for name, ptd_path, ptd in zip(names, dep.weights, view.weights, strict=True):
-        members.append(MemberSpec(name, ptd_path, "weights", tuple(sorted(ptd.keys))))
+    extras = _plan_extras(view)
+    if not dep.parts and not dep.weight_roles and not extras:  # format version 1
+        names = weights_member_names(dep.weights)
+        members.insert(0, MemberSpec(MEMBER_PROGRAM, dep.program, "program"))
+        for name, ptd_path, ptd in zip(names, dep.weights, view.weights, strict=True):
+            members.append(MemberSpec(name, ptd_path, "weights", tuple(sorted(ptd.keys))))
+        return members
+    return _plan_programs(view) + members + extras
+
+
+def _load_order(weights: Sequence[Path], roles: Mapping[Path, str]) -> list[Path]:
+    """A program's data files in load order: foundation, own weights, adapter, backend blob."""
+    rank = {"foundation": 0, "weights": 1, "adapter": 2, "backend_blob": 3}
+    return sorted(weights, key=lambda p: (rank.get(roles.get(p, "weights"), 1), p.name))
+
+
+def _plan_programs(view: DeploymentView) -> list[MemberSpec]:
+    """The programs (main and parts) and every weights file once, with roles and load orders."""
+    dep = view.deployment
+    all_weights = list(dict.fromkeys([*dep.weights, *(w for part in dep.parts for w in part.weights)]))
+    names = dict(zip(all_weights, weights_member_names(all_weights), strict=True))
+    known = dict(zip(dep.weights, view.weights, strict=True))
+    members = [
+        MemberSpec(
+            MEMBER_PROGRAM, dep.program, "program",
+            data=tuple(names[w] for w in _load_order(dep.weights, dep.weight_roles)),
+        )
+    ]
+    part_names = program_member_names([part.path for part in dep.parts])
+    for member, part in zip(part_names, dep.parts, strict=True):
+        pte = read_pte(part.path)
+        snapshot = {
+            "constant_methods": dict(pte.constant_methods),
+            "methods": list(pte.methods),
+            "backends": list(pte.backends),
+            "external_keys": list(pte.external_keys),
+            "size": pte.file_size,
+        }
+        data = tuple(names[w] for w in _load_order(part.weights, dep.weight_roles))
+        members.append(MemberSpec(member, part.path, "program", kind=part.role, data=data, snapshot=snapshot))
+    for path in all_weights:
+        keys = (known[path] if path in known else read_ptd(path)).keys
+        role = dep.weight_roles.get(path, "weights")
+        members.append(MemberSpec(names[path], path, "weights", tuple(sorted(keys)), kind=role))
     return members
+
+
+def _plan_extras(view: DeploymentView) -> list[MemberSpec]:
+    """Files only a version-2 archive carries: special_tokens_map.json, processor configs."""
+    dep, extras = view.deployment, []
+    special = dep.configs.get("special_tokens_map")
+    if view.tokenizer.format == "hf_json" and special is not None:
+        extras.append(MemberSpec(MEMBER_SPECIAL_TOKENS_MAP, special, "tokenizer_config"))
+    processor = dep.configs.get("processor_config")
+    if processor is not None:
+        (name,) = processor_member_names([processor])
+        extras.append(MemberSpec(name, processor, "processor_config"))
+    return extras
 
 
 def build_metadata(

@@ -21,6 +21,7 @@ ConfigRole = Literal[
     "export_config",  # export_llm config yaml
     "params",  # Meta params.json
     "special_tokens_map",  # HF special_tokens_map.json
+    "processor_config",  # HF preprocessor_config.json (image/audio feature extraction)
 ]
 
 

@@ -28,6 +28,7 @@ CONFIG_NAMES: Final[Mapping[str, ConfigRole]] = {
     "chat_template.json": "chat_template",
     "params.json": "params",
     "special_tokens_map.json": "special_tokens_map",
+    "preprocessor_config.json": "processor_config",
 }
 #: The config roles that belong to a tokenizer (they travel with it when it is shared or named).
 TOKENIZER_CONFIG_ROLES: Final[tuple[ConfigRole, ...]] = ("tokenizer_config", "special_tokens_map", "chat_template")

@@ -1,0 +1,93 @@
+"""Deployments of several programs or weight files pack into one version-2 archive and come back
+byte for byte: multimodal programs with their preprocessors and processor configs, a whisper-like
+model with a tokenizer folder and external weights, and LoRA programs sharing one foundation."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from etm_compat.adapters import default_adapters
+from etm_compat.archive import open_archive
+from etm_compat.legacy.resolve import resolve_source
+from etm_compat.packing import pack, pack_view, unpack
+from etm_compat.verification import verify
+from etm_compat.view import describe
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+#: source -> (members of the archive, (program name, role, data) of each program)
+CASES = {
+    "multimodal/vision": (
+        {"metadata.json", "model.pte", "tokenizer.model", "processors/preprocessor_config.json"},
+        [("model", "model", [])],
+    ),
+    "multimodal/voxtral_like": (
+        {"metadata.json", "model.pte", "programs/preprocessor.pte", "tokenizer.json",
+         "tokenizer_config.json", "processors/preprocessor_config.json"},
+        [("model", "model", []), ("preprocessor", "preprocessor", [])],
+    ),
+    "multimodal/whisper_like": (
+        {"metadata.json", "model.pte", "programs/whisper_preprocessor.pte", "tokenizer.json",
+         "tokenizer_config.json", "special_tokens_map.json", "processors/preprocessor_config.json",
+         "weights/model.ptd"},
+        [("model", "model", ["weights/model.ptd"]), ("whisper_preprocessor", "preprocessor", [])],
+    ),
+    "lora/adapter_a.pte": (
+        {"metadata.json", "model.pte", "programs/adapter_b.pte", "tokenizer.model",
+         "weights/foundation.ptd", "weights/adapter_a.ptd", "weights/adapter_b.ptd"},
+        [("model", "model", ["weights/foundation.ptd", "weights/adapter_a.ptd"]),
+         ("adapter_b", "model", ["weights/foundation.ptd", "weights/adapter_b.ptd"])],
+    ),
+}  # fmt: skip
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("source", sorted(CASES))
+def test_round_trip(tmp_path: Path, source: str) -> None:
+    members, programs = CASES[source]
+    archive = tmp_path / "m.etm"
+    pack(FIXTURES / source, archive, default_adapters())
+    assert verify(archive).ok
+    with open_archive(archive) as etm:
+        assert set(etm.members) == members
+        meta = etm.metadata
+    assert (meta["format_version"], meta["min_reader_version"]) == (2, 2)
+    assert [(p["name"], p["role"], p["data"]) for p in meta["programs"]] == programs
+    out = tmp_path / "out"
+    written = unpack(archive, out)
+    folder = FIXTURES / source if (FIXTURES / source).is_dir() else (FIXTURES / source).parent
+    sources = {_sha(p) for p in folder.rglob("*") if p.is_file()}
+    assert written and all(_sha(p) in sources for p in written), "an unpacked file differs from every source"
+    # Packing twice gives the same bytes.
+    again = tmp_path / "again.etm"
+    pack(FIXTURES / source, again, default_adapters())
+    assert again.read_bytes() == archive.read_bytes()
+
+
+def test_lora_programs_share_one_copy_of_their_foundation(tmp_path: Path) -> None:
+    both = tmp_path / "both.etm"
+    pack(FIXTURES / "lora" / "adapter_a.pte", both, default_adapters())
+    dep = resolve_source(FIXTURES / "lora" / "adapter_a.pte", default_adapters())
+    (part,) = dep.parts
+    alone_a = pack_view(describe(dataclasses.replace(dep, parts=())), tmp_path / "a.etm")
+    dep_b = dataclasses.replace(dep, program=part.path, weights=part.weights, parts=())
+    alone_b = pack_view(describe(dep_b), tmp_path / "b.etm")
+    foundation = (FIXTURES / "lora" / "foundation.ptd").stat().st_size
+    assert alone_a.size + alone_b.size - both.stat().st_size >= foundation
+    with open_archive(both) as etm:
+        assert sum(1 for name in etm.members if name.endswith(".ptd")) == 3
+
+
+def test_version_one_archives_stay_version_one(tmp_path: Path) -> None:
+    archive = tmp_path / "m.etm"
+    pack(FIXTURES / "legacy" / "with_ptd", archive, default_adapters())
+    with open_archive(archive) as etm:
+        assert (etm.metadata["format_version"], etm.metadata["min_reader_version"]) == (1, 1)
+        assert "programs" not in etm.metadata
