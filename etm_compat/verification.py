@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from etm_compat.archive import EtmArchive, open_archive
+from etm_compat.archive.layout import ProgramRecord
 from etm_compat.archive.metadata import tokenizer_member
 from etm_compat.checks.archive import integrity_findings, read_archived_tokenizer, same_value
 from etm_compat.checks.subject import Subject
 from etm_compat.checks.tokens import check_runner_tokenizer
 from etm_compat.compat.runtime import load_program_from_archive
-from etm_compat.constants import MEMBER_PROGRAM, MEMBER_TOKENIZER_CONFIG
+from etm_compat.constants import MAIN_PROGRAM_NAME, MEMBER_PROGRAM, MEMBER_TOKENIZER_CONFIG
 from etm_compat.findings import Finding, sort_findings
 
 
@@ -45,13 +46,24 @@ def _flatten(value: Any) -> list[Any]:
     return [value]
 
 
-def runtime_findings(archive: EtmArchive) -> list[Finding]:
-    """Load the program from the archive bytes, run every recorded constant method and compare
-    it with the snapshot; load the tokenizer as the runner does."""
+def _program_findings(archive: EtmArchive, record: ProgramRecord) -> list[Finding]:
+    """Load one program with its data from the archive bytes, run every recorded constant method
+    and compare it with the snapshot."""
+    name = str(archive.path) if record.name == MAIN_PROGRAM_NAME else f"{archive.path}!{record.member}"
+    if len(record.data) > 1:
+        return [
+            Finding(
+                "runtime-several-data-files",
+                "info",
+                f"program {record.name!r} loads {len(record.data)} data files ({', '.join(record.data)}); "
+                "executorch 1.5.1's Python API takes one, so it was not loaded here",
+                "the C++ Module(path, {data files...}) loads it (docs/MIGRATION.md)",
+                (name,),
+            )
+        ]
     findings: list[Finding] = []
-    name = str(archive.path)
-    snapshot = (archive.metadata.get("program") or {}).get("constant_methods") or {}
-    program = load_program_from_archive(archive)
+    snapshot = (record.snapshot or {}).get("constant_methods") or {}
+    program = load_program_from_archive(archive, program=record.name)
     for method, expected in snapshot.items():
         try:
             got = list(program.load_method(method).execute([]))
@@ -68,6 +80,15 @@ def runtime_findings(archive: EtmArchive) -> list[Finding]:
                     paths=(name,),
                 )
             )
+    return findings
+
+
+def runtime_findings(archive: EtmArchive) -> list[Finding]:
+    """Load every program with its data from the archive bytes, run every recorded constant
+    method and compare it with the snapshot; load the tokenizer as the runner does."""
+    findings: list[Finding] = []
+    for record in archive.layout.programs:
+        findings += _program_findings(archive, record)
     member = tokenizer_member(archive.metadata)
     if member is not None and member in archive.members:
         subject = Subject(

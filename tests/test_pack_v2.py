@@ -91,3 +91,14 @@ def test_version_one_archives_stay_version_one(tmp_path: Path) -> None:
     with open_archive(archive) as etm:
         assert (etm.metadata["format_version"], etm.metadata["min_reader_version"]) == (1, 1)
         assert "programs" not in etm.metadata
+
+
+@pytest.mark.runtime
+@pytest.mark.parametrize("source", sorted(CASES))
+def test_verify_runtime_loads_every_program_it_can(tmp_path: Path, source: str) -> None:
+    archive = tmp_path / "m.etm"
+    pack(FIXTURES / source, archive, default_adapters())
+    result = verify(archive, runtime=True)
+    assert result.ok, result.to_json()
+    several = [f for f in result.findings if f.code == "runtime-several-data-files"]
+    assert bool(several) == source.startswith("lora/")  # the Python API takes one data file

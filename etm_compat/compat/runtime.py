@@ -20,7 +20,7 @@ import weakref
 from typing import Any
 
 from etm_compat.archive.read import EtmArchive
-from etm_compat.constants import MEMBER_PROGRAM
+from etm_compat.constants import MAIN_PROGRAM_NAME
 from etm_compat.errors import RuntimeUnavailableError, UsageError
 
 _COPY_CHUNK = 8 * 1024 * 1024
@@ -53,11 +53,15 @@ def _release(fd: int | None, path: str | None) -> None:
         os.unlink(path)
 
 
-def load_program_from_archive(archive: EtmArchive, *, verification: Any = None) -> Any:
-    """Load ``model.pte`` (and its ``.ptd`` weights, if any) from an open archive.
+def load_program_from_archive(
+    archive: EtmArchive, *, program: str = MAIN_PROGRAM_NAME, verification: Any = None
+) -> Any:
+    """Load one program of an open archive (``model.pte`` by default) with the data it loads.
 
     Returns an ``executorch.runtime.Program``. ``verification`` is an
-    ``executorch.runtime.Verification`` (default: ``InternalConsistency``).
+    ``executorch.runtime.Verification`` (default: ``InternalConsistency``). executorch 1.5.1's
+    Python API takes one data file: a program that loads several (a LoRA foundation and its
+    adapter) raises :class:`UsageError`; the C++ ``Module(path, data_files)`` loads it.
 
     >>> with open_archive("model.etm") as etm:               # doctest: +SKIP
     ...     program = load_program_from_archive(etm)
@@ -71,14 +75,16 @@ def load_program_from_archive(archive: EtmArchive, *, verification: Any = None) 
             f"the ExecuTorch runtime cannot be imported ({exc})",
             hint="pip install 'etm-compat[runtime]' (torch + executorch)",
         ) from None
-    weights = [m for m in archive.metadata["members"] if m["role"] == "weights"]
+    record = archive.layout.program(program)
+    weights = list(record.data)
     if len(weights) > 1:
         raise UsageError(
-            f"the program has {len(weights)} weight files; executorch's Python API takes one data_path",
+            f"program {program!r} loads {len(weights)} data files ({', '.join(weights)}); "
+            "executorch's Python API takes one data_path",
             path=archive.path,
-            hint="load with the C++ runtime, which accepts several data maps",
+            hint="load it with the C++ runtime: Module(path, {data files...}) merges them (docs/MIGRATION.md)",
         )
-    view = archive.member_view(MEMBER_PROGRAM)
+    view = archive.member_view(record.member)
     try:
         program_bytes = bytes(view)  # the API demands bytes: the one copy of the program
     finally:
@@ -87,7 +93,7 @@ def load_program_from_archive(archive: EtmArchive, *, verification: Any = None) 
     fd: int | None = None
     temp: str | None = None
     if weights:
-        wview = archive.member_view(weights[0]["name"])
+        wview = archive.member_view(weights[0])
         try:
             data_path, fd, temp = _weights_path(wview)
         finally:
