@@ -161,10 +161,15 @@ def resolve_runner_paths(
 # --- the patched entry points -------------------------------------------------------------------
 
 
-def _make_runner_class(original: type) -> type:
-    """A subclass of the pybind11 ``TextLLMRunner`` that resolves archive paths first."""
+#: The runner classes the shim patches: both take ``(model_path, tokenizer_path, data_path)``.
+RUNNER_CLASSES: Final = ("TextLLMRunner", "MultimodalRunner")
 
-    class TextLLMRunner(original):  # type: ignore[misc]
+
+def _make_runner_class(original: type) -> type:
+    """A subclass of a pybind11 runner (``TextLLMRunner``, ``MultimodalRunner``) that resolves
+    archive paths first."""
+
+    class Runner(original):  # type: ignore[misc]
         def __init__(
             self,
             model_path: StrPath,
@@ -177,11 +182,12 @@ def _make_runner_class(original: type) -> type:
             else:
                 super().__init__(model, tokenizer, data)
 
-    TextLLMRunner.__module__ = original.__module__
-    TextLLMRunner.__qualname__ = original.__qualname__
-    TextLLMRunner.__doc__ = original.__doc__
-    TextLLMRunner._etm_original = original
-    return TextLLMRunner
+    Runner.__name__ = original.__name__
+    Runner.__module__ = original.__module__
+    Runner.__qualname__ = original.__qualname__
+    Runner.__doc__ = original.__doc__
+    Runner._etm_original = original
+    return Runner
 
 
 def _make_load_program(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -228,14 +234,15 @@ def _patch_module(name: str, module: ModuleType) -> None:
     """Apply the patches that belong to one freshly imported (or already imported) module."""
     with _lock:
         if name == RUNNER_MODULE:
-            original = getattr(module, "TextLLMRunner", None)
-            if original is None or hasattr(original, "_etm_original"):
-                return
-            patched = _make_runner_class(original)
-            _set(module, "TextLLMRunner", patched)
-            extension = sys.modules.get(RUNNER_EXTENSION)
-            if extension is not None and getattr(extension, "TextLLMRunner", None) is original:
-                _set(extension, "TextLLMRunner", patched)
+            for cls in RUNNER_CLASSES:
+                original = getattr(module, cls, None)
+                if original is None or hasattr(original, "_etm_original"):
+                    continue
+                patched = _make_runner_class(original)
+                _set(module, cls, patched)
+                extension = sys.modules.get(RUNNER_EXTENSION)
+                if extension is not None and getattr(extension, cls, None) is original:
+                    _set(extension, cls, patched)
         elif name == RUNTIME_MODULE:
             runtime = getattr(module, "Runtime", None)
             method = getattr(runtime, "load_program", None)

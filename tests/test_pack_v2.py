@@ -102,3 +102,36 @@ def test_verify_runtime_loads_every_program_it_can(tmp_path: Path, source: str) 
     assert result.ok, result.to_json()
     several = [f for f in result.findings if f.code == "runtime-several-data-files"]
     assert bool(several) == source.startswith("lora/")  # the Python API takes one data file
+
+
+@pytest.mark.runtime
+@pytest.mark.parametrize(
+    ("source", "program", "loose", "data", "method", "make_input"),
+    [
+        ("multimodal/voxtral_like", "preprocessor", "preprocessor.pte", None, "forward", "wave"),
+        ("multimodal/whisper_like", "whisper_preprocessor", "whisper_preprocessor.pte", None, "forward", "wave"),
+        ("multimodal/whisper_like", "model", "model.pte", "model.ptd", "encoder", "mel80"),
+    ],
+)
+def test_programs_from_the_archive_compute_what_the_loose_files_compute(
+    tmp_path: Path, source: str, program: str, loose: str, data: str | None, method: str, make_input: str
+) -> None:
+    import torch
+    from executorch.runtime import Runtime
+
+    from etm_compat.compat.runtime import load_program_from_archive
+
+    if make_input == "wave":
+        t = torch.arange(24000, dtype=torch.float64) / 16000
+        args = [(0.3 * torch.sin(2 * torch.pi * 440 * t)).float()]
+    else:
+        args = [torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(7))]
+    folder = FIXTURES / source
+    data_path = str(folder / data) if data else None
+    expected = Runtime.get().load_program(str(folder / loose), data_path=data_path).load_method(method).execute(args)
+    archive = tmp_path / "m.etm"
+    pack(folder, archive, default_adapters())
+    with open_archive(archive) as etm:
+        got = load_program_from_archive(etm, program=program).load_method(method).execute(args)
+    assert len(got) == len(expected)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
