@@ -76,7 +76,12 @@ def test_legacy_paths_of_a_folder_are_the_originals() -> None:
     folder = FIXTURES / "legacy" / "with_ptd"
     with load(folder) as bundle:
         assert bundle.legacy_paths() == LegacyPaths(
-            folder / "program.pte", folder / "tokenizer.model", (folder / "weights.ptd",), folder
+            folder / "program.pte",
+            folder / "tokenizer.model",
+            (folder / "weights.ptd",),
+            folder,
+            {"model": folder / "program.pte"},
+            {"model": (folder / "weights.ptd",)},
         )
 
 

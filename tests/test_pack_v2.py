@@ -135,3 +135,24 @@ def test_programs_from_the_archive_compute_what_the_loose_files_compute(
         got = load_program_from_archive(etm, program=program).load_method(method).execute(args)
     assert len(got) == len(expected)
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["folder", "archive"])
+def test_load_gives_every_program_and_its_data(tmp_path: Path, packed: bool) -> None:
+    from etm_compat.compat.loader import load
+
+    source = FIXTURES / "lora" / "adapter_a.pte"
+    target: Path = source
+    if packed:
+        target = tmp_path / "lora.etm"
+        pack(source, target, default_adapters())
+    foundation = (FIXTURES / "lora" / "foundation.ptd").read_bytes()
+    with load(target) as bundle:
+        assert bundle.programs == ("model", "adapter_b")
+        assert bytes(bundle.program_bytes("adapter_b")) == (FIXTURES / "lora" / "adapter_b.pte").read_bytes()
+        data = [bytes(v) for v in bundle.program_data("adapter_b")]
+        assert foundation in data and (FIXTURES / "lora" / "adapter_b.ptd").read_bytes() in data
+        paths = bundle.legacy_paths(cache_root=tmp_path / "cache")
+        assert set(paths.programs) == {"model", "adapter_b"}
+        assert {p.read_bytes() for p in paths.data["adapter_b"]} == set(data)
+        assert paths.programs["adapter_b"].read_bytes() == (FIXTURES / "lora" / "adapter_b.pte").read_bytes()

@@ -35,8 +35,9 @@ import shutil
 import tempfile
 import time
 import zlib
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -273,6 +274,10 @@ class LegacyPaths:
     tokenizer: Path
     weights: tuple[Path, ...]
     folder: Path
+    #: Every program by name (``model`` is :attr:`program`), and the data files each loads, in
+    #: load order (a format-2 archive's preprocessors, encoders, LoRA siblings).
+    programs: Mapping[str, Path] = field(default_factory=dict)
+    data: Mapping[str, tuple[Path, ...]] = field(default_factory=dict)
 
 
 def legacy_paths_of(
@@ -285,7 +290,10 @@ def legacy_paths_of(
     if member is None:
         raise UsageError("the archive holds no tokenizer", path=archive.path)
     weights = tuple(entry.files[m["name"]] for m in meta["members"] if m["role"] == "weights")
-    return LegacyPaths(entry.files[MEMBER_PROGRAM], entry.files[member], weights, entry.folder)
+    layout = archive.layout
+    programs = {p.name: entry.files[p.member] for p in layout.programs}
+    data = {p.name: tuple(entry.files[d] for d in p.data) for p in layout.programs}
+    return LegacyPaths(entry.files[MEMBER_PROGRAM], entry.files[member], weights, entry.folder, programs, data)
 
 
 def _touch(folder: Path) -> None:

@@ -25,7 +25,7 @@ from etm_compat.archive import EtmArchive, is_archive, open_archive
 from etm_compat.archive.metadata import tokenizer_member
 from etm_compat.archive.names import weights_member_names
 from etm_compat.compat.cache import LegacyPaths, legacy_paths_of
-from etm_compat.constants import MEMBER_PROGRAM
+from etm_compat.constants import MAIN_PROGRAM_NAME
 from etm_compat.errors import RuntimeUnavailableError, UnreadableError, UsageError
 from etm_compat.formats.tokenizer.detect import sniff_tokenizer_format
 from etm_compat.legacy.deployment import Adapter, Deployment
@@ -145,12 +145,38 @@ class Bundle:
         mapped = self._maps[path]
         return memoryview(mapped) if mapped is not None else memoryview(b"")
 
-    def program_bytes(self) -> memoryview:
-        """The program, zero-copy (the archive member's mapping, or an mmap of the ``.pte``)."""
+    @property
+    def programs(self) -> tuple[str, ...]:
+        """The names of the deployment's programs, ``model`` first (preprocessors, encoders,
+        LoRA siblings follow)."""
         if self._archive is not None:
-            return self._archive.member_view(MEMBER_PROGRAM)
+            return tuple(p.name for p in self._archive.layout.programs)
         assert self._deployment is not None
-        return self._view_of(self._deployment.program)
+        return (MAIN_PROGRAM_NAME, *(p.name for p in self._deployment.parts))
+
+    def program_bytes(self, name: str = MAIN_PROGRAM_NAME) -> memoryview:
+        """A program, zero-copy (the archive member's mapping, or an mmap of the ``.pte``)."""
+        if self._archive is not None:
+            return self._archive.member_view(self._archive.layout.program(name).member)
+        assert self._deployment is not None
+        return self._view_of(self._legacy_program(name))
+
+    def program_data(self, name: str = MAIN_PROGRAM_NAME) -> tuple[memoryview, ...]:
+        """The data files a program loads, in load order, zero-copy."""
+        if self._archive is not None:
+            return tuple(self._archive.member_view(d) for d in self._archive.layout.program(name).data)
+        assert self._deployment is not None
+        dep = self._deployment
+        self._legacy_program(name)
+        paths = dep.weights if name == MAIN_PROGRAM_NAME else next(p.weights for p in dep.parts if p.name == name)
+        return tuple(self._view_of(p) for p in paths)
+
+    def _legacy_program(self, name: str) -> Path:
+        assert self._deployment is not None
+        found = {MAIN_PROGRAM_NAME: self._deployment.program, **{p.name: p.path for p in self._deployment.parts}}
+        if name not in found:
+            raise UsageError(f"no program {name!r} (programs: {list(found)})", path=self.path)
+        return found[name]
 
     def tokenizer_bytes(self) -> memoryview:
         """The tokenizer file's bytes, zero-copy."""
@@ -273,7 +299,9 @@ class Bundle:
         if self._deployment is not None:
             dep = self._deployment
             assert dep.tokenizer is not None
-            return LegacyPaths(dep.program, dep.tokenizer, tuple(dep.weights), dep.root)
+            programs = {MAIN_PROGRAM_NAME: dep.program, **{p.name: p.path for p in dep.parts}}
+            data = {MAIN_PROGRAM_NAME: tuple(dep.weights), **{p.name: p.weights for p in dep.parts}}
+            return LegacyPaths(dep.program, dep.tokenizer, tuple(dep.weights), dep.root, programs, data)
         assert self._archive is not None
         return legacy_paths_of(self._archive, verify=verify, root=cache_root)
 
