@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from etm_compat.checks.multimodal import check_multimodal
 from etm_compat.checks.run import family_of, merge_findings, run_checks
 from etm_compat.checks.subject import Subject
 from etm_compat.errors import EtmError
@@ -82,6 +83,7 @@ def describe(
         deployment, pte, tok, weights, inference, read_dialects(pte.constant_methods), runner, found
     )
     checked = run_checks(subject_of_view(view), registered_backends=registered_backends)
+    checked += check_multimodal(deployment, tok)
     return replace(view, findings=merge_findings(found, checked))
 
 

@@ -128,13 +128,19 @@ def test_programs_from_the_archive_compute_what_the_loose_files_compute(
         args = [torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(7))]
     folder = FIXTURES / source
     data_path = str(folder / data) if data else None
-    expected = Runtime.get().load_program(str(folder / loose), data_path=data_path).load_method(method).execute(args)
+    # Outputs alias the method's memory: keep program and method alive and copy the outputs.
+    loose_program = Runtime.get().load_program(str(folder / loose), data_path=data_path)
+    loose_method = loose_program.load_method(method)
+    expected = [t.clone() for t in loose_method.execute(args)]
     archive = tmp_path / "m.etm"
     pack(folder, archive, default_adapters())
     with open_archive(archive) as etm:
-        got = load_program_from_archive(etm, program=program).load_method(method).execute(args)
+        archived_program = load_program_from_archive(etm, program=program)
+        archived_method = archived_program.load_method(method)
+        got = [t.clone() for t in archived_method.execute(args)]
     assert len(got) == len(expected)
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    del archived_method, archived_program, loose_method, loose_program
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["folder", "archive"])
