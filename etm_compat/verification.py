@@ -50,17 +50,6 @@ def _program_findings(archive: EtmArchive, record: ProgramRecord) -> list[Findin
     """Load one program with its data from the archive bytes, run every recorded constant method
     and compare it with the snapshot."""
     name = str(archive.path) if record.name == MAIN_PROGRAM_NAME else f"{archive.path}!{record.member}"
-    if len(record.data) > 1:
-        return [
-            Finding(
-                "runtime-several-data-files",
-                "info",
-                f"program {record.name!r} loads {len(record.data)} data files ({', '.join(record.data)}); "
-                "executorch 1.5.1's Python API takes one, so it was not loaded here",
-                "the C++ Module(path, {data files...}) loads it (docs/MIGRATION.md)",
-                (name,),
-            )
-        ]
     findings: list[Finding] = []
     snapshot = (record.snapshot or {}).get("constant_methods") or {}
     program = load_program_from_archive(archive, program=record.name)

@@ -46,6 +46,38 @@ def _weights_path(view: memoryview) -> tuple[str, int | None, str | None]:
     return target, fd, path
 
 
+def _merged_data(archive: EtmArchive, members: tuple[str, ...]) -> bytes:
+    """One ``.ptd`` holding every key of ``members``, in load order, for the one ``data_path``
+    executorch's Python API takes (the C++ ``Module`` merges several files itself).
+
+    Costs one in-memory copy of the data. A key in two files is refused, as the runtime's
+    MergedDataMap refuses it.
+    """
+    # Lazy: executorch's FlatTensor serializer imports torch; only multi-file programs need it.
+    from executorch.exir._serialize._cord import Cord
+    # Lazy: as above.
+    from executorch.exir._serialize.data_serializer import DataEntry, DataPayload
+    # Lazy: as above.
+    from executorch.extension.flat_tensor.serialize.serialize import FlatTensorSerializer
+
+    serializer = FlatTensorSerializer()
+    buffers: list[Any] = []
+    named: dict[str, Any] = {}
+    for member in members:
+        view = archive.member_view(member)
+        try:
+            payload = serializer.deserialize(Cord(bytes(view)))
+        finally:
+            view.release()
+        base = len(buffers)
+        buffers.extend(payload.buffers)
+        for key, entry in payload.named_data.items():
+            if key in named:
+                raise UsageError(f"data key {key!r} is in more than one of {', '.join(members)}", path=archive.path)
+            named[key] = DataEntry(base + entry.buffer_index, 1, entry.tensor_layout)
+    return bytes(serializer.serialize(DataPayload(buffers=buffers, named_data=named)))
+
+
 def _release(fd: int | None, path: str | None) -> None:
     if fd is not None:
         os.close(fd)
@@ -60,8 +92,9 @@ def load_program_from_archive(
 
     Returns an ``executorch.runtime.Program``. ``verification`` is an
     ``executorch.runtime.Verification`` (default: ``InternalConsistency``). executorch 1.5.1's
-    Python API takes one data file: a program that loads several (a LoRA foundation and its
-    adapter) raises :class:`UsageError`; the C++ ``Module(path, data_files)`` loads it.
+    Python API takes one data file: the data of a program that loads several (a LoRA foundation
+    and its adapter) is merged into one in memory first (the C++ ``Module(path, data_files)``
+    loads the files as they are).
 
     >>> with open_archive("model.etm") as etm:               # doctest: +SKIP
     ...     program = load_program_from_archive(etm)
@@ -77,13 +110,6 @@ def load_program_from_archive(
         ) from None
     record = archive.layout.program(program)
     weights = list(record.data)
-    if len(weights) > 1:
-        raise UsageError(
-            f"program {program!r} loads {len(weights)} data files ({', '.join(weights)}); "
-            "executorch's Python API takes one data_path",
-            path=archive.path,
-            hint="load it with the C++ runtime: Module(path, {data files...}) merges them (docs/MIGRATION.md)",
-        )
     view = archive.member_view(record.member)
     try:
         program_bytes = bytes(view)  # the API demands bytes: the one copy of the program
@@ -92,7 +118,9 @@ def load_program_from_archive(
     data_path: str | None = None
     fd: int | None = None
     temp: str | None = None
-    if weights:
+    if len(weights) > 1:
+        data_path, fd, temp = _weights_path(memoryview(_merged_data(archive, record.data)))
+    elif weights:
         wview = archive.member_view(weights[0])
         try:
             data_path, fd, temp = _weights_path(wview)
