@@ -22,6 +22,7 @@ from etm_compat.archive.metadata import SHA256_PLACEHOLDER, new_metadata
 from etm_compat.archive.names import (
     processor_member_names,
     program_member_names,
+    program_name,
     weights_member_names,
 )
 from etm_compat.constants import (
@@ -34,6 +35,7 @@ from etm_compat.constants import (
 from etm_compat.errors import OutputError
 from etm_compat.fileio import sha256_file
 from etm_compat.findings import Finding
+from etm_compat.formats.program_kinds import read_program_kind
 from etm_compat.formats.ptd import read_ptd
 from etm_compat.formats.pte import read_pte
 from etm_compat.formats.tokenizer.llama2c import convert_llama2c_original
@@ -182,7 +184,32 @@ def build_metadata(
         )
     meta["provenance"]["sources"] = sources
     meta["weights"] = [{"member": m.name, "keys": list(m.keys)} for m in members if m.role == "weights"]
+    modalities = plan_modalities(view, members)
+    if modalities:
+        meta["modalities"] = modalities
     return meta
+
+
+def plan_modalities(view: DeploymentView, members: Sequence[MemberSpec]) -> list[dict[str, Any]]:
+    """The inputs besides text the main program takes, read from the program itself: each
+    modality's encoder method, placeholder token id, preprocessor program and processor config."""
+    kind = read_program_kind(view.deployment.program)
+    if kind.kind not in ("multimodal_llm", "seq2seq"):
+        return []
+    preprocessors = [m for m in members if m.role == "program" and m.kind == "preprocessor"]
+    processors = [m.name for m in members if m.role == "processor_config"]
+    out: list[dict[str, Any]] = []
+    for modality in kind.modalities:
+        method = next((m for m in kind.encoders if m.startswith(modality) or len(kind.encoders) == 1), None)
+        entry: dict[str, Any] = {"modality": modality, "token_id": kind.media_token_ids.get(modality)}
+        if method is not None:
+            entry["method"] = method
+        if modality == "audio" and len(preprocessors) == 1:
+            entry["preprocessor"] = program_name(preprocessors[0].name)
+        if len(processors) == 1:
+            entry["processor"] = processors[0]
+        out.append(entry)
+    return out
 
 
 def pack(

@@ -197,3 +197,22 @@ def test_lora_programs_from_the_archive_compute_what_the_loose_files_compute(tmp
         got = [t.clone() for t in archived_method.execute(args)]
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
     del archived_method, archived_program, loose_method, loose_program
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("multimodal/vision", [{"modality": "vision", "token_id": None, "method": "vision_encoder",
+                                "processor": "processors/preprocessor_config.json"}]),
+        ("multimodal/voxtral_like", [{"modality": "audio", "token_id": 517, "method": "audio_encoder",
+                                      "preprocessor": "preprocessor", "processor": "processors/preprocessor_config.json"}]),
+        ("multimodal/whisper_like", [{"modality": "audio", "token_id": None, "method": "encoder",
+                                      "preprocessor": "whisper_preprocessor", "processor": "processors/preprocessor_config.json"}]),
+    ],
+)  # fmt: skip
+def test_modalities_are_read_from_the_program(tmp_path: Path, source: str, expected: list[dict[str, object]]) -> None:
+    archive = tmp_path / "m.etm"
+    pack(FIXTURES / source, archive, default_adapters())
+    with open_archive(archive) as etm:
+        assert etm.metadata["modalities"] == expected
+        assert [m.modality for m in etm.layout.modalities] == [e["modality"] for e in expected]

@@ -55,8 +55,10 @@ def _merged_data(archive: EtmArchive, members: tuple[str, ...]) -> bytes:
     """
     # Lazy: executorch's FlatTensor serializer imports torch; only multi-file programs need it.
     from executorch.exir._serialize._cord import Cord
+
     # Lazy: as above.
     from executorch.exir._serialize.data_serializer import DataEntry, DataPayload
+
     # Lazy: as above.
     from executorch.extension.flat_tensor.serialize.serialize import FlatTensorSerializer
 
