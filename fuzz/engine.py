@@ -124,7 +124,10 @@ def fuzz(
     """Run ``harness`` on ``runs`` mutated inputs; return the statistics and findings.
 
     The harness is expected to swallow :class:`EtmError` itself; whatever else it raises is a
-    finding. Seeds run first, unmutated.
+    finding. Seeds run first, unmutated. ``runs`` is the work done (``Stats.runs`` counts it), so
+    a test gives a count and asserts on it; ``max_seconds`` is only for a long run from
+    ``fuzz/run.py`` that should stop by the clock, and ``hang_seconds`` only catches inputs that
+    never end: neither is a speed assertion.
     """
     from etm_compat.errors import EtmError
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -29,3 +34,44 @@ def fixtures_dir() -> Path:
     if not FIXTURES.is_dir():
         pytest.skip("fixtures/ is missing (run fixtures/make_fixtures.py)")
     return FIXTURES
+
+
+class Hang(BaseException):
+    """Raised by :func:`hang_guard` in a test still running after its guard (not an Exception)."""
+
+
+@contextlib.contextmanager
+def hang_guard(seconds: float = 60.0) -> Iterator[None]:
+    """Fail the test if the block is still running after ``seconds``.
+
+    A guard against a hang (a blocking open, an endless loop), not a speed assertion: this
+    machine is shared, so no test bounds how long correct work takes.
+    """
+
+    def alarm(_signum: int, _frame: FrameType | None) -> None:
+        raise Hang
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    except Hang:
+        pytest.fail(f"still running after {seconds} s (a hang)")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@contextlib.contextmanager
+def peak_allocation() -> Iterator[list[int]]:
+    """Measure the peak bytes Python allocated inside the block: ``[peak]`` once it ends.
+
+    Counted work instead of elapsed time: an input refused *before* it is built allocates little.
+    """
+    result: list[int] = []
+    tracemalloc.start()
+    try:
+        yield result
+    finally:
+        result.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()

@@ -297,7 +297,7 @@ def test_random_corruption_only_raises_ptd_format_error() -> None:
     end = min(len(good), 48 + struct.unpack_from("<Q", good, 24)[0])
 
     @settings(
-        max_examples=150, deadline=1000, suppress_health_check=[HealthCheck.too_slow], database=None
+        max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
     )
     @given(
         flips=st.lists(

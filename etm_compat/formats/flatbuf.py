@@ -2,7 +2,8 @@
 
 Every offset in a FlatBuffer comes from the file, so every one is untrusted: each read is checked
 against the buffer before it happens, vectors are checked against the bytes that remain, and the
-number of tables visited is capped. Any violation raises the reader's error class (a
+number of tables visited is capped by the buffer's size (:attr:`FlatBuffer.max_visits`), so
+offsets that point many times at the same bytes cannot multiply the work. Any violation raises the reader's error class (a
 :class:`~etm_compat.errors.PteFormatError` or subclass) naming what was read and where; no
 ``IndexError``, ``struct.error`` or ``UnicodeDecodeError`` escapes.
 
@@ -18,9 +19,18 @@ from typing import Final, NoReturn
 
 from etm_compat.errors import PteFormatError
 
-#: How many tables one buffer may visit before the reader gives up (guards against cycles and
-#: decompression-bomb style inputs whose offsets point many times at the same bytes).
+#: How many tables one buffer may visit before the reader gives up, whatever its size (guards
+#: against cycles and decompression-bomb style inputs whose offsets point many times at the same
+#: bytes).
 DEFAULT_MAX_TABLES: Final = 500_000
+#: The visit budget also grows with the buffer only: one visit per this many bytes, plus
+#: :data:`MIN_TABLE_VISITS`. A table takes at least 8 bytes (its vtable offset and the offset that
+#: points to it) and every reader of a real program walks each table once or twice, so real
+#: programs use under a fifth of it (about one visit per 20 bytes, all readers of one head
+#: together), while a file that shares one vector between many parents is refused after a few
+#: walks of that vector instead of one walk per parent.
+BYTES_PER_TABLE_VISIT: Final = 4
+MIN_TABLE_VISITS: Final = 1024
 
 _U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")
@@ -32,9 +42,14 @@ _F64 = struct.Struct("<d")
 
 
 class FlatBuffer:
-    """Bounded little-endian reads over one FlatBuffer held in memory."""
+    """Bounded little-endian reads over one FlatBuffer held in memory.
 
-    __slots__ = ("_max_tables", "_tables", "data", "error", "path", "size")
+    ``visits`` counts the tables read so far (by every reader sharing this buffer) and
+    ``max_visits`` is the budget: ``max_tables``, or less for a small buffer (see
+    :data:`BYTES_PER_TABLE_VISIT`).
+    """
+
+    __slots__ = ("data", "error", "max_visits", "path", "size", "visits")
 
     def __init__(
         self,
@@ -48,8 +63,8 @@ class FlatBuffer:
         self.size = len(data)
         self.path = path
         self.error = error
-        self._tables = 0
-        self._max_tables = max_tables
+        self.visits = 0
+        self.max_visits = min(max_tables, MIN_TABLE_VISITS + self.size // BYTES_PER_TABLE_VISIT)
 
     def fail(self, message: str, offset: int | None = None, hint: str | None = None) -> NoReturn:
         """Raise the reader's error for this buffer."""
@@ -109,10 +124,12 @@ class FlatBuffer:
 
     def table_at(self, pos: int, what: str) -> Table:
         """The table whose start is at absolute position ``pos``, with its vtable checked."""
-        self._tables += 1
-        if self._tables > self._max_tables:
+        self.visits += 1
+        if self.visits > self.max_visits:
             self.fail(
-                f"FlatBuffer visits more than {self._max_tables} tables; refusing to continue"
+                f"FlatBuffer visits more than {self.max_visits} tables, the limit for "
+                f"{self.size} bytes: its offsets point many times at the same data",
+                hint="the file is corrupt or crafted; a real program visits each table once or twice",
             )
         vtable = pos - self.i32(pos, f"{what} vtable offset")
         self.check(vtable, 4, f"{what} vtable")
@@ -267,4 +284,10 @@ class Table:
             )
 
 
-__all__ = ["DEFAULT_MAX_TABLES", "FlatBuffer", "Table"]
+__all__ = [
+    "BYTES_PER_TABLE_VISIT",
+    "DEFAULT_MAX_TABLES",
+    "MIN_TABLE_VISITS",
+    "FlatBuffer",
+    "Table",
+]
