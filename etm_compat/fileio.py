@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from etm_compat.errors import InputError, UnreadableError
+from etm_compat.errors import InputError, OutputError, UnreadableError
 
 
 def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
@@ -79,6 +80,98 @@ def read_capped(
     return data
 
 
+def read_stream_capped(stream: BinaryIO, limit: int, *, what: str, path: str) -> bytes:
+    """All of an already open stream (stdin, a pipe), refusing more than ``limit`` bytes."""
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while total <= limit and (chunk := stream.read(min(1 << 16, limit + 1 - total))):
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as exc:
+        raise UnreadableError(f"cannot read {what}: {exc.strerror or exc}", path=path) from exc
+    if total > limit:
+        raise InputError(f"{what} is larger than the {limit} bytes accepted", path=path)
+    return b"".join(chunks)
+
+
+def read_named_input(path: str | os.PathLike[str], limit: int, *, what: str) -> bytes:
+    """A small input the user named explicitly (``--messages FILE``): a regular file or a pipe.
+
+    Unlike :func:`read_capped`, a FIFO is accepted (process substitution, ``<(...)``): it is
+    opened without blocking and read up to ``limit`` bytes once a writer is there; a FIFO that
+    nothing writes to is refused (it would block forever). Folders, sockets and devices are
+    refused too.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise UnreadableError(f"cannot read {what}: {exc.strerror or exc}", path=path) from exc
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            os.set_blocking(fd, True)
+            return read_stream_capped(fh, limit, what=what, path=os.fspath(path))
+        if not stat.S_ISFIFO(mode):
+            kind = "folder" if stat.S_ISDIR(mode) else "socket or device"
+            raise UnreadableError(f"{what} is not a regular file or a pipe (a {kind})", path=path)
+        try:
+            head = os.read(fd, 1 << 16)
+        except BlockingIOError:  # a writer is there, nothing written yet
+            head = None
+        if head == b"":
+            raise UnreadableError(
+                f"{what} is a FIFO that nothing writes to (not a regular file)",
+                path=path,
+                hint="name a regular file, or a pipe with a writer such as <(command)",
+            )
+        os.set_blocking(fd, True)
+        rest = read_stream_capped(fh, limit - len(head or b""), what=what, path=os.fspath(path))
+        return (head or b"") + rest
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file (hard links and symlinks included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output(
+    path: str | os.PathLike[str],
+    *,
+    force: bool,
+    sources: Iterable[str | os.PathLike[str]] = (),
+    force_option: str = "{force}",
+) -> Path:
+    """The one rule for every output file: refuse a folder, refuse a file the run reads as a
+    source (even with ``force``), refuse an existing file unless ``force``.
+
+    ``force_option`` is how the hint names the option that allows replacing (``{force}`` by
+    default, spelled by the caller).
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise OutputError("is a folder, not a file", path=target, hint="name a file to write")
+    for source in sources:
+        if same_file(target, source):
+            raise OutputError(
+                "is one of the files this run reads; refusing to write over a source",
+                path=target,
+                hint="write the output somewhere else",
+            )
+    if (target.exists() or target.is_symlink()) and not force:
+        raise OutputError("already exists", path=target, hint=f"choose another name or pass {force_option}")
+    return target
+
+
+def output_error(exc: OSError, path: str | os.PathLike[str], what: str = "the output") -> OutputError:
+    """An OSError met while writing (ENOSPC, EROFS, EACCES, ...) as the OutputError to raise."""
+    return OutputError(f"cannot write {what}: {exc.strerror or exc}", path=path)
+
+
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 4 * 1024 * 1024) -> str:
     """The sha256 hex digest of a regular file, read in chunks (constant memory)."""
     digest = hashlib.sha256()
@@ -88,4 +181,14 @@ def sha256_file(path: str | os.PathLike[str], *, chunk: int = 4 * 1024 * 1024) -
     return digest.hexdigest()
 
 
-__all__ = ["display_path", "open_regular", "read_capped", "sha256_file"]
+__all__ = [
+    "check_output",
+    "display_path",
+    "open_regular",
+    "output_error",
+    "read_capped",
+    "read_named_input",
+    "read_stream_capped",
+    "same_file",
+    "sha256_file",
+]

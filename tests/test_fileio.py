@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, hang_guard
 
 from etm_compat.archive import open_archive
 from etm_compat.cli.exit_codes import EXIT_BAD_INPUT
@@ -33,10 +32,8 @@ def fifo(tmp_path):
     ids=["read_pte", "read_ptd", "open_archive", "read_config", "open_regular"],
 )
 def test_library_readers_refuse_a_fifo(fifo, reader):
-    start = time.monotonic()
-    with pytest.raises(UnreadableError, match="not a regular file"):
-        reader(fifo)
-    assert time.monotonic() - start < 2
+    with hang_guard(60), pytest.raises(UnreadableError, match="not a regular file"):
+        reader(fifo)  # opening a FIFO for reading would block forever: the guard catches that
     assert not is_pte_file(fifo)
 
 
@@ -61,9 +58,8 @@ def test_cli_refuses_a_fifo_with_exit_3(fifo, tmp_path, capsys, args):
     out = tmp_path / "out"
     out.mkdir()
     argv = [a.format(fifo=fifo, out=out) for a in args]
-    start = time.monotonic()
-    assert main(argv) == EXIT_BAD_INPUT
-    assert time.monotonic() - start < 5
+    with hang_guard(60):
+        assert main(argv) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "not a regular file" in err and err.count("\n") == 1
     assert list(out.iterdir()) == []

@@ -79,7 +79,7 @@ def test_bad_extension_and_missing_folder(tmp_path: Path) -> None:
 def test_replaces_an_existing_report_atomically(tmp_path: Path) -> None:
     target = tmp_path / "r.md"
     target.write_text("old")
-    write_report(target, report())
+    write_report(target, report(), force=True)
     assert target.read_text().startswith("# etm-compat diagnose report")
 
 
@@ -198,7 +198,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(
     monkeypatch.setattr(report_files.os, "replace", fail)
     expected = OutputError if isinstance(error, OSError) else KeyboardInterrupt
     with pytest.raises(expected):
-        report_files.write_text_atomic(target, "new")
+        report_files.write_text_atomic(target, "new", force=True)
     assert [p.name for p in tmp_path.iterdir()] == ["r.md"] and target.read_text() == "old"
 
 

@@ -36,6 +36,7 @@ from etm_compat.constants import (
 )
 from etm_compat.errors import (
     ArchiveError,
+    EtmError,
     IntegrityError,
     MetadataError,
     OutputError,
@@ -43,7 +44,7 @@ from etm_compat.errors import (
     UnsupportedVersionError,
     UsageError,
 )
-from etm_compat.fileio import open_regular
+from etm_compat.fileio import open_regular, output_error
 
 __all__ = [
     "EtmArchive",
@@ -243,7 +244,12 @@ class EtmArchive:
                 path=self.path,
             )
         root = Path(dest_dir)
-        root.mkdir(parents=True, exist_ok=True)
+        if root.exists() and not root.is_dir():
+            raise OutputError("is a file, not a folder", path=root, hint="name a folder to extract into")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file where a folder should be, read-only, no rights
+            raise output_error(exc, root, "the folder") from None
         real_root = root.resolve()
         plan: list[tuple[MemberInfo, Path]] = []
         for member, file_name in names.items():
@@ -252,6 +258,13 @@ class EtmArchive:
             if target.parent.resolve() != real_root:
                 raise ArchiveError(f"member {member!r} would be written outside {root}", path=self.path)
             plan.append((self.members[member], target))
+        folders = [str(t) for _, t in plan if t.is_dir() and not t.is_symlink()]
+        if folders:
+            raise OutputError(
+                f"a folder is in the way of {', '.join(folders)}",
+                path=root,
+                hint="extract into an empty folder",
+            )
         existing = [str(t) for _, t in plan if t.exists() or t.is_symlink()]
         if existing and not force:
             raise OutputError(
@@ -279,9 +292,11 @@ class EtmArchive:
             for tmp, target in temps:
                 os.chmod(tmp, 0o644)
                 os.replace(tmp, target)
-        except BaseException:
+        except BaseException as exc:
             for tmp, _ in temps:
                 tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and not isinstance(exc, EtmError):  # full disk, read-only...
+                raise output_error(exc, root, "the extracted files") from None
             raise
         return [target for _, target in plan]
 

@@ -36,7 +36,8 @@ from etm_compat.archive.plan import MemberSpec, fill_metadata, order_specs
 from etm_compat.archive.programs import duplicate_weights
 from etm_compat.archive.zipfmt import central_entry, end_records, local_header
 from etm_compat.constants import ETM_ALIGN_DEFAULT, ETM_ALIGN_MAPPED, MEMBER_METADATA
-from etm_compat.errors import MetadataError, OutputError, UnreadableError, UsageError
+from etm_compat.errors import EtmError, MetadataError, OutputError, UnreadableError, UsageError
+from etm_compat.fileio import check_output, output_error
 
 #: Bytes per read while streaming a member (constant memory whatever the member size).
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -177,8 +178,7 @@ def write_archive(
     """
     dest = Path(dest)
     ordered = order_specs(members)
-    if dest.exists() and not overwrite:
-        raise OutputError("already exists", path=dest, hint="choose another name or pass {force}")
+    check_output(dest, force=overwrite, sources=[spec.source for spec in ordered])
     if not dest.parent.is_dir():
         raise OutputError("destination folder does not exist", path=dest.parent)
     meta: dict[str, Any] = copy.deepcopy(dict(metadata))
@@ -216,7 +216,10 @@ def write_archive(
         slots.append(slot)
         pos = slot.data_offset + size
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as exc:
+        raise output_error(exc, dest.parent, "the archive here") from None
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "w+b") as out, ThreadPoolExecutor(max_workers=2) as pool:
@@ -263,8 +266,10 @@ def write_archive(
                 os.fsync(out.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, EtmError):  # full disk, read-only...
+            raise output_error(exc, dest, "the archive") from None
         raise
     if fsync:
         _fsync_dir(dest.parent)

@@ -30,7 +30,7 @@ def default_jobs() -> int:
 
 @contextmanager
 def open_executor(
-    *, jobs: int, scheduler: str | None = None, pending: int = 1, connect_timeout: float = 30.0
+    *, jobs: int, scheduler: str | None = None, pending: int = 1, connect_timeout: float = 5.0
 ) -> Iterator[concurrent.futures.Executor | None]:
     """The executor the command line runs a plan on; None means "in this process".
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 from rich.console import Console
 
 from etm_compat.adapters import default_adapters
+from etm_compat.archive import is_archive
 from etm_compat.bulk.executor import default_jobs, open_executor
 from etm_compat.bulk.upgrade import execute, plan_upgrade
 from etm_compat.cli import report_files, upgrade_view
@@ -19,9 +21,11 @@ from etm_compat.compat import cache_admin
 from etm_compat.compat.loader import render
 from etm_compat.diagnosis import diagnose
 from etm_compat.errors import InputError
-from etm_compat.fileio import read_capped
+from etm_compat.fileio import check_output, read_named_input, read_stream_capped
 from etm_compat.inspection import inspect
 from etm_compat.legacy.deployment import Adapter
+from etm_compat.legacy.resolve import resolve_source
+from etm_compat.legacy.scan import scan
 from etm_compat.packing import pack, unpack
 from etm_compat.prompt.messages import load_messages
 from etm_compat.verification import verify
@@ -41,8 +45,16 @@ def adapters() -> list[Adapter]:
     return list(default_adapters())
 
 
+#: The most a small text input (messages, a chat template) may hold.
+TEXT_INPUT_LIMIT: Final = 4 * 1024 * 1024
+
+
 def read_text(path: str, what: str) -> str:
-    data = read_capped(path, 4 * 1024 * 1024, what=what)
+    """A small UTF-8 input the user named: a file, a pipe (``<(...)``) or ``-`` for stdin; bounded."""
+    if path == "-":
+        data = read_stream_capped(sys.stdin.buffer, TEXT_INPUT_LIMIT, what=what, path="<stdin>")
+    else:
+        data = read_named_input(path, TEXT_INPUT_LIMIT, what=what)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -107,14 +119,29 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     fmt = "json" if args.json and args.format is None else args.format
     if args.output:
         fmt = report_files.format_for(args.output, fmt)  # a bad extension fails before any work
+        check_output(args.output, force=args.force, sources=[args.path])  # ...and an existing file
     report = diagnose(args.path, adapters(), runtime=args.runtime, app=args.app)
     if args.output:
-        report_files.write_report(args.output, report, fmt=fmt)
+        sources = diagnosed_files(args.path)
+        report_files.write_report(args.output, report, fmt=fmt, force=args.force, sources=sources)
     elif fmt is not None:
         sys.stdout.write(report_files.render(report, fmt))
     if fmt is None or (args.output and not args.json):
         render_diagnose(console(), report.to_json())
     return EXIT_FINDINGS if report.at_or_above(args.fail_on) else EXIT_OK
+
+
+def diagnosed_files(path: str) -> list[Path]:
+    """Every file ``diagnose PATH`` reads: a report must never be written over one of them."""
+    target = Path(path)
+    adapters_ = adapters()
+    if target.is_file():
+        if is_archive(target):
+            return [target]
+        return [target, *resolve_source(target, adapters_).sources]
+    result = scan(target, adapters_)
+    files = [f for dep in result.deployments for f in dep.sources]
+    return files + list(result.archives)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -146,6 +173,13 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
         force=args.force,
         verify_existing=args.verify_existing,
     )
+    for report in args.report or ():  # an existing report or a source fails before any work
+        check_output(
+            report,
+            force=args.overwrite_reports,
+            sources=upgrade_view.plan_files(plan),
+            force_option=upgrade_view.OVERWRITE_REPORTS,
+        )
     out = console()
     if args.dry_run:
         if args.json:
@@ -156,14 +190,16 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     if not args.json:
         upgrade_view.render_plan(out, plan, full=False)
     jobs = args.jobs or default_jobs()
-    with open_executor(jobs=jobs, scheduler=args.scheduler, pending=len(plan.pending)) as executor:
+    with open_executor(
+        jobs=jobs, scheduler=args.scheduler, pending=len(plan.pending), connect_timeout=args.scheduler_timeout
+    ) as executor:
         if args.json:
             result = execute(plan, executor)
         else:
             with upgrade_view.upgrade_progress(out, plan) as progress:
                 result = execute(plan, executor, progress=progress)
     for report in args.report or ():
-        upgrade_view.write_report(report, result)
+        upgrade_view.write_report(report, result, force=args.overwrite_reports)
     if args.json:
         emit_json(upgrade_view.to_json(result))
     else:

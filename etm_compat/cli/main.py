@@ -6,6 +6,7 @@ Exit codes are in :mod:`etm_compat.cli.exit_codes` (and the README).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -33,6 +34,40 @@ from etm_compat.errors import EtmError
 from etm_compat.prompt.apps import APP_IDS
 
 # --- parser -----------------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def non_negative_days(text: str) -> float:
+    """An argparse type: a finite number of days, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of days, 0 or more, not {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds above 0, not {text!r}")
+    return value
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,11 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-on", choices=("error", "warning", "info"), default="error", help="exit 1 when a finding is at or above this level (default: error)")
     p.add_argument("--runtime", action="store_true", help="also check delegate backends against the installed ExecuTorch runtime (imports torch)")
     p.add_argument("--app", choices=APP_IDS, help="also check each program as this ExecuTorch demo app would take it: model type from the file name, hard-coded prompt format")
+    p.add_argument("--force", action="store_true", help="replace an existing --output file (never one of the scanned files)")
     p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("render", help="render a conversation with a deployment's chat template")
     p.add_argument("path", help="an .etm archive or a legacy folder / .pte")
-    p.add_argument("--messages", required=True, help='JSON file: [{"role": ..., "content": ...}, ...]')
+    p.add_argument("--messages", required=True, help='JSON file ("-" for stdin, a pipe is fine): [{"role": ..., "content": ...}, ...]')
     p.add_argument("--no-generation-prompt", action="store_true")
     p.add_argument("--family", help="force the model family")
     p.add_argument("--json", action="store_true", help='print {"prompt": ...}')
@@ -108,12 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--out", help="write archives here, mirroring ROOT's folders")
     where.add_argument("--in-place", action="store_true", help="write each archive beside its sources")
     p.add_argument("--dry-run", action="store_true", help="only print the plan")
-    p.add_argument("-j", "--jobs", type=int, help="worker processes (default: the cores)")
+    p.add_argument("-j", "--jobs", type=positive_int, help="worker processes, at least 1 (default: the cores)")
     p.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler (needs etm-compat[dask])")
+    p.add_argument(
+        "--scheduler-timeout",
+        type=positive_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="give up reaching the --scheduler after SECONDS (default: 5)",
+    )
     p.add_argument(
         "--report", metavar="FILE", action="append", help="write a report: .json, .md or .html (repeatable)"
     )
     p.add_argument("--force", action="store_true", help="repack archives that are up to date")
+    p.add_argument(
+        "--overwrite-reports",
+        action="store_true",
+        help="replace --report files that exist (never a source or archive of the run)",
+    )
     p.add_argument("--verify-existing", action="store_true", help="hash archives and sources to decide what is up to date")
     p.add_argument("--json", action="store_true", help="print the result (or, with --dry-run, the plan) as JSON")
     p.set_defaults(func=cmd_upgrade)
@@ -124,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c = csub.add_parser("prune", help="remove cache entries")
     c.add_argument("--all", action="store_true", help="remove every entry")
-    c.add_argument("--older-than", type=float, metavar="DAYS", help="remove entries unused for DAYS")
+    c.add_argument("--older-than", type=non_negative_days, metavar="DAYS", help="remove entries unused for DAYS")
     c.add_argument("--max-size", metavar="SIZE", help="then remove least recently used entries down to SIZE (500M, 2G)")
     c.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cache)
@@ -165,4 +213,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "non_negative_days", "positive_int", "positive_seconds"]

@@ -27,11 +27,12 @@ import html
 import json
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 from etm_compat.errors import OutputError, UsageError, escape_control
+from etm_compat.fileio import check_output, output_error
 from etm_compat.findings import SEVERITIES
 
 COLORS: Final = {"error": "#c62828", "warning": "#ef8f00", "info": "#1565c0"}
@@ -303,14 +304,26 @@ def _new_temp(folder: Path, name: str) -> tuple[int, Path]:
     raise FileExistsError(f"no free temporary name beside {name}")
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) to a new file in the same folder, then ``os.replace`` it onto ``path``.
+def write_text_atomic(
+    path: str | os.PathLike[str],
+    text: str,
+    *,
+    force: bool = False,
+    sources: Iterable[str | os.PathLike[str]] = (),
+    force_option: str = "{force}",
+) -> Path:
+    """Write ``text`` (UTF-8) to a new file in the same folder, then move it onto ``path``.
 
-    Readers see the old file or the whole new one, never a part. An OSError becomes an
+    The output rule of every file etm-compat writes (:func:`etm_compat.fileio.check_output`):
+    a folder, or a file in ``sources`` (what the run read), is refused even with ``force``; an
+    existing file is refused unless ``force``. Without ``force`` the file is linked into place
+    (never replacing one that appeared meanwhile); with it, ``os.replace`` swaps it in. Readers
+    see the old file or the whole new one, never a part. The file gets the umask's mode (0644
+    under the usual 022). An OSError (full disk, read-only filesystem...) becomes an
     OutputError; on any failure (interrupts included) the temporary file is removed. Code points
     UTF-8 cannot encode (lone surrogates) are written as ``\\udcXX`` escapes.
     """
-    target = Path(path)
+    target = check_output(path, force=force, sources=sources, force_option=force_option)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError("the output folder does not exist", path=folder)
@@ -321,19 +334,46 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     try:
         with open(fd, "w", encoding="utf-8", errors="backslashreplace", newline="\n") as fh:
             fh.write(text)
-        os.replace(tmp, target)
+        if force:
+            os.replace(tmp, target)
+        else:
+            _link_new(tmp, target, force_option)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write the report: {exc.strerror or exc}", path=target) from exc
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise output_error(exc, target, "the report") from exc
         raise
     return target
 
 
-def write_report(path: str | os.PathLike[str], report: ReportLike, *, fmt: str | None = None) -> Path:
-    """Write the findings report to ``path`` in the format its extension names (or ``fmt``)."""
-    return write_text_atomic(path, render(report, format_for(path, fmt)))
+def _link_new(tmp: Path, target: Path, force_option: str) -> None:
+    """Put ``tmp`` at ``target`` only if nothing is there (a hard link fails on an existing name)."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise OutputError(
+            "already exists", path=target, hint=f"choose another name or pass {force_option}"
+        ) from None
+    except OSError:  # a filesystem without hard links: the check above is the guard
+        os.replace(tmp, target)
+        return
+    tmp.unlink()
+
+
+def write_report(
+    path: str | os.PathLike[str],
+    report: ReportLike,
+    *,
+    fmt: str | None = None,
+    force: bool = False,
+    sources: Iterable[str | os.PathLike[str]] = (),
+) -> Path:
+    """Write the findings report to ``path`` in the format its extension names (or ``fmt``).
+
+    ``force`` and ``sources`` are :func:`write_text_atomic`'s output rule.
+    """
+    return write_text_atomic(path, render(report, format_for(path, fmt)), force=force, sources=sources)
 
 
 __all__ = [

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from rich.console import Console
 from rich.progress import (
@@ -280,16 +280,41 @@ def render(result: UpgradeResult, fmt: str) -> str:
     return to_markdown(result) if fmt == "md" else to_html(result)
 
 
-def write_report(path: str | os.PathLike[str], result: UpgradeResult, *, fmt: str | None = None) -> Path:
+#: The option that lets ``upgrade`` replace an existing report (``--force`` means "repack").
+OVERWRITE_REPORTS: Final = "--overwrite-reports"
+
+
+def plan_files(plan: UpgradePlan) -> list[Path]:
+    """Every file an upgrade reads or writes (sources and archives): no report may replace one."""
+    files: list[Path] = []
+    for item in plan.items:
+        files.extend(item.deployment.sources)
+        files.append(item.archive)
+    return files
+
+
+def write_report(
+    path: str | os.PathLike[str], result: UpgradeResult, *, fmt: str | None = None, force: bool = False
+) -> Path:
     """Write the report in the format the extension names (or ``fmt``), atomically.
+
+    An existing file is refused unless ``force``; a source or archive of the run always is.
 
     >>> write_report("upgrade.html", result)  # doctest: +SKIP
     PosixPath('upgrade.html')
     """
-    return write_text_atomic(path, render(result, format_for(path, fmt)))
+    return write_text_atomic(
+        path,
+        render(result, format_for(path, fmt)),
+        force=force,
+        sources=plan_files(result.plan),
+        force_option=OVERWRITE_REPORTS,
+    )
 
 
 __all__ = [
+    "OVERWRITE_REPORTS",
+    "plan_files",
     "render",
     "render_plan",
     "render_summary",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from etm_compat.errors import UsageError
+from etm_compat.errors import OutputError, UnreadableError, UsageError
 
 MARKER: Final = ".complete"
 TMP_PREFIX: Final = ".tmp-"
@@ -61,40 +62,65 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
     try:
         with open(folder / MARKER, "rb") as fh:
             data = json.loads(fh.read(1024 * 1024))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a damaged marker: the entry is not complete
         return None
     return data if isinstance(data, dict) and isinstance(data.get("files"), dict) else None
 
 
 def discard_entry(folder: Path) -> None:
     """Remove an entry: first rename it aside (one atomic step), then delete it."""
-    trash = Path(tempfile.mkdtemp(prefix=_TRASH_PREFIX, dir=folder.parent))
-    with contextlib.suppress(FileNotFoundError):  # another process removed it first
-        os.rename(folder, trash / "entry")
+    try:
+        trash = Path(tempfile.mkdtemp(prefix=_TRASH_PREFIX, dir=folder.parent))
+        with contextlib.suppress(FileNotFoundError):  # another process removed it first
+            os.rename(folder, trash / "entry")
+    except OSError as exc:
+        raise OutputError(f"cannot remove a cache entry: {exc.strerror or exc}", path=folder) from None
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _entries(root: Path) -> Iterator[CacheEntry]:
+def _remove_leftover(child: Path) -> None:
+    """Delete a dead build's temp folder or a removal's trash; a stray symlink or file is unlinked."""
+    if child.is_symlink() or not child.is_dir():
+        with contextlib.suppress(OSError):
+            child.unlink()
+    else:
+        shutil.rmtree(child, ignore_errors=True)
+
+
+def _children(root: Path) -> list[Path]:
+    """The cache folder's children; none when it does not exist yet."""
     try:
-        children = sorted(root.iterdir())
+        return sorted(root.iterdir())
     except FileNotFoundError:
-        return
-    for folder in children:
-        if len(folder.name) != _KEY_LEN or not folder.is_dir():
+        return []
+    except NotADirectoryError:
+        raise UsageError(
+            "the cache folder is not a folder",
+            path=root,
+            hint="point ETM_CACHE_DIR at a folder, or unset it",
+        ) from None
+    except OSError as exc:
+        raise UnreadableError(f"cannot read the cache folder: {exc.strerror or exc}", path=root) from None
+
+
+def _entries(root: Path) -> Iterator[CacheEntry]:
+    for folder in _children(root):
+        if len(folder.name) != _KEY_LEN or folder.is_symlink() or not folder.is_dir():
             continue
         marker = read_marker(folder)
         if marker is None:
             continue
         try:
             last_used = (folder / MARKER).stat().st_mtime
-        except OSError:
+            size = sum(int(f.get("size", 0)) for f in marker["files"].values() if isinstance(f, dict))
+            created = float(marker.get("created", last_used))
+        except (OSError, TypeError, ValueError, OverflowError):  # a damaged marker: skip the entry
             continue
-        size = sum(int(f.get("size", 0)) for f in marker["files"].values() if isinstance(f, dict))
         yield CacheEntry(
             key=folder.name,
             folder=folder,
             size=size,
-            created=float(marker.get("created", last_used)),
+            created=created,
             last_used=last_used,
             archive=str(marker.get("archive", "")),
         )
@@ -141,14 +167,15 @@ def prune(
     for entry in doomed:
         discard_entry(entry.folder)
     leftovers = 0
-    if base.is_dir():
-        for child in base.iterdir():
-            stale = child.name.startswith(TMP_PREFIX) and (
-                remove_all or clock - child.stat().st_mtime > _STALE_TMP_SECONDS
-            )
-            if child.name.startswith(_TRASH_PREFIX) or stale:
-                shutil.rmtree(child, ignore_errors=True)
-                leftovers += 1
+    for child in _children(base):
+        try:
+            age = clock - child.lstat().st_mtime  # lstat: a dangling symlink has an age too
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        stale = child.name.startswith(TMP_PREFIX) and (remove_all or age > _STALE_TMP_SECONDS)
+        if child.name.startswith(_TRASH_PREFIX) or stale:
+            _remove_leftover(child)
+            leftovers += 1
     return PruneResult(tuple(doomed), sum(e.size for e in doomed), leftovers)
 
 
@@ -168,8 +195,8 @@ def parse_size(text: str) -> int:
         raise UsageError(
             f"not a size: {text!r}", hint="write it like 500M, 2G or 1048576"
         ) from None
-    if value < 0:
-        raise UsageError(f"negative size: {text!r}")
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"not a size: {text!r}", hint="give a finite size of 0 or more, like 500M or 2G")
     return int(value * units[unit])
 
 

@@ -26,7 +26,13 @@ from etm_compat.archive.metadata import tokenizer_member
 from etm_compat.archive.names import weights_member_names
 from etm_compat.compat.cache import LegacyPaths, legacy_paths_of
 from etm_compat.constants import MAIN_PROGRAM_NAME
-from etm_compat.errors import RuntimeUnavailableError, UnreadableError, UsageError
+from etm_compat.errors import (
+    EtmError,
+    OutputError,
+    RuntimeUnavailableError,
+    UnreadableError,
+    UsageError,
+)
 from etm_compat.formats.tokenizer.detect import sniff_tokenizer_format
 from etm_compat.legacy.deployment import Adapter, Deployment
 from etm_compat.legacy.resolve import resolve_source
@@ -225,6 +231,7 @@ class Bundle:
         >>> bundle.render([{"role": "user", "content": "Hi"}])   # doctest: +SKIP
         '<|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\nHi<|eot_id|>...'
         """
+        _check_messages(messages)
         meta = self._metadata
         if meta is None:  # a folder: what pack would record, without hashing every source
             view = self._legacy_view()
@@ -303,10 +310,32 @@ class Bundle:
             data = {MAIN_PROGRAM_NAME: tuple(dep.weights), **{p.name: p.weights for p in dep.parts}}
             return LegacyPaths(dep.program, dep.tokenizer, tuple(dep.weights), dep.root, programs, data)
         assert self._archive is not None
-        return legacy_paths_of(self._archive, verify=verify, root=cache_root)
+        try:
+            return legacy_paths_of(self._archive, verify=verify, root=cache_root)
+        except EtmError:
+            raise
+        except OSError as exc:  # the cache folder: missing rights, full disk, a file in the way
+            raise OutputError(
+                f"cannot materialize the archive in the cache: {exc.strerror or exc}",
+                path=exc.filename if exc.filename is not None else cache_root,
+                hint="check the cache folder (ETM_CACHE_DIR), or pass cache_root=DIR",
+            ) from None
 
     def __repr__(self) -> str:
         return f"<Bundle {self.kind} {str(self.path)!r}>"
+
+
+def _check_messages(messages: object) -> None:
+    """A conversation is a list of ``{role, content}`` mappings; anything else is a usage error."""
+    if (
+        isinstance(messages, (str, bytes))
+        or not isinstance(messages, Sequence)
+        or not all(isinstance(m, Mapping) for m in messages)
+    ):
+        raise UsageError(
+            f"messages must be a list of {{role, content}} mappings, not {type(messages).__name__}",
+            hint='pass [{"role": "user", "content": "Hello"}]',
+        )
 
 
 def _legacy_metadata(view: DeploymentView) -> dict[str, Any]:
@@ -341,6 +370,12 @@ def load(
     target = Path(path)
     if not target.exists():
         raise UnreadableError("no such file or folder", path=target)
+    if not target.is_file() and not target.is_dir():
+        raise UnreadableError(
+            "not a regular file or folder (a FIFO, socket or device)",
+            path=target,
+            hint="load an .etm archive, a .pte or a deployment folder",
+        )
     if target.is_file() and is_archive(target):
         return Bundle(target, archive=open_archive(target))
     if adapters is None:

@@ -22,6 +22,8 @@ def load_messages(text: str, *, path: str | os.PathLike[str] | None = None) -> l
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"messages are not valid JSON: {exc.msg} (line {exc.lineno})", path=path) from exc
+    except (RecursionError, ValueError) as exc:  # nested too deep, or a number too long to read
+        raise InputError(f"messages cannot be read as JSON: {exc}", path=path) from None
     if isinstance(data, dict) and isinstance(data.get("messages"), list):
         data = data["messages"]
     if not isinstance(data, list) or not data:
