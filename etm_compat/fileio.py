@@ -7,12 +7,13 @@ opens its input through :func:`open_regular`.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from etm_compat.errors import InputError, OutputError, UnreadableError
 
@@ -52,6 +53,45 @@ def display_path(path: Path, root: Path) -> str:
     except ValueError:
         return str(path)
     return path.name if rel.startswith("..") else rel
+
+
+def metadata_text(text: str) -> str:
+    r"""``text`` as valid UTF-8 text: lone surrogates become ``\udcXX`` escape sequences.
+
+    A file name that is not valid UTF-8 (legal on Linux) reaches Python surrogate-escaped
+    (byte 0xFF as U+DCFF), which no UTF-8 JSON can hold. This is the one rule for putting such
+    text into metadata.json: the same spelling error lines and reports use.
+
+    >>> metadata_text("model\udcff.pte")
+    'model\\udcff.pte'
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def metadata_path(path: str | os.PathLike[str]) -> dict[str, str]:
+    """How metadata.json records a (relative) path: ``{"path": text}``, plus ``path_bytes_b64``
+    (the exact name bytes, standard base64) when the name is not valid UTF-8 (docs/FORMAT.md)."""
+    text = os.fspath(path)
+    safe = metadata_text(text)
+    if safe == text:
+        return {"path": text}
+    raw = os.fsencode(text)
+    return {"path": safe, "path_bytes_b64": base64.b64encode(raw).decode("ascii")}
+
+
+def metadata_safe(value: Any) -> Any:
+    """A JSON value with every string (keys too) made valid UTF-8 by :func:`metadata_text`."""
+    if isinstance(value, str):
+        return metadata_text(value)
+    if isinstance(value, dict):
+        return {metadata_safe(k): metadata_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [metadata_safe(v) for v in value]
+    return value
 
 
 def read_capped(
@@ -184,6 +224,9 @@ def sha256_file(path: str | os.PathLike[str], *, chunk: int = 4 * 1024 * 1024) -
 __all__ = [
     "check_output",
     "display_path",
+    "metadata_path",
+    "metadata_safe",
+    "metadata_text",
     "open_regular",
     "output_error",
     "read_capped",

@@ -33,7 +33,7 @@ from etm_compat.constants import (
     VERSION,
 )
 from etm_compat.errors import OutputError
-from etm_compat.fileio import sha256_file
+from etm_compat.fileio import metadata_path, metadata_safe, sha256_file
 from etm_compat.findings import Finding
 from etm_compat.formats.program_kinds import read_program_kind
 from etm_compat.formats.ptd import read_ptd
@@ -138,7 +138,8 @@ def build_metadata(
     """The metadata.json content for a deployment (members and hashes are filled by the writer).
 
     Sources in ``digested_by_writer`` are packed unchanged: their provenance sha256 is left as a
-    placeholder for the archive writer, which hashes them anyway while copying.
+    placeholder for the archive writer, which hashes them anyway while copying. Every text is
+    valid UTF-8: a source name that is not gets ``path_bytes_b64`` (:func:`metadata_path`).
     """
     dep, pte, tok, inf = view.deployment, view.pte, view.tokenizer, view.inference
     meta = new_metadata(tool_version=VERSION)
@@ -176,7 +177,7 @@ def build_metadata(
         st = path.stat()
         sources.append(
             {
-                "path": os.path.relpath(path, dep.root),
+                **metadata_path(os.path.relpath(path, dep.root)),
                 "size": st.st_size,
                 "sha256": SHA256_PLACEHOLDER if path in later else sha256_file(path),
                 "mtime_ns": st.st_mtime_ns,
@@ -187,7 +188,9 @@ def build_metadata(
     modalities = plan_modalities(view, members)
     if modalities:
         meta["modalities"] = modalities
-    return meta
+    # Names that are not valid UTF-8 (in findings, paths...) become escapes: JSON must encode.
+    result: dict[str, Any] = metadata_safe(meta)
+    return result
 
 
 def plan_modalities(view: DeploymentView, members: Sequence[MemberSpec]) -> list[dict[str, Any]]:

@@ -57,7 +57,7 @@ def test_materialize_builds_then_reuses(archives: dict[str, Path], tmp_path: Pat
     with open_archive(archives["with_ptd"]) as etm:
         first = cache.materialize(etm, root=root)
         assert first.status == "built"
-        assert first.key == hashlib.sha256(etm.member_view("metadata.json")).hexdigest()
+        assert first.key == cache.archive_key(etm) != hashlib.sha256(etm.member_view("metadata.json")).hexdigest()
         assert first.folder == root / first.key
         for entry in etm.metadata["members"]:
             path = first.files[entry["name"]]

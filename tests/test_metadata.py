@@ -71,6 +71,7 @@ def full_metadata() -> dict[str, Any]:
     meta["members"] = [
         {"name": "model.pte", "size": 2304, "sha256": SHA_A, "role": "program"},
         {"name": "weights/model.ptd", "size": 524, "sha256": "b" * 64, "role": "weights"},
+        {"name": "tokenizer.model", "size": 2183, "sha256": "c" * 64, "role": "tokenizer"},
     ]
     meta["diagnostics"] = [
         {
@@ -270,12 +271,14 @@ def full_metadata_v2() -> dict[str, Any]:
         {"name": "model.pte", "size": 2304, "sha256": SHA_A, "role": "program"},
         {"name": "programs/adapter_b.pte", "size": 2304, "sha256": "b" * 64, "role": "program"},
         {"name": "programs/preprocessor.pte", "size": 99, "sha256": "c" * 64, "role": "program"},
+        {"name": "tokenizer.json", "size": 9, "sha256": "f" * 64, "role": "tokenizer"},
         {"name": "special_tokens_map.json", "size": 9, "sha256": "d" * 64, "role": "tokenizer_config"},
         {"name": "processors/preprocessor_config.json", "size": 9, "sha256": "e" * 64, "role": "processor_config"},
         {"name": "weights/adapter_a.ptd", "size": 7, "sha256": "1" * 64, "role": "weights"},
         {"name": "weights/adapter_b.ptd", "size": 7, "sha256": "2" * 64, "role": "weights"},
         {"name": "weights/foundation.ptd", "size": 7, "sha256": "3" * 64, "role": "weights"},
     ]  # fmt: skip
+    meta["tokenizer"].update(member="tokenizer.json", format="hf_json", variant=None)
     meta["weights"] = [
         {"member": "weights/adapter_a.ptd", "keys": ["a"], "role": "adapter"},
         {"member": "weights/adapter_b.ptd", "keys": ["b"], "role": "adapter"},

@@ -12,15 +12,23 @@ re-exports :func:`validate_metadata`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from etm_compat.archive.checker import Checker, is_kind
-from etm_compat.archive.names import ROLES
+from etm_compat.archive.names import ROLES, role_of
 from etm_compat.archive.programs import check_format2, check_program_info
-from etm_compat.constants import ETM_FORMAT, TOKENIZER_FORMATS
+from etm_compat.constants import (
+    ETM_FORMAT,
+    MEMBER_PROGRAM,
+    TOKENIZER_FORMATS,
+    TOKENIZER_MEMBER_BY_FORMAT,
+)
 from etm_compat.findings import CONFIDENCES, SEVERITIES
 
 __all__ = ["validate_metadata"]
+
+#: The HF ``tokenizer.json``: the only tokenizer its configs may travel with (docs/FORMAT.md 1).
+_HF_TOKENIZER: Final = TOKENIZER_MEMBER_BY_FORMAT["hf_json"]
 
 _TOP_REQUIRED = (
     "format",
@@ -118,11 +126,69 @@ def validate_metadata(obj: object) -> list[str]:
                 path = s.get("path")
                 if isinstance(path, str) and (path.startswith(("/", "\\")) or ":" in path[:2]):
                     c.bad(f"{p}.path", "must be relative")
+                elif isinstance(path, str) and (not path or "\0" in path):
+                    c.bad(f"{p}.path", "must be a non-empty path without NUL characters")
                 c.field(s, "size", p, "uint")
                 c.sha(s, "sha256", p)
                 c.field(s, "mtime_ns", p, "int")
     check_format2(c, obj)
+    _check_references(c, obj)
     return c.problems
+
+
+def _listed_roles(obj: dict[str, Any]) -> dict[str, Any]:
+    """``$.members`` as name -> the role its name implies (None for a name no archive may hold).
+
+    The role a member's *name* implies: whether the recorded role agrees is checked against the
+    zip by ``layout.check_members``, and is not reported twice here."""
+    members: Any = obj.get("members")
+    return {
+        m["name"]: role_of(m["name"])
+        for m in (members if isinstance(members, list) else [])
+        if isinstance(m, dict) and isinstance(m.get("name"), str)
+    }
+
+
+def _check_references(c: Checker, obj: dict[str, Any]) -> None:
+    """The cross-references inside metadata.json: what ``tokenizer.member`` and ``weights[].member``
+    name, how many tokenizers there are, and that tokenizer configs travel with an HF
+    tokenizer. (``members`` itself is matched against the zip by ``layout.check_members``.)"""
+    roles = _listed_roles(obj)
+    tokenizers = sorted(n for n, r in roles.items() if r == "tokenizer")
+    if len(tokenizers) > 1:
+        c.bad("$.members", f"more than one tokenizer member ({', '.join(map(repr, tokenizers))}); "
+              "an archive holds at most one")  # fmt: skip
+    configs = sorted(n for n, r in roles.items() if r == "tokenizer_config")
+    if configs and _HF_TOKENIZER not in roles:
+        c.bad("$.members", f"{', '.join(map(repr, configs))} without {_HF_TOKENIZER!r}: "
+              "tokenizer configs travel only with an HF tokenizer")  # fmt: skip
+    tok = obj.get("tokenizer")
+    if isinstance(tok, dict) and isinstance(tok.get("member"), str):
+        member = tok["member"]
+        if member not in roles:
+            c.bad("$.tokenizer.member", f"{member!r} is not a member of the archive")
+        elif roles[member] != "tokenizer":
+            c.bad("$.tokenizer.member", f"{member!r} is not a tokenizer member (it is "
+                  f"{'the program' if member == MEMBER_PROGRAM else repr(roles[member])})")  # fmt: skip
+        fmt = tok.get("format")
+        expected = TOKENIZER_MEMBER_BY_FORMAT.get(fmt) if isinstance(fmt, str) else None
+        if expected is not None and roles.get(member) == "tokenizer" and member != expected:
+            c.bad("$.tokenizer.member", f"{member!r} does not hold a {tok['format']!r} tokenizer "
+                  f"(that one is named {expected!r})")  # fmt: skip
+    mrv: Any = obj.get("min_reader_version")
+    if is_kind(mrv, "uint") and mrv >= 2:
+        return  # version 2: weights entries are checked with the programs (check_format2)
+    seen: set[str] = set()
+    entries: Any = obj.get("weights")
+    for i, w in enumerate(entries if isinstance(entries, list) else []):
+        member = w.get("member") if isinstance(w, dict) else None
+        if not isinstance(member, str):
+            continue  # reported by the shape checks
+        if member in seen:
+            c.bad(f"$.weights[{i}].member", f"{member!r} has two entries in $.weights")
+        elif roles.get(member) != "weights":
+            c.bad(f"$.weights[{i}].member", f"{member!r} is not a weights member of the archive")
+        seen.add(member)
 
 
 def _check_tokenizer(c: Checker, obj: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from etm_compat.archive import open_archive
 from etm_compat.bulk.lock import archive_lock, remove_stale_temporaries
 from etm_compat.constants import ETM_FORMAT_VERSION
 from etm_compat.errors import EtmError
+from etm_compat.fileio import metadata_path
 from etm_compat.findings import Finding
 from etm_compat.legacy.deployment import ConfigRole, Deployment
 from etm_compat.packing import pack_view
@@ -36,11 +37,14 @@ Outcome = Literal["written", "up_to_date", "locked", "failed"]
 
 
 def fingerprint(deployment: Deployment) -> dict[str, tuple[int, int]]:
-    """``{path relative to the deployment root: (size, mtime_ns)}`` of every source (stat only)."""
+    """``{path relative to the deployment root: (size, mtime_ns)}`` of every source (stat only).
+
+    Paths are spelled as metadata.json records them (:func:`etm_compat.fileio.metadata_path`).
+    """
     out: dict[str, tuple[int, int]] = {}
     for path in deployment.sources:
         st = os.stat(path)
-        out[os.path.relpath(path, deployment.root)] = (st.st_size, st.st_mtime_ns)
+        out[metadata_path(os.path.relpath(path, deployment.root))["path"]] = (st.st_size, st.st_mtime_ns)
     return out
 
 
@@ -99,8 +103,9 @@ def archive_status(archive: Path, deployment: Deployment, *, deep: bool = False)
         if (recorded[rel]["size"], recorded[rel]["mtime_ns"]) != (src_size, mtime_ns):
             return ArchiveCheck("stale", f"{rel} changed since it was packed (size or mtime)")
     if deep:
+        files = {metadata_path(os.path.relpath(p, deployment.root))["path"]: p for p in deployment.sources}
         for rel in sorted(current):
-            if _sha256(deployment.root / rel) != recorded[rel]["sha256"]:
+            if _sha256(files[rel]) != recorded[rel]["sha256"]:
                 return ArchiveCheck("stale", f"{rel} has different bytes than the packed copy")
     what = "paths, sizes, mtimes" + (", hashes" if deep else "")
     return ArchiveCheck(

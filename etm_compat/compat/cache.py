@@ -3,21 +3,30 @@
 ``TextLLMRunner`` and old application code take file *paths*. :func:`materialize` gives them the
 loose layout of an ``.etm`` archive, extracted once and reused by every later call and process.
 
-* **Key**: the sha256 of the archive's ``metadata.json`` bytes. metadata.json lists every
-  member's sha256, so the key pins every byte of the entry; two archives with the same content
-  share one entry wherever they live.
+* **Key**: the sha256 of the archive's ``metadata.json`` bytes *and* of every member's name,
+  size and CRC-32 as the zip's central directory records them (:func:`archive_key`).
+  metadata.json lists every member's sha256, and the entry's files are checked against those
+  digests when it is built, so an entry holds exactly the bytes its key's metadata promises.
+  Two archives whose metadata.json bytes are the same but whose members differ (one of them
+  lies about its members) get different keys: neither is ever served the other's files.
 * **Where**: ``$ETM_CACHE_DIR``, else ``$XDG_CACHE_HOME/etm-compat``, else
   ``~/.cache/etm-compat``. One folder per key; files are named as ``etm-compat unpack`` names them
   (``weights/x.ptd`` becomes ``x.ptd``), so an HF ``tokenizer.json`` sits beside its
   ``tokenizer_config.json`` as the runner requires.
-* **Concurrency**: an entry is built in a private temp folder inside the cache, each file
-  checksummed (CRC-32) while it is written and compared with the archive, a ``.complete``
-  marker written last, then
-  the folder is renamed into place in one step. A process that loses the rename to another uses
-  the winner's entry. No reader ever sees a partial entry or file.
+* **Checked once, when built**: an entry is built in a private temp folder inside the cache;
+  each file, once written, is read back and its CRC-32 compared with the zip's and its sha256
+  with metadata.json's (every problem of every member is reported in one
+  :class:`IntegrityError`, and nothing is left behind). A ``.complete`` marker is written last,
+  then the folder is renamed into place in one step. A process that loses the rename to another
+  uses the winner's entry. No reader ever sees a partial entry or file.
 * **Damage**: a hit is checked cheaply on every use (each file's size and mtime against the
-  stat signature recorded in ``.complete``), or fully (sha256) with ``verify=True``. A damaged
+  stat signature recorded in ``.complete``), or fully with ``verify=True`` (the entry's files
+  against metadata.json's sha256, and the archive's own members against them too). A damaged
   entry is moved aside and rebuilt.
+* **Trust**: the cache folder is trusted like the code itself (docs/MIGRATION.md, "The cache's
+  trust model"): whoever can write to it can change what every later hit serves, since a hit
+  checks only sizes and mtimes. Keep it private to the user (the default is), and share one
+  only among users who trust each other.
 
 Files are not fsync'ed (a plain copy is not either); after a power loss ``verify=True`` or
 ``etm-compat cache prune --all`` clears any doubt.
@@ -36,7 +45,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -57,6 +66,9 @@ from etm_compat.fileio import sha256_file
 log = logging.getLogger(__name__)
 
 _CHUNK: Final = 8 * 1024 * 1024
+#: Prefix of every key's hashed input: a later key scheme cannot collide with this one.
+_KEY_DOMAIN: Final = b"etm-compat cache key 2\0"
+_HINT_CORRUPT: Final = "the archive is corrupt or was edited; repack it from the original files"
 
 Status = Literal["built", "reused", "raced", "repaired"]
 
@@ -73,12 +85,25 @@ class Materialized:
 
 
 def archive_key(archive: EtmArchive) -> str:
-    """The content key of an archive: sha256 of its metadata.json bytes."""
+    """The content key of an archive: sha256 of its metadata.json bytes, then of each member's
+    name, size and CRC-32 from the central directory (in directory order).
+
+    The metadata pins every member's sha256 (checked when the entry is built), the directory
+    pins what this archive actually holds: two archives with the same metadata.json but other
+    member bytes do not share an entry.
+    """
+    digest = hashlib.sha256(_KEY_DOMAIN)
     view = archive.member_view(MEMBER_METADATA)
     try:
-        return hashlib.sha256(view).hexdigest()
+        digest.update(len(view).to_bytes(8, "little"))
+        digest.update(view)
     finally:
         view.release()
+    for info in archive.members.values():
+        name = info.name.encode("utf-8")
+        digest.update(len(name).to_bytes(4, "little") + name)
+        digest.update(info.size.to_bytes(8, "little") + info.crc32.to_bytes(4, "little"))
+    return digest.hexdigest()
 
 
 def _file_name(member: str) -> str:
@@ -121,38 +146,33 @@ def _check_entry(folder: Path, archive: EtmArchive, *, verify: bool) -> dict[str
     return files
 
 
-def _crc_range(path: Path, offset: int, size: int) -> int:
-    """CRC-32 of ``size`` bytes at ``offset``, read into one reused buffer (no page faults of a
-    mapping, no allocation per chunk); zlib drops the GIL on big buffers."""
-    crc = 0
-    buf = bytearray(min(_CHUNK, max(size, 1)))
-    view = memoryview(buf)
+def _digests(path: Path, pool: ThreadPoolExecutor) -> tuple[int, str]:
+    """CRC-32 and sha256 of a file in one pass, read into two reused buffers; the sha256 of a
+    chunk runs in ``pool`` while the CRC of the same chunk runs here (both drop the GIL)."""
+    crc, sha = 0, hashlib.sha256()
+    size = max(1, min(_CHUNK, path.stat().st_size))
+    bufs = (bytearray(size), bytearray(size))
+    pending: Future[None] | None = None
+    turn = 0
     with open(path, "rb", buffering=0) as fh:
-        fh.seek(offset)
-        done = 0
-        while done < size:
-            n = fh.readinto(view[: min(len(buf), size - done)])
-            if not n:
-                break
-            crc = zlib.crc32(view[:n], crc)
-            done += n
-    return crc
+        while n := fh.readinto(bufs[turn]):
+            chunk = memoryview(bufs[turn])[:n]
+            if pending is not None:
+                pending.result()  # hashes stay in order; the buffer read next is then free
+            pending = pool.submit(sha.update, chunk)
+            crc = zlib.crc32(chunk, crc)
+            turn ^= 1
+    if pending is not None:
+        pending.result()
+    return crc, sha.hexdigest()
 
 
-def _copy_member(archive: EtmArchive, name: str, dest: Path, pool: ThreadPoolExecutor) -> int:
-    """Copy one member to ``dest`` in the kernel while a thread checksums the same source bytes.
-
-    The copy (``copy_file_range`` from the archive file, or writes from its mapping where that
-    is unavailable) and the CRC-32 of those bytes run at the same time on two cores. CRC-32 (the
-    zip's own check, recorded in the central directory) is what catches a damaged archive here:
-    it runs at several GB/s where sha256 runs at about one, and metadata.json's sha256 values are
-    not signed, so against accidental damage they promise no more than the CRC does. The full
-    sha256 comparison is one ``verify=True`` away.
-    """
+def _copy_member(archive: EtmArchive, name: str, dest: Path) -> None:
+    """Copy one member to ``dest`` in the kernel (``copy_file_range`` from the archive file), or
+    with writes from the archive's mapping where that is unavailable."""
     offset, size = archive.member_range(name)
     view = archive.member_view(name)
     try:
-        digest = pool.submit(_crc_range, Path(archive.path), offset, size)
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             with open(archive.path, "rb") as src:
@@ -168,40 +188,47 @@ def _copy_member(archive: EtmArchive, name: str, dest: Path, pool: ThreadPoolExe
                     done += os.write(fd, view[done : min(size, done + _CHUNK)])
         finally:
             os.close(fd)
-        return digest.result()
     finally:
         view.release()
 
 
-def build_entry(archive: EtmArchive, root: Path, key: str, *, verify: bool = False) -> Path:
+def _served_problems(archive: EtmArchive, entry: Mapping[str, Any], path: Path, crc: int,
+                     sha: str) -> list[str]:  # fmt: skip
+    """How the file about to be served differs from what the archive promises for it."""
+    name = entry["name"]
+    found: list[str] = []
+    expected = archive.members[name].crc32
+    if crc != expected:
+        found.append(f"member {name!r}: CRC-32 is {crc:08x}, the archive says {expected:08x}")
+    if sha != entry["sha256"]:
+        found.append(f"member {name!r}: sha256 is {sha}, metadata.json says {entry['sha256']}")
+    if (size := path.stat().st_size) != entry["size"]:
+        found.append(f"member {name!r}: {size} bytes, metadata.json says {entry['size']}")
+    return found
+
+
+def build_entry(archive: EtmArchive, root: Path, key: str) -> Path:
     """Build a complete entry for ``archive`` in a new temp folder under ``root``; return it.
 
-    Every file is checked against metadata.json's sha256 before the marker is written; on any
-    failure the temp folder is removed and the error raised.
+    Every file is read back once written and checked against the zip's CRC-32 and
+    metadata.json's sha256 (the digests ``key`` was made from) before the marker is written;
+    on any mismatch the temp folder is removed and one :class:`IntegrityError` lists every one.
     """
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{key[:16]}-", dir=root))
     try:
         files: dict[str, dict[str, Any]] = {}
+        problems: list[str] = []
         with ThreadPoolExecutor(max_workers=1) as pool:
             for entry in archive.metadata["members"]:
                 name = entry["name"]
                 path = tmp / _file_name(name)
-                crc = _copy_member(archive, name, path, pool)
-                expected = archive.members[name].crc32
-                if crc != expected:
-                    raise IntegrityError(
-                        f"member {name!r}: CRC-32 is {crc:08x}, the archive says {expected:08x}",
-                        path=archive.path,
-                        hint="the archive is corrupt; repack it from the original files",
-                    )
-                if verify and (digest := sha256_file(path)) != entry["sha256"]:
-                    raise IntegrityError(
-                        f"member {name!r}: sha256 is {digest}, metadata.json says {entry['sha256']}",
-                        path=archive.path,
-                        hint="the archive is corrupt; repack it from the original files",
-                    )
-                files[name] = {**_signature(path), "sha256": entry["sha256"]}
+                _copy_member(archive, name, path)
+                crc, sha = _digests(path, pool)
+                problems += _served_problems(archive, entry, path, crc, sha)
+                files[name] = {**_signature(path), "sha256": sha}
+        if problems:
+            raise IntegrityError("; ".join(problems), path=archive.path, hint=_HINT_CORRUPT)
         meta_view = archive.member_view(MEMBER_METADATA)
         try:
             (tmp / MEMBER_METADATA).write_bytes(meta_view)
@@ -243,6 +270,8 @@ def materialize(
     status: Status = "built"
     for _ in range(3):
         if final.exists():
+            if verify:  # a built entry was checked once; now the archive's own bytes too
+                _verify_archive(archive)
             files = _check_entry(final, archive, verify=verify)
             if files is not None:
                 _touch(final)
@@ -250,7 +279,7 @@ def materialize(
             log.warning("%s: damaged cache entry; rebuilding it", final)
             discard_entry(final)
             status = "repaired"
-        tmp = build_entry(archive, base, key, verify=verify)
+        tmp = build_entry(archive, base, key)
         if publish(tmp, final):
             files = {m["name"]: final / _file_name(m["name"]) for m in archive.metadata["members"]}
             return Materialized(key, final, files, status)
@@ -260,6 +289,14 @@ def materialize(
         path=final,
         hint="set ETM_CACHE_DIR to a private folder",
     )
+
+
+def _verify_archive(archive: EtmArchive) -> None:
+    """``verify=True``: the archive's own members against their CRC-32 and sha256, so that an
+    archive whose bytes do not match its metadata is refused even when its key has an entry."""
+    problems = archive.verify()
+    if problems:
+        raise IntegrityError("; ".join(map(str, problems)), path=archive.path, hint=_HINT_CORRUPT)
 
 
 @dataclass(frozen=True)

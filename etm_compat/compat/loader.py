@@ -33,6 +33,7 @@ from etm_compat.errors import (
     UnreadableError,
     UsageError,
 )
+from etm_compat.fileio import metadata_path
 from etm_compat.formats.tokenizer.detect import sniff_tokenizer_format
 from etm_compat.legacy.deployment import Adapter, Deployment
 from etm_compat.legacy.resolve import resolve_source
@@ -348,7 +349,7 @@ def _legacy_metadata(view: DeploymentView) -> dict[str, Any]:
         {
             "name": m.name,
             "size": m.source.stat().st_size,
-            "sha256": digests[os.path.relpath(m.source, deployment.root)],
+            "sha256": digests[metadata_path(os.path.relpath(m.source, deployment.root))["path"]],
             "role": m.role,
         }
         for m in members

@@ -85,6 +85,21 @@ def _hf_folder(tmp: str, path: StrPath, config_path: StrPath | None,
     return tmp
 
 
+def native_path(path: StrPath) -> str | bytes:
+    """``path`` as the bindings can take it: a str, or the name's bytes when it is not UTF-8.
+
+    A name that is not valid UTF-8 reaches Python surrogate-escaped; pybind11 cannot convert
+    such a str to ``std::string`` (the load would fail for the name, not the file), but takes
+    the raw bytes.
+    """
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+    return text
+
+
 def check_runner(
     path: StrPath,
     detected: TokenizerFormat,
@@ -107,9 +122,9 @@ def check_runner(
         for fmt, class_name in RUNNER_ORDER:
             if fmt == "tekken" and detected != "tekken":
                 continue
-            target = os.fspath(path)
+            target = native_path(path)
             if fmt == "hf_json" and (config_path is not None or special_tokens_map_path is not None):
-                target = _hf_folder(tmp, path, config_path, special_tokens_map_path)
+                target = native_path(_hf_folder(tmp, path, config_path, special_tokens_map_path))
             tokenizer = getattr(cpp, class_name)()
             failure: str | None = None
             with _captured_output() as log:
