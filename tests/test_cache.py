@@ -210,8 +210,8 @@ def test_corrupt_archive_member_leaves_nothing(archives: dict[str, Path], tmp_pa
 
 
 def test_verify_checks_sha256_even_when_the_crc_was_forged(archives: dict[str, Path], tmp_path: Path) -> None:
-    # Damage that also rewrites the zip's CRC-32 fields passes the cheap check on copy; the
-    # sha256 pass of verify=True still refuses it, and nothing is left in the cache.
+    # Damage that also rewrites the zip's CRC-32 fields passes the CRC check on copy; the sha256
+    # check every build makes refuses it (verify=True too), and nothing is left in the cache.
     import struct
     import zlib
 
