@@ -143,9 +143,10 @@ def read_tokenizer(
         info = _parse_binary(path, fmt, data)
     logger.debug("tokenizer %s: %s, vocab %d", path, info.format, info.vocab_size)
     if check_runner:
-        check = _runner.check_runner(
+        check = _runner.check_runner_once(
             path,
             info.format,
+            hashlib.sha256(data).hexdigest(),
             config_path=config_path,
             special_tokens_map_path=special_tokens_map_path,
         )

@@ -9,7 +9,10 @@ that won. ``pytorch_tokenizers`` is imported only here, only when a check is ask
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
+import hashlib
 import os
 import shutil
 import sys
@@ -147,3 +150,54 @@ def check_runner(
                 error=None,
             )
     return RunnerCheck(False, None, None, None, None, "; ".join(errors) or "no loader tried")
+
+
+#: Runner checks by content: a tree of deployments that share one tokenizer (variants,
+#: quantizations, a shared root tokenizer) loads it in the native library once per run.
+_CHECKED: collections.OrderedDict[tuple[str, ...], tuple[str, RunnerCheck]] = collections.OrderedDict()
+_CHECKED_MAX = 64
+_CHECKED_LOCK = threading.Lock()
+#: How many checks actually loaded a tokenizer in the native library (work counted for tests).
+native_checks = 0
+
+
+def _digest(path: StrPath | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return f"unreadable:{os.fspath(path)!r}"
+
+
+def check_runner_once(
+    path: StrPath,
+    detected: TokenizerFormat,
+    content: str,
+    *,
+    config_path: StrPath | None = None,
+    special_tokens_map_path: StrPath | None = None,
+) -> RunnerCheck:
+    """:func:`check_runner`, run once per distinct content (``content``: the tokenizer bytes'
+    sha256; the config files are hashed here). A repeat gets the first answer, its error text
+    naming this path."""
+    global native_checks
+    key = (detected, content, _digest(config_path), _digest(special_tokens_map_path))
+    with _CHECKED_LOCK:
+        hit = _CHECKED.get(key)
+        if hit is not None:
+            _CHECKED.move_to_end(key)
+    if hit is not None:
+        first, check = hit
+        if check.error:
+            check = dataclasses.replace(check, error=check.error.replace(first, os.fspath(path)))
+        return check
+    check = check_runner(
+        path, detected, config_path=config_path, special_tokens_map_path=special_tokens_map_path
+    )
+    with _CHECKED_LOCK:
+        native_checks += 1
+        _CHECKED[key] = (os.fspath(path), check)
+        while len(_CHECKED) > _CHECKED_MAX:
+            _CHECKED.popitem(last=False)
+    return check
