@@ -37,7 +37,7 @@ from etm_compat.fileio import metadata_path, metadata_safe, sha256_file
 from etm_compat.findings import Finding
 from etm_compat.formats.program_kinds import read_program_kind
 from etm_compat.formats.ptd import read_ptd
-from etm_compat.formats.pte import read_pte
+from etm_compat.formats.pte import PteInfo, read_pte
 from etm_compat.formats.tokenizer.llama2c import convert_llama2c_original
 from etm_compat.legacy.deployment import Adapter
 from etm_compat.legacy.resolve import resolve_source
@@ -98,14 +98,7 @@ def _plan_programs(view: DeploymentView) -> list[MemberSpec]:
     ]
     part_names = program_member_names([part.path for part in dep.parts])
     for member, part in zip(part_names, dep.parts, strict=True):
-        pte = read_pte(part.path)
-        snapshot = {
-            "constant_methods": dict(pte.constant_methods),
-            "methods": list(pte.methods),
-            "backends": list(pte.backends),
-            "external_keys": list(pte.external_keys),
-            "size": pte.file_size,
-        }
+        snapshot = program_snapshot(read_pte(part.path))
         data = tuple(names[w] for w in _load_order(part.weights, dep.weight_roles))
         members.append(MemberSpec(member, part.path, "program", kind=part.role, data=data, snapshot=snapshot))
     for path in all_weights:
@@ -128,6 +121,17 @@ def _plan_extras(view: DeploymentView) -> list[MemberSpec]:
     return extras
 
 
+def program_snapshot(pte: PteInfo) -> dict[str, Any]:
+    """What metadata.json records of a program's head (``program``, or a part's ``snapshot``)."""
+    return {
+        "constant_methods": dict(pte.constant_methods),
+        "methods": list(pte.methods),
+        "backends": list(pte.backends),
+        "external_keys": list(pte.external_keys),
+        "size": pte.file_size,
+    }
+
+
 def build_metadata(
     view: DeploymentView,
     members: Sequence[MemberSpec],
@@ -145,14 +149,7 @@ def build_metadata(
     meta = new_metadata(tool_version=VERSION)
     fields = inf.metadata_fields()
     meta.update({k: v for k, v in fields.items() if k in meta})
-    meta["program"] = {
-        "constant_methods": dict(pte.constant_methods),
-        "methods": list(pte.methods),
-        "backends": list(pte.backends),
-        "external_keys": list(pte.external_keys),
-        "size": pte.file_size,
-        "dialects": list(view.dialects.dialects),
-    }
+    meta["program"] = {**program_snapshot(pte), "dialects": list(view.dialects.dialects)}
     # What the ExecuTorch 1.x runner takes from these files (optional: version-1 readers skip it).
     meta["runner"] = view.runner.to_json()
     eos_tokens: list[str | None] = []

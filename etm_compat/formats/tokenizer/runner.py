@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import hashlib
 import os
 import shutil
 import sys
@@ -22,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from etm_compat.errors import EtmError
+from etm_compat.fileio import sha256_file
 from etm_compat.formats.tokenizer.bounded import StrPath
 from etm_compat.formats.tokenizer.model import RunnerCheck, TokenizerFormat
 
@@ -165,8 +166,8 @@ def _digest(path: StrPath | None) -> str:
     if path is None:
         return ""
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
+        return sha256_file(path)
+    except (OSError, EtmError):
         return f"unreadable:{os.fspath(path)!r}"
 
 
