@@ -47,6 +47,7 @@ from etm_compat.compat.cache import LegacyPaths, legacy_paths_of
 from etm_compat.compat.runtime import load_program_from_archive
 from etm_compat.constants import ETM_SUFFIX, MEMBER_PROGRAM
 from etm_compat.errors import EtmError, UsageError
+from etm_compat.fileio import metadata_text
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def _source_names(archive: Path) -> set[str] | None:
     except EtmError as exc:
         log.warning("%s: not used by the shim: %s", archive, exc)
         return None
+    # Recorded as metadata text (undecodable name bytes escaped): compare in that spelling.
     return {Path(s["path"]).name for s in sources if isinstance(s, dict) and "path" in s}
 
 
@@ -96,7 +98,7 @@ def find_archive(path: StrPath) -> Path | None:
         return None
     if not candidates:
         return None
-    naming = [c for c in candidates if p.name in (_source_names(c) or set())]
+    naming = [c for c in candidates if metadata_text(p.name) in (_source_names(c) or set())]
     if len(naming) == 1:
         return naming[0]
     if not naming and len(candidates) == 1 and _source_names(candidates[0]) is not None:

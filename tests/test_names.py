@@ -237,3 +237,15 @@ def test_the_loader_gives_a_folder_the_metadata_pack_writes(bad: Path) -> None:
         assert members["model.pte"]["sha256"] == hashlib.sha256(bundle.legacy_paths().program.read_bytes()).hexdigest()
         sources = bundle.metadata["provenance"]["sources"]
         assert any("path_bytes_b64" in s for s in sources)
+
+
+def test_the_shim_finds_the_archive_that_replaced_an_undecodable_file(bad: Path, tmp_path: Path) -> None:
+    from etm_compat.shim import find_archive
+
+    program = bad / fs(BAD_PROGRAM)
+    archive = bad / "model.etm"
+    assert main(["pack", str(program), "-o", str(archive), "--json"]) == EXIT_OK
+    # A second archive in the folder: only the provenance can say which one replaced the file.
+    assert main(["pack", str(FIXTURES / "legacy" / "variants" / "model_b.pte"), "-o", str(bad / "other.etm"), "--json"]) == EXIT_OK
+    program.unlink()
+    assert find_archive(program) == archive
