@@ -3,23 +3,31 @@
 A real exported program of about 1 GiB (benchmarks/bigpte.py) is packed with the SentencePiece
 tokenizer of fixtures/legacy/et_example. Then, alternately, in this process:
 
-* ours: ``materialize`` the archive into a fresh cache root (every member written, each hashed
-  with sha256 while written and checked against metadata.json, marker, rename into place);
+* ours: ``materialize`` the archive into a fresh cache root. For each member,
+  ``compat.cache.build_entry`` copies it from the archive's open file (``copy_member``: a reflink
+  where the file system shares blocks, else ``copy_file_range``, else reads and writes), then
+  reads the written file back once, computing CRC-32 and sha256 (sha256 in a second thread), and
+  compares them with the zip's CRC-32 and metadata.json's sha256 and size; then the marker, and
+  the rename into place;
 * baseline: ``shutil.copyfile`` of the same bytes (the loose .pte and tokenizer the archive was
   packed from) into a fresh folder on the same file system.
 
 Both read from a warm page cache; dirty pages are flushed (``os.sync``) before each timed run so
-one run's write-back does not land in the next. The hit row times ``Bundle.legacy_paths()`` on
-an archive already materialized (the cheap check: marker, sizes and stat signature).
+one run's write-back does not land in the next. The floor row hashes the same bytes with sha256
+alone (reads into a reused buffer). The hit row times ``Bundle.legacy_paths()`` on an archive
+already materialized (the cheap check: marker, sizes and stat signature). The machine is shared
+and noisy: compare ratios taken in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import errno
+import fcntl
 import os
 import shutil
 import statistics
+import struct
 import sys
 import time
 from pathlib import Path
@@ -30,9 +38,11 @@ from bigpte import make_big_pte
 from common import ROOT, WORK, Result, Row, median, spread
 
 from etm_compat.archive import open_archive
+from etm_compat.archive.zipfmt import crc32
 from etm_compat.cli.main import main as cli_main
-from etm_compat.compat.cache import materialize
+from etm_compat.compat.cache import copy_member, materialize
 from etm_compat.compat.loader import load
+from etm_compat.fileio import sha256_file
 
 
 def prepare(gib: float) -> tuple[Path, list[Path]]:
@@ -72,6 +82,27 @@ def time_copy(sources: list[Path], dest: Path) -> float:
     return time.perf_counter() - start
 
 
+def copy_methods(archive: Path, scratch: Path) -> tuple[str, str]:
+    """How ``copy_member`` copies the program on this file system, and whether FICLONERANGE
+    (reflink) works here: both reported from what the kernel answers, not assumed."""
+    target = scratch / "probe.pte"
+    target.unlink(missing_ok=True)
+    with open_archive(archive) as etm:
+        used = " + ".join(copy_member(etm, "model.pte", target))
+        offset, _ = etm.member_range("model.pte")
+        fd = os.open(scratch / "probe.clone", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            fcntl.ioctl(fd, 0x4020940D, struct.pack("qQQQ", etm.fileno(), offset, 1 << 16, 0))
+            reflink = "available"
+        except OSError as exc:
+            reflink = f"unavailable ({errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc.strerror})"
+        finally:
+            os.close(fd)
+    target.unlink()
+    (scratch / "probe.clone").unlink()
+    return used, reflink
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -90,14 +121,12 @@ def main() -> int:
         ours.append(time_materialize(archive, root))
     shutil.rmtree(copy_dir, ignore_errors=True)
     hash_only: list[float] = []
-    with open_archive(archive) as etm:
-        for _ in range(reps):
-            start = time.perf_counter()
-            for entry in etm.metadata["members"]:
-                view = etm.member_view(entry["name"])
-                hashlib.sha256(view).hexdigest()
-                view.release()
-            hash_only.append(time.perf_counter() - start)
+    for _ in range(reps):
+        start = time.perf_counter()
+        for src in sources:
+            sha256_file(src)
+        hash_only.append(time.perf_counter() - start)
+    methods, reflink = copy_methods(archive, WORK / "cache")
 
     hits: list[float] = []
     with load(archive) as bundle:
@@ -122,9 +151,14 @@ def main() -> int:
                         "shutil.copyfile of the same bytes (loose .pte + tokenizer)", median(base),
                         ratio, "<= 1.2x the copy", ratio <= 1.2, spread(ours)))
     floor = median(hash_only) / median(base)
-    res.rows.append(Row("sha256 of the same bytes alone (the floor of a verified copy)", median(hash_only),
-                        "s", "shutil.copyfile of the same bytes", median(base), floor,
+    res.rows.append(Row("sha256 of the same bytes alone (read with reads into a reused buffer)",
+                        median(hash_only), "s", "shutil.copyfile of the same bytes", median(base), floor,
                         "report", True, spread(hash_only)))
+    verified = median(base) + median(hash_only)
+    res.rows.append(Row(f"first materialization, {size_gib:.2f} GiB archive vs its floor", median(ours), "s",
+                        "copy + sha256 alone (a copy, then one hashed read-back)", verified,
+                        median(ours) / verified, "<= 1.1x the floor", median(ours) / verified <= 1.1,
+                        spread(ours)))
     hit_ms = median(hits) * 1000
     res.rows.append(Row("legacy_paths() on a materialized archive (cache hit)", hit_ms, "ms",
                         "target", 20.0, hit_ms / 20.0, "<= 20 ms", hit_ms <= 20.0,
@@ -133,12 +167,15 @@ def main() -> int:
     res.rows.append(Row("load(archive) + legacy_paths(), cache hit", open_ms, "ms",
                         "target", 20.0, open_ms / 20.0, "<= 20 ms", open_ms <= 20.0,
                         spread([h * 1000 for h in open_and_hit], "ms")))
-    res.notes.append("Materialization hashes every byte with sha256 while writing it (in a second "
-                     "thread) and checks it against metadata.json; the copy checks nothing.")
-    res.notes.append("The copy runs in the kernel (copy_file_range) while a second thread hashes "
-                     "the same bytes, so materialization costs about max(copy, sha256). On this "
-                     "machine sha256 alone is slower than the copy (see the floor row), so the "
-                     "1.2x target cannot be met while every byte is checked against its sha256.")
+    copy_s, sha_s, ours_s = median(base), median(hash_only), median(ours)
+    res.notes.append(
+        f"What materialization does, per member: copy it ({methods} on this file system; reflink "
+        f"{reflink}), then read the written file back once for CRC-32 ({crc32.__module__}) and "
+        f"sha256 (in a second thread), checked against the zip's CRC-32 and metadata.json's sha256 "
+        f"and size. The copy checks nothing. Copy and read-back run one after the other, so the "
+        f"floor is about copy + sha256: {copy_s:.3f} s + {sha_s:.3f} s = {copy_s + sha_s:.3f} s in "
+        f"this run, against {ours_s:.3f} s measured ({ours_s / (copy_s + sha_s):.2f}x that floor)."
+    )
     res.notes.append(f"Copy run-to-run spread: {spread(base)}; stdev ours "
                      f"{statistics.pstdev(ours):.3g}s.")
     res.write()

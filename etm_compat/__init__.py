@@ -9,7 +9,10 @@ itself loads only the error hierarchy.
 >>> etm_compat.inspect("fixtures/programs/constants_all.pte", []).info.constant_methods["get_max_seq_len"]
 128
 >>> with etm_compat.load("fixtures/legacy/et_example") as bundle:  # doctest: +SKIP
-...     bundle.render([{"role": "user", "content": "Hi"}])
+...     bundle.render([{"role": "user", "content": "Hi"}], enable_thinking=False)
+...     bundle.render_tokens([{"role": "user", "content": "Hi"}]).ids   # what the runner feeds
+>>> [family.id for family in etm_compat.list_families()][:3]
+['deepseek_v3', 'gemma', 'gemma2']
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ _EXPORTS: dict[str, str] = {
     "inspect": "etm_compat.inspection",
     "render": "etm_compat.compat.loader",
     "load": "etm_compat.compat.loader",
+    "list_families": "etm_compat.prompt.families.catalog",
+    "show_family": "etm_compat.prompt.families.catalog",
     "describe": "etm_compat.view",
     # what they return
     "PackResult": "etm_compat.packing",
@@ -41,6 +46,9 @@ _EXPORTS: dict[str, str] = {
     "UpgradeResult": "etm_compat.bulk.upgrade",
     "Inspection": "etm_compat.inspection",
     "Bundle": "etm_compat.compat.loader",
+    "PromptTokens": "etm_compat.prompt.render",
+    "FamilyEntry": "etm_compat.prompt.families.catalog",
+    "FamilyDetail": "etm_compat.prompt.families.catalog",
     "DeploymentView": "etm_compat.view",
     "Finding": "etm_compat.findings",
     # the readers (one module per format) and the archive
@@ -71,6 +79,13 @@ if TYPE_CHECKING:
     from etm_compat.legacy.deployment import Deployment
     from etm_compat.legacy.resolve import resolve_source
     from etm_compat.packing import PackResult, pack, unpack
+    from etm_compat.prompt.families.catalog import (
+        FamilyDetail,
+        FamilyEntry,
+        list_families,
+        show_family,
+    )
+    from etm_compat.prompt.render import PromptTokens
     from etm_compat.verification import VerifyResult, verify
     from etm_compat.view import DeploymentView, describe
 
@@ -95,9 +110,12 @@ __all__ = [
     "DiagnoseReport",
     "EtmArchive",
     "EtmError",
+    "FamilyDetail",
+    "FamilyEntry",
     "Finding",
     "Inspection",
     "PackResult",
+    "PromptTokens",
     "PtdInfo",
     "PteInfo",
     "TokenizerInfo",
@@ -107,6 +125,7 @@ __all__ = [
     "describe",
     "diagnose",
     "inspect",
+    "list_families",
     "load",
     "open_archive",
     "pack",
@@ -115,6 +134,7 @@ __all__ = [
     "read_tokenizer",
     "render",
     "resolve_source",
+    "show_family",
     "unpack",
     "upgrade",
     "verify",

@@ -31,20 +31,48 @@ LIBRARY_OPTIONS: Final[Mapping[str, str]] = {
 _OPTION: Final = re.compile(r"\{(" + "|".join(LIBRARY_OPTIONS) + r")\}")
 
 
-def escape_control(text: str) -> str:
-    r"""Make text read from a file safe to print: control characters become escapes.
+#: Bidirectional controls (a right-to-left override makes ``exe.pdf`` of ``fdp.exe``) and the
+#: invisible marks around them: shown escaped, like control characters.
+_BIDI_AND_INVISIBLE: Final = frozenset(
+    "\u061c\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+    "\u2060\u2066\u2067\u2068\u2069\ufeff"
+)
 
-    >>> print(escape_control("a\x1b[31mb"))
-    a\x1b[31mb
+
+def _needs_escape(ch: str) -> bool:
+    code = ord(ch)
+    return (
+        code < 0x20
+        or 0x7F <= code < 0xA0
+        or 0xD800 <= code < 0xE000  # a lone surrogate: a file name byte that is not UTF-8
+        or ch in "\u2028\u2029"
+        or ch in _BIDI_AND_INVISIBLE
+    )
+
+
+def escape_control(text: str) -> str:
+    r"""Make text read from a file safe to print: control characters, bidi overrides and
+    invisible marks become escapes, and so do lone surrogates (how Python spells a file-name
+    byte that is not UTF-8; ``\udcff`` is also how metadata.json records it).
+
+    >>> print(escape_control("a\x1b[31mb \u202egnp.exe n\udcff"))
+    a\x1b[31mb \u202egnp.exe n\udcff
     """
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0 or ch in "\u2028\u2029":
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-        else:
-            out.append(ch)
-    return "".join(out)
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii") if _needs_escape(ch) else ch for ch in text
+    )
+
+
+def escape_json_text(text: str) -> str:
+    r"""JSON text (as ``json.dumps(..., ensure_ascii=False)`` writes it) with every character
+    :func:`escape_control` escapes written as a ``\uXXXX`` escape: the same JSON value, safe on a
+    terminal and always encodable as UTF-8 (a lone surrogate stays a lone surrogate escape).
+
+    >>> escape_json_text('"a\u202eb\udcff"')
+    '"a\\u202eb\\udcff"'
+    """
+    # json.dumps already escaped C0 controls inside strings: any left are its indentation
+    return "".join(f"\\u{ord(ch):04x}" if ord(ch) >= 0x20 and _needs_escape(ch) else ch for ch in text)
 
 
 def spell_options(hint: str, options: Mapping[str, str]) -> str:

@@ -148,14 +148,16 @@ def read_named_input(path: str | os.PathLike[str], limit: int, *, what: str) -> 
         fd = os.open(path, flags)
     except OSError as exc:
         raise UnreadableError(f"cannot read {what}: {exc.strerror or exc}", path=path) from exc
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(mode):  # os.fdopen itself refuses a folder, with a bare IsADirectoryError
+        os.close(fd)
+        raise UnreadableError(f"{what} is not a regular file or a pipe (a folder)", path=path)
     with os.fdopen(fd, "rb", buffering=0) as fh:
-        mode = os.fstat(fd).st_mode
         if stat.S_ISREG(mode):
             os.set_blocking(fd, True)
             return read_stream_capped(fh, limit, what=what, path=os.fspath(path))
         if not stat.S_ISFIFO(mode):
-            kind = "folder" if stat.S_ISDIR(mode) else "socket or device"
-            raise UnreadableError(f"{what} is not a regular file or a pipe (a {kind})", path=path)
+            raise UnreadableError(f"{what} is not a regular file or a pipe (a socket or device)", path=path)
         try:
             head = os.read(fd, 1 << 16)
         except BlockingIOError:  # a writer is there, nothing written yet
@@ -195,6 +197,7 @@ def check_output(
     target = Path(path)
     if target.is_dir():
         raise OutputError("is a folder, not a file", path=target, hint="name a file to write")
+    check_output_folder(target.parent)
     for source in sources:
         if same_file(target, source):
             raise OutputError(
@@ -205,6 +208,30 @@ def check_output(
     if (target.exists() or target.is_symlink()) and not force:
         raise OutputError("already exists", path=target, hint=f"choose another name or pass {force_option}")
     return target
+
+
+def check_output_folder(path: str | os.PathLike[str]) -> Path:
+    """Refuse an output folder that can never be made: it, or its nearest existing ancestor, is
+    not a folder (a file, a dangling symlink). A folder that does not exist yet is fine: the
+    writer makes it (``upgrade --report out/report.md`` before ``out`` exists).
+
+    A run checks this before any work, so a typo costs nothing.
+
+    >>> check_output_folder("README.md/reports")  # doctest: +SKIP
+    Traceback (most recent call last):
+    etm_compat.errors.OutputError: README.md: is a file, not a folder (hint: ...)
+    """
+    folder = Path(path)
+    for candidate in (folder, *folder.parents):
+        if os.path.lexists(candidate):
+            if not candidate.is_dir():
+                raise OutputError(
+                    "is a file, not a folder: nothing can be written under it",
+                    path=candidate,
+                    hint="choose an output path under a folder",
+                )
+            break
+    return folder
 
 
 def output_error(exc: OSError, path: str | os.PathLike[str], what: str = "the output") -> OutputError:
@@ -223,6 +250,7 @@ def sha256_file(path: str | os.PathLike[str], *, chunk: int = 4 * 1024 * 1024) -
 
 __all__ = [
     "check_output",
+    "check_output_folder",
     "display_path",
     "metadata_path",
     "metadata_safe",

@@ -165,6 +165,9 @@ def build_metadata(
         "bos_token": inf.bos_token,
         "eos_ids": list(inf.eos_ids),
         "eos_tokens": eos_tokens,
+        # The strings a chat template sees as bos_token, eos_token, unk_token, image_token...
+        # (transformers' special_tokens_map): the configs', not the runner's ids' texts.
+        "special_tokens_map": dict(inf.special_tokens_map),
         "converted_from": converted_from,
     }
     meta["diagnostics"] = [f.to_json() for f in view.findings]

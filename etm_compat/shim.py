@@ -208,14 +208,10 @@ def _make_load_program(original: Callable[..., Any]) -> Callable[..., Any]:
         own_weights = data_path is None or data_archive == archive
         extra = set(kwargs) - {"verification", "data_path"}
         if own_weights and not args and not extra:
-            with open_archive(archive) as etm:  # program bytes, .ptd in memory: nothing on disk
+            with open_archive(archive) as etm:  # sealed in-memory copies (or the cache): no disk
                 return load_program_from_archive(etm, verification=kwargs.get("verification"))
-        with open_archive(archive) as etm:
-            view = etm.member_view(MEMBER_PROGRAM)
-            try:
-                program_bytes = bytes(view)
-            finally:
-                view.release()
+        with open_archive(archive) as etm:  # read, not mapped: a truncated archive is an error
+            program_bytes = etm.read_member(MEMBER_PROGRAM)
         if own_weights:
             kwargs["data_path"] = _one_weights(_Archives().legacy_paths(archive), archive)
         elif data_archive is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import tracemalloc
 from collections.abc import Iterator
@@ -75,3 +76,17 @@ def peak_allocation() -> Iterator[list[int]]:
     finally:
         result.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The whole run writes its cache (materialized archives, runner-check records) under a
+    folder of its own, never the user's ~/.cache; a test that needs a cold or private cache
+    sets ETM_CACHE_DIR itself."""
+    saved = os.environ.get("ETM_CACHE_DIR")
+    os.environ["ETM_CACHE_DIR"] = str(tmp_path_factory.mktemp("etm-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("ETM_CACHE_DIR", None)
+    else:
+        os.environ["ETM_CACHE_DIR"] = saved

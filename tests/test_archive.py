@@ -83,7 +83,9 @@ def test_layout_order_alignment_and_metadata(tmp_path: Path) -> None:
             {"member": "weights/ext_weights.ptd", "keys": ["linear.weight", "linear.bias"]}
         ]
         assert etm.verify() == []
-    assert verify(result.path).ok
+    # every member is intact; the bare metadata records no constant methods the program has,
+    # and verify says so (the snapshot check), nothing else
+    assert {f.code for f in verify(result.path).findings} == {"metadata-snapshot-mismatch"}
     raw = result.path.read_bytes()
     assert raw[:4] == b"PK\x03\x04" and raw[30:43] == b"metadata.json"
     assert result.size == len(raw)
@@ -252,3 +254,75 @@ def test_writer_fills_provenance_digests_and_refuses_a_bad_index(tmp_path: Path)
     with pytest.raises(UsageError, match="provenance"):
         write_archive(tmp_path / "bad.etm", metadata=meta, members=bad)
     assert not (tmp_path / "bad.etm").exists()
+
+
+def test_the_fast_crc32_is_zlibs_crc32() -> None:
+    import zlib
+
+    from etm_compat.archive.zipfmt import crc32
+
+    data = os.urandom(3 << 20) + b"tail"
+    assert crc32(data) == zlib.crc32(data)
+    assert crc32(data[1000:], crc32(data[:1000])) == zlib.crc32(data)
+    assert crc32(b"") == 0
+
+
+def test_digest_range_reads_with_pread_and_counts_what_was_there(tmp_path: Path) -> None:
+    import zlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    from etm_compat.archive.zipfmt import DIGEST_CHUNK, digest_range
+
+    data = os.urandom(2 * DIGEST_CHUNK + 12345)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    sunk: list[bytes] = []
+    with open(path, "rb") as fh, ThreadPoolExecutor(max_workers=1) as pool:
+        fh.seek(77)  # the file position is neither used nor moved
+        crc, digest, got = digest_range(fh.fileno(), 100, len(data) - 100, pool, sink=lambda c: sunk.append(bytes(c)))
+        assert fh.tell() == 77
+        assert (crc, digest, got) == (zlib.crc32(data[100:]), hashlib.sha256(data[100:]).hexdigest(), len(data) - 100)
+        assert b"".join(sunk) == data[100:] and len(sunk) == 3  # chunks of DIGEST_CHUNK, in order
+        assert digest_range(fh.fileno(), 100, len(data), pool)[2] == len(data) - 100  # ends early
+
+
+@pytest.mark.parametrize("delta", [-1, 1], ids=["grew", "shrank"])
+def test_a_source_whose_size_changed_is_refused(tmp_path: Path, delta: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from etm_compat.archive.write import _stream
+
+    need(PTE)
+    size = PTE.stat().st_size
+    with (
+        open(PTE, "rb") as src,
+        open(tmp_path / "out", "w+b") as dst,
+        ThreadPoolExecutor(2) as pool,
+        pytest.raises(UnreadableError, match="changed while being packed"),
+    ):
+        _stream(src, dst, size + delta, pool)  # measured one byte off what is there
+
+
+def test_read_member_reads_without_the_mapping_and_reports_truncation(tmp_path: Path) -> None:
+    from etm_compat.errors import IntegrityError
+
+    archive = pack(tmp_path / "m.etm")
+    with open_archive(archive) as etm:
+        assert etm.read_member("model.pte") == PTE.read_bytes()
+        assert etm.read_member("weights/ext_weights.ptd") == PTD.read_bytes()
+        offset, _ = etm.member_range("model.pte")
+        os.truncate(archive, offset + 10)  # as `cp other.etm m.etm` would, in place
+        with pytest.raises(IntegrityError, match=r"'model.pte' ends after 10 of its"):
+            etm.read_member("model.pte")
+        problems = etm.verify()
+        assert {p.code for p in problems} == {"truncated"}
+        assert {p.member for p in problems} == set(etm.members) - {"metadata.json"}
+
+
+def test_read_member_reads_a_bounded_range(tmp_path: Path) -> None:
+    archive = pack(tmp_path / "m.etm")
+    program = PTE.read_bytes()
+    with open_archive(archive) as etm:
+        assert etm.read_member("model.pte", 8, 16) == program[8:24]
+        assert etm.read_member("model.pte", len(program) - 4, 100) == program[-4:]  # clamped
+        assert etm.read_member("model.pte", len(program) + 5) == b""

@@ -292,3 +292,62 @@ def test_cli_cache_list_and_prune(
     assert json.loads(capsys.readouterr().out)["removed"] == [key]
     assert main(["cache", "list"]) == 0
     assert "0 entries" in capsys.readouterr().out
+
+
+def _reflink_works_here(folder: Path) -> bool:
+    import fcntl
+    import struct
+
+    src, dst = folder / "probe.src", folder / "probe.dst"
+    src.write_bytes(bytes(1 << 16))
+    with open(src, "rb") as s, open(dst, "wb") as d:
+        try:
+            fcntl.ioctl(d.fileno(), 0x4020940D, struct.pack("qQQQ", s.fileno(), 0, 1 << 16, 0))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("kernel", ["copy_file_range", "refused", "absent"])
+def test_copy_member_gives_the_member_bytes_whatever_the_copy_path(
+    archives: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: str
+) -> None:
+    # Blocks are shared where the file system can (reflink), else copied in the kernel, else
+    # read and written; the file is the member's bytes every time.
+    import errno
+
+    reflink = _reflink_works_here(tmp_path)
+    if kernel == "refused":
+        def refuse(*args: object) -> int:
+            raise OSError(errno.EXDEV, "cross-device copy_file_range refused")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    elif kernel == "absent":
+        monkeypatch.delattr(os, "copy_file_range")
+    with open_archive(archives["with_ptd"]) as etm:
+        name = next(n for n in etm.members if n.endswith(".ptd"))
+        target = tmp_path / "copy.ptd"
+        used = cache.copy_member(etm, name, target)
+        assert target.read_bytes() == etm.read_member(name)
+    copied = ("kernel copy",) if kernel == "copy_file_range" else ("read/write",)
+    if reflink:  # whole blocks shared; the tail (if any) copied
+        assert used[0] == "reflink" and used[1:] in ((), copied)
+    else:  # ext4 and most others: EOPNOTSUPP, so the copy does it all
+        assert used == copied
+
+
+def test_find_entry_never_builds_and_refuses_damage(archives: dict[str, Path], tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    with open_archive(archives["with_ptd"]) as etm:
+        assert cache.find_entry(etm, root=root) is None and not root.exists()
+        built = cache.materialize(etm, root=root)
+        found = cache.find_entry(etm, root=root)
+        assert found is not None and (found.key, found.files) == (built.key, built.files)
+        program = built.files["model.pte"]
+        os.utime(program, ns=(0, 0))  # a changed file: the entry is no longer trusted
+        assert cache.find_entry(etm, root=root) is None
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    with open_archive(archives["et_example"]) as other:
+        assert cache.find_entry(other, root=root) is None  # another archive's key
+        assert cache.find_entry(other, root=not_a_folder) is None

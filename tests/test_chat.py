@@ -152,6 +152,28 @@ def test_none_values_dropped_and_reasoning_aliased_like_transformers() -> None:
     )
 
 
+def test_null_values_as_transformers_5_else_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    messages = [{"role": "assistant", "content": None, "tool_calls": [{"name": "f"}]}]
+    # transformers 5.x drops the null key, so a template telling null from missing sees it missing.
+    shows = "{% for m in messages %}{% if m.content is none %}null{% elif m.content is defined %}" \
+        "{{ m.content }}{% else %}missing{% endif %}{% endfor %}"  # fmt: skip
+    assert ours(shows, messages, None, None) == hf_render(hf_tokenizer(None, None, shows), messages) == "missing"
+    # One that needs the key fails on that form; transformers' own renderer, given the messages
+    # as they are, renders them, and so do we instead of failing.
+    needs = "{% for m in messages %}{{ m.content | tojson }}{% endfor %}"
+    assert hf_render(hf_tokenizer(None, None, needs), messages) is TypeError
+    (as_given,), _ = render_jinja_template([messages], chat_template=needs)
+    assert ours(needs, messages, None, None) == as_given == "null"
+    # Without a null value nothing is rendered twice: the first failure is the error.
+    renders: list[int] = []
+    generate = chat._generate
+    monkeypatch.setattr(chat, "_generate", lambda *a: renders.append(1) or generate(*a))
+    assert ours(needs, [{"role": "user"}], None, None) is TemplateError and len(renders) == 1
+    assert ours(needs, messages, None, None) == "null" and len(renders) == 3
+
+
 def test_tojson_matches_transformers_filter() -> None:
     template = "{{ messages[0] | tojson }}|{{ messages[0] | tojson(indent=2, sort_keys=True) }}"
     messages = [{"role": "user", "content": "é <b>&'"}]

@@ -7,6 +7,7 @@ specification (docs/DIAGNOSTICS.md) when the scenario was designed.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,15 +17,26 @@ from typing import Any
 
 import jsonschema
 import pytest
-from etm_compat.adapters import default_adapters
 
+from etm_compat.adapters import default_adapters
+from etm_compat.bulk.task import Task, upgrade_task
 from etm_compat.checks.archive import check_archive
 from etm_compat.checks.program import check_backends
 from etm_compat.checks.subject import Subject
 from etm_compat.cli.main import main
-from etm_compat.diagnosis import diagnose
+from etm_compat.compat.loader import render
+from etm_compat.diagnosis import (
+    DETAIL_ITEMS,
+    DETAIL_TEXT_CHARS,
+    SAMPLE_CHARS,
+    diagnose,
+    metadata_details,
+    view_details,
+)
+from etm_compat.legacy.deployment import deployment_record
 from etm_compat.legacy.resolve import resolve_source
 from etm_compat.packing import pack_view
+from etm_compat.prompt.chat import STANDARD_CONVERSATIONS
 from etm_compat.view import describe
 from tests.conftest import FIXTURES
 
@@ -109,7 +121,7 @@ def test_whole_fixture_tree_as_markdown_and_html(tmp_path: Path, capsys: pytest.
     capsys.readouterr()
     text = md.read_text()
     assert text.startswith("# etm-compat diagnose report")
-    assert "weights-missing-key" in text and "legacy/et\\_example/model.pte" in text
+    assert "weights-missing-key" in text and "`legacy/et_example/model.pte`" in text
     html = page.read_text()
     assert html.startswith("<!DOCTYPE html>") and "metadata-snapshot-mismatch" in html
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.md"]
@@ -164,3 +176,81 @@ def test_runtime_backend_check_with_the_installed_runtime(tmp_path: Path, capsys
     assert report["checks_skipped"] == []
     # executorch's pybindings register XnnpackBackend, so nothing is reported for it.
     assert "backend-not-registered" not in {f["code"] for d in report["deployments"] for f in d["findings"]}
+
+
+# --- details: what the report pages show about each deployment ----------------------------------
+
+
+def _texts(value: Any, key: str = "") -> list[tuple[str, str]]:
+    if isinstance(value, str):
+        return [(key, value)]
+    if isinstance(value, dict):
+        return [t for k, v in value.items() for t in _texts(v, k)]
+    if isinstance(value, list):
+        assert len(value) <= DETAIL_ITEMS
+        return [t for v in value for t in _texts(v, key)]
+    return []
+
+
+def test_details_of_a_folder_are_what_render_and_inference_say() -> None:
+    folder = FIXTURES / "legacy" / "hf_style"
+    view = describe(resolve_source(folder, default_adapters()))
+    details = view_details(view)
+    json.dumps(details)  # JSON-ready
+    assert details["family"]["id"] == "qwen2_5" and details["chat_template_source"] == "tokenizer_config.json"
+    assert {(s["id"], s["token"]) for s in details["stop"]} == {(0, "<|endoftext|>"), (2, "<|im_end|>")}
+    assert all(s["sources"] for s in details["stop"])
+    assert details["bos"]["id"] == view.inference.bos_id and details["bos"]["sources"]
+    assert details["eos"]["ids"] == list(view.inference.eos_ids) and details["eos"]["sources"]
+    assert details["runner"]["eos_ids"]["source"] == "get_eos_ids"
+    assert details["evidence_total"] == len(view.inference.evidence) and details["evidence"]
+    # The sample is exactly what `etm-compat render` prints for this folder.
+    sample = details["sample"]
+    assert sample["conversation"] == "system_multi_turn" and sample["error"] is None
+    assert sample["prompt"] == render(folder, STANDARD_CONVERSATIONS["system_multi_turn"])
+
+
+def test_details_of_an_archive_come_from_its_metadata(tmp_path: Path) -> None:
+    folder = FIXTURES / "legacy" / "hf_style"
+    result = pack_view(describe(resolve_source(folder, default_adapters())), tmp_path / "m.etm")
+    details = metadata_details(result.metadata)
+    assert details["family"]["id"] == "qwen2_5"
+    assert [s["id"] for s in details["stop"]] == result.metadata["generation"]["stop_token_ids"]
+    assert details["sample"]["prompt"] == render(result.archive, STANDARD_CONVERSATIONS["system_multi_turn"])
+    report = diagnose(tmp_path, default_adapters())
+    (archive,) = [d for d in report.deployments if d.kind == "archive"]
+    assert archive.details == details
+    assert json.loads(json.dumps(report.to_json(details=True)))["deployments"][0]["details"] is not None
+    jsonschema.validate(report.to_json(), SCHEMA)  # the JSON report (schema 1) leaves them out
+    assert "details" not in report.to_json()["deployments"][0]
+
+
+def test_details_are_bounded_and_fall_back_without_the_system_message() -> None:
+    dep = resolve_source(FIXTURES / "legacy" / "hf_style", default_adapters())
+    long = view_details(describe(dep, chat_template="{% for m in messages %}{{ m.content * 300 }}{% endfor %}"))
+    assert long["sample"]["truncated"] is True and len(long["sample"]["prompt"]) == SAMPLE_CHARS
+    for key, text in _texts(long):
+        assert key == "prompt" or len(text) <= DETAIL_TEXT_CHARS + 1, (key, len(text))
+    no_system = (
+        "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}[{{ m.role }}] {{ m.content }}{% endfor %}"
+    )
+    fallback = view_details(describe(dep, chat_template=no_system))["sample"]
+    assert fallback["conversation"] == "multi_turn" and fallback["prompt"].startswith("[user] Hello!")
+    failing = view_details(describe(dep, chat_template="{{ raise_exception('never') }}"))["sample"]
+    assert failing["prompt"] is None and "never" in failing["error"]
+
+
+def test_upgrade_outcomes_carry_details(tmp_path: Path) -> None:
+    folder = FIXTURES / "legacy" / "hf_style"
+    dep = resolve_source(folder, default_adapters())
+    record = deployment_record(dep, os.path.abspath)
+    task: Task = {"deployment": record, "archive": str(tmp_path / "m.etm"), "force": False, "verify_existing": False}
+    written = upgrade_task(task)
+    assert written["outcome"] == "written" and written.get("details") == view_details(describe(dep))
+    again = upgrade_task(task)  # up to date: the details come from the archive's metadata
+    details = again.get("details")
+    assert again["outcome"] == "up_to_date" and details is not None
+    assert details["sample"] == written["details"]["sample"] and details["stop"] != []
+    missing = upgrade_task({**task, "deployment": {**record, "program": str(tmp_path / "gone.pte")}})
+    assert missing["outcome"] == "failed" and missing.get("details") is None

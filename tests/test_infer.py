@@ -674,3 +674,43 @@ def test_unknown_family_stops_at_the_end_of_turn_its_template_writes(tmp_path: P
     assert result.family_id is None and result.chat_template == template
     assert result.stop_token_ids == tuple(sorted((end, stop)))
     assert result.stop_token_sources[end] == ("tokenizer_config.json",)
+
+
+# --- the special-token strings a chat template sees ---------------------------------------------
+
+
+def test_template_tokens_are_the_configs_not_the_runners(tmp_path: Path) -> None:
+    # The config's eos "</s>" is not in this tokenizer: the runner picks another eos, the
+    # template still gets "</s>" (as transformers gives it); a null bos stays absent.
+    tok_path, cfg_path = hf_tokenizer(
+        tmp_path, ["<|endoftext|>", "<|im_end|>"], bos=None, eos="</s>",
+        config={"unk_token": {"__type": "AddedToken", "content": "<unk>"}, "image_token": "<img>"},
+    )  # fmt: skip
+    tok = read_tokenizer(tok_path, config_path=cfg_path)
+    config = json.loads(cfg_path.read_text())
+    result = infer_from_parts(pte=None, tokenizer=tok, configs={"tokenizer_config": config})
+    assert dict(result.special_tokens_map) == {"eos_token": "</s>", "unk_token": "<unk>", "image_token": "<img>"}
+    assert tok.eos_token != "</s>"
+    noted = {e.value for e in result.evidence if e.field == "special_tokens_map"}
+    assert noted == {None, "</s>", "<unk>", "<img>"}
+
+
+def test_special_tokens_map_json_overrides_named_tokens_unless_the_config_has_a_decoder() -> None:
+    config = {"eos_token": "</s>", "image_token": "<image>"}
+    special = {"eos_token": "<|im_end|>", "pad_token": {"content": "<pad>"}, "image_token": "<picture>"}
+    both = {"tokenizer_config": config, "special_tokens_map": special}
+    tokens = infer_from_parts(pte=None, tokenizer=None, configs=both).special_tokens_map
+    assert dict(tokens) == {"eos_token": "<|im_end|>", "pad_token": "<pad>", "image_token": "<image>"}
+    decoder = {**both, "tokenizer_config": {**config, "added_tokens_decoder": {}}}
+    tokens = infer_from_parts(pte=None, tokenizer=None, configs=decoder).special_tokens_map
+    assert dict(tokens) == {"eos_token": "</s>", "image_token": "<image>"}
+
+
+def test_without_configs_the_tokenizers_own_then_the_familys() -> None:
+    sp = read_tokenizer(FIXTURES / "tokenizers" / "sp.model")
+    own = infer_from_parts(pte=None, tokenizer=sp, configs={}, family_override="phi_3_5")
+    assert dict(own.special_tokens_map) == {"bos_token": "<s>", "eos_token": "</s>"}
+    registry = infer_from_parts(pte=None, tokenizer=None, configs={}, family_override="llama3")
+    family = REGISTRY["llama3"]
+    assert dict(registry.special_tokens_map) == {"bos_token": family.bos_token, "eos_token": family.eos_token}
+    assert any(e.source == "registry:llama3" and e.field == "special_tokens_map" for e in registry.evidence)

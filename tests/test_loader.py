@@ -119,8 +119,13 @@ def test_render_uses_the_template_and_special_tokens(archives: dict[str, Path], 
             meta["chat_template"],
             messages,
             add_generation_prompt=True,
-            bos_token=tok["bos_token"],
-            eos_token=next((t for t in tok["eos_tokens"] if t), None),
+            special_tokens=tok["special_tokens_map"],
+        )
+        # The strings the template sees: the configs' (hf_style), else the tokenizer's own.
+        assert tok["special_tokens_map"] == (
+            {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+            if name == "hf_style"
+            else {"bos_token": "<s>", "eos_token": "</s>"}
         )
         assert packed.render(messages) == expected == loose.render(messages)
         assert "What is 2+2?" in expected

@@ -26,7 +26,7 @@ from etm_compat.errors import PteFormatError, UnreadableError
 from etm_compat.fileio import open_regular
 from etm_compat.formats import flatfile, pte
 from etm_compat.formats.delegates import read_delegate_keys
-from etm_compat.formats.flatbuf import BYTES_PER_TABLE_VISIT, MIN_TABLE_VISITS
+from etm_compat.formats.flatbuf import BYTES_PER_WORK_UNIT, MIN_WORK, STRING_BYTES_PER_UNIT
 from etm_compat.formats.flatfile import FlatFileFormat, read_flat_head, view_flat_head
 from etm_compat.formats.program_kinds import classify_program
 from etm_compat.formats.pte import (
@@ -459,6 +459,20 @@ def test_output_index_out_of_range(tmp_path: Path) -> None:
     _raises(tmp_path, data, "get_max_seq_len", "outputs value 1000")
 
 
+def _program(b: flatbuffers.Builder, plans: list[int], *, named_data: int | None = None) -> bytes:
+    """Finish ``b`` as a Program with these execution plans (repeats share one table)."""
+    b.StartVector(4, len(plans), 4)
+    for plan in reversed(plans):
+        b.PrependUOffsetTRelative(plan)
+    vector = b.EndVector()
+    b.StartObject(8)
+    b.PrependUOffsetTRelativeSlot(1, vector, 0)
+    if named_data is not None:
+        b.PrependUOffsetTRelativeSlot(7, named_data, 0)
+    b.Finish(b.EndObject(), file_identifier=b"ET12")
+    return bytes(b.Output())
+
+
 def _shared_values_program(plans: int = 20, values: int = 50_000) -> bytes:
     """A program whose ``plans`` execution plans all share one ``values`` vector of Int EValues."""
     b = flatbuffers.Builder(0)
@@ -474,34 +488,133 @@ def _shared_values_program(plans: int = 20, values: int = 50_000) -> bytes:
     b.PrependUOffsetTRelativeSlot(0, name, 0)
     b.PrependUOffsetTRelativeSlot(2, shared, 0)
     plan = b.EndObject()
-    b.StartVector(4, plans, 4)
-    for _ in range(plans):
-        b.PrependUOffsetTRelative(plan)
-    vector = b.EndVector()
+    return _program(b, [plan] * plans)
+
+
+def _shared_name_program(plans: int = 2000, name_bytes: int = 256 * 1024) -> bytes:
+    """``plans`` execution plans that are one plan table, named by one ``name_bytes`` string."""
+    b = flatbuffers.Builder(0)
+    name = b.CreateString("f" * name_bytes)
+    b.StartObject(6)
+    b.PrependUOffsetTRelativeSlot(0, name, 0)
+    plan = b.EndObject()
+    return _program(b, [plan] * plans)
+
+
+def _shared_outputs_program(plans: int = 20, outputs: int = 50_000, spec: str | None = None) -> bytes:
+    """``plans`` constant methods that are one plan table returning ``outputs`` values (all the
+    same None EValue), with an optional pytree ``spec``."""
+    b = flatbuffers.Builder(0)
     b.StartObject(2)
-    b.PrependUOffsetTRelativeSlot(1, vector, 0)
-    b.Finish(b.EndObject(), file_identifier=b"ET12")
-    return bytes(b.Output())
+    b.PrependUint8Slot(0, 0, 1)  # EValue type None, written out
+    evalue = b.EndObject()
+    b.StartVector(4, 1, 4)
+    b.PrependUOffsetTRelative(evalue)
+    values = b.EndVector()
+    b.StartVector(4, outputs, 4)
+    for _ in range(outputs):
+        b.PrependInt32(0)
+    outs = b.EndVector()
+    b.StartObject(4)  # a chain with no instructions: how a constant method is written
+    chain = b.EndObject()
+    b.StartVector(4, 1, 4)
+    b.PrependUOffsetTRelative(chain)
+    chains = b.EndVector()
+    meta = None
+    if spec is not None:
+        text = b.CreateString(spec)
+        b.StartObject(2)
+        b.PrependUOffsetTRelativeSlot(1, text, 0)
+        meta = b.EndObject()
+    name = b.CreateString("get_x")
+    b.StartObject(8)
+    b.PrependUOffsetTRelativeSlot(0, name, 0)
+    if meta is not None:
+        b.PrependUOffsetTRelativeSlot(1, meta, 0)
+    b.PrependUOffsetTRelativeSlot(2, values, 0)
+    b.PrependUOffsetTRelativeSlot(4, outs, 0)
+    b.PrependUOffsetTRelativeSlot(5, chains, 0)
+    plan = b.EndObject()
+    return _program(b, [plan] * plans)
 
 
-def test_table_visits_are_bounded_by_the_input_size() -> None:
-    """Many plans sharing one large values vector: refused after work proportional to its bytes.
+def _shared_key_program(entries: int = 4000, key_bytes: int = 256 * 1024) -> bytes:
+    """``entries`` named_data entries that are one table, keyed by one ``key_bytes`` string."""
+    b = flatbuffers.Builder(0)
+    key = b.CreateString("k" * key_bytes)
+    b.StartObject(2)
+    b.PrependUOffsetTRelativeSlot(0, key, 0)
+    entry = b.EndObject()
+    b.StartVector(4, entries, 4)
+    for _ in range(entries):
+        b.PrependUOffsetTRelative(entry)
+    named = b.EndVector()
+    return _program(b, [], named_data=named)
 
-    Walking every plan would be 20 x 50,000 table visits (seconds); the budget is one visit per
-    4 bytes of the head, so the refusal comes after about two walks of the shared vector.
+
+def _long_spec(leaves: int) -> str:
+    """A C++ pytree spec of a list of ``leaves`` leaves (``L2#1#1($,$)``)."""
+    return f"L{leaves}#" + "#".join(["1"] * leaves) + "(" + ",".join(["$"] * leaves) + ")"
+
+
+#: Programs whose parts are shared by many parents (offsets pointing many times at the same
+#: bytes), what a walk of every parent would cost, and the part that is refused.
+SHARED = {
+    # 20 plans x 50,000 value tables: 1,000,000 table visits for 200 kB.
+    "values": (_shared_values_program, "forward.values"),
+    # 2,000 plans x one 256 KiB name: 512 MiB of UTF-8 to decode for 260 kB.
+    "name": (_shared_name_program, "execution_plan"),
+    # 20 constant methods x 50,000 outputs (each one an EValue read, visiting no table).
+    "outputs": (_shared_outputs_program, "get_x.outputs"),
+    # 4,000 named_data entries x one 256 KiB key: 1 GiB of UTF-8 for 280 kB.
+    "key": (_shared_key_program, "named_data"),
+    # 30 constant methods x one 160 kB pytree spec (C++ spelling, parsed character by character).
+    "spec": (lambda: _shared_outputs_program(30, 1, _long_spec(40_000)), "encoded_out_str"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SHARED))
+def test_shared_parts_are_refused_after_work_bounded_by_the_input_size(kind: str) -> None:
+    """One vector or string shared by many parents: refused once the work spent reaches the
+    budget the input's size allows (one unit per 4 bytes), whichever part is multiplied.
+
+    Without the budget (or without charging that part) each of these is read, slowly: the test
+    then fails because nothing is refused.
     """
-    data = _shared_values_program()
+    make, part = SHARED[kind]
+    data = make()
     head = open_program_bytes(data)
-    with pytest.raises(PteFormatError, match="visits more than") as caught:
+    with pytest.raises(PteFormatError, match="units of work") as caught:
         describe_program(head)
     buf = head.program.buf
-    assert caught.value.hint is not None
-    assert buf.max_visits == MIN_TABLE_VISITS + buf.size // BYTES_PER_TABLE_VISIT
-    assert buf.visits == buf.max_visits + 1  # the one visit over the budget is the refusal
-    assert buf.visits < len(data) // 2  # work bounded by the input's size...
-    assert buf.visits < 20 * 50_000 // 4  # ...not multiplied by the plans that share the vector
-    with pytest.raises(PteFormatError, match="visits more than"):
+    assert part in caught.value.message and caught.value.hint is not None
+    assert buf.max_work == MIN_WORK + buf.size // BYTES_PER_WORK_UNIT
+    assert buf.max_work < buf.work <= buf.max_work + 2 * len(data) // STRING_BYTES_PER_UNIT + 50_001
+    assert buf.visits <= buf.max_work  # visits are part of the work, never beyond its budget
+    with pytest.raises(PteFormatError, match="units of work"):
         read_pte_bytes(data)
+
+
+def test_a_vector_over_its_limit_is_refused_before_it_is_walked() -> None:
+    """10,001 execution plans (one table, shared): refused on the vector's length, having spent
+    one unit of work (the root table); a reader that walked first would spend 10,001."""
+    b = flatbuffers.Builder(0)
+    name = b.CreateString("forward")
+    b.StartObject(6)
+    b.PrependUOffsetTRelativeSlot(0, name, 0)
+    plan = b.EndObject()
+    head = open_program_bytes(_program(b, [plan] * (pte.MAX_PLANS + 1)))
+    with pytest.raises(PteFormatError, match=f"has {pte.MAX_PLANS + 1} elements; at most {pte.MAX_PLANS}"):
+        describe_program(head)
+    assert head.program.buf.work == head.program.buf.visits == 1
+
+
+def test_one_walk_of_a_shared_part_is_fine() -> None:
+    """The same programs with a single parent are read: the budget refuses repetition only."""
+    assert read_pte_bytes(_shared_values_program(plans=1)).methods == ("forward",)
+    assert read_pte_bytes(_shared_outputs_program(plans=1, outputs=10)).constant_methods["get_x"] == [None] * 10
+    assert len(read_pte_bytes(_shared_name_program(plans=1)).methods[0]) == 256 * 1024
+    assert read_pte_bytes(_shared_key_program(entries=1)).named_data_keys == ("k" * 256 * 1024,)
 
 
 @pytest.mark.parametrize("path", PTE_FIXTURES, ids=_ids(PTE_FIXTURES))
@@ -511,7 +624,7 @@ def test_real_programs_use_a_fraction_of_the_visit_budget(path: Path) -> None:
     classify_program(head, describe_program(head))  # reads the signatures too
     read_delegate_keys(head)
     buf = head.program.buf
-    assert buf.visits > 0 and 5 * buf.visits < buf.max_visits
+    assert buf.visits > 0 and 5 * buf.work < buf.max_work
 
 
 def test_missing_and_directory_paths_are_unreadable(tmp_path: Path) -> None:

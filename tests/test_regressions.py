@@ -11,8 +11,16 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, peak_allocation
 
+from etm_compat.archive.metadata import new_metadata, parse_metadata, serialize_metadata
 from etm_compat.cli.main import main
-from etm_compat.errors import TemplateError, UnreadableError
+from etm_compat.errors import (
+    MetadataError,
+    OutputError,
+    TemplateError,
+    UnreadableError,
+    escape_control,
+)
+from etm_compat.fileio import check_output, read_named_input
 from etm_compat.formats.tokenizer.detect import read_tokenizer
 from etm_compat.prompt.chat import STANDARD_CONVERSATIONS, render_chat
 
@@ -106,3 +114,39 @@ def test_fifo_through_the_cli_is_exit_3(
     err = capsys.readouterr().err
     assert "not a regular file" in err and "Traceback" not in err
     assert not (tmp_path / "m.etm").exists()
+
+
+# Found by the hostile corpus (tests/test_hostile_corpus.py); each replays the library-level cause.
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [('"x": 1e400', "out of range"), ('"x": "\\udc80"', "lone surrogate")],
+    ids=["overflowing-number", "lone-surrogate"],
+)
+def test_metadata_refuses_what_json_loads_lets_through(extra: str, needle: str) -> None:
+    # 1e400 parses as infinity (parse_constant only sees NaN/Infinity); "\udc80" as a lone
+    # surrogate, which cannot be printed or written as UTF-8.
+    raw = serialize_metadata(new_metadata(tool_version="0"))[:-2] + b", " + extra.encode() + b"}\n"
+    with pytest.raises(MetadataError, match=needle):
+        parse_metadata(raw, name="m")
+
+
+def test_escape_control_escapes_bidi_invisible_and_undecodable() -> None:
+    text = "a\u202egnp.exe\u200b\ufeff" + os.fsdecode(b"\xff") + "\x9b"
+    assert escape_control(text) == "a\\u202egnp.exe\\u200b\\ufeff\\udcff\\x9b"
+    assert escape_control("modèle 中文 ok") == "modèle 中文 ok"
+
+
+def test_an_output_under_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        check_output(afile / "sub" / "r.md", force=True)
+    assert check_output(tmp_path / "new" / "r.md", force=False) == tmp_path / "new" / "r.md"
+
+
+def test_a_named_input_that_is_a_folder_is_unreadable(tmp_path: Path) -> None:
+    # os.fdopen refused the folder with a bare IsADirectoryError (exit 70).
+    with pytest.raises(UnreadableError, match="a folder"):
+        read_named_input(tmp_path, 1024, what="messages file")

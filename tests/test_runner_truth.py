@@ -27,6 +27,7 @@ from etm_compat.cli.main import main
 from etm_compat.findings import Finding
 from etm_compat.formats.pte import read_pte
 from etm_compat.formats.tokenizer.detect import read_tokenizer
+from etm_compat.formats.tokenizer.runner import encode_with_runner
 from etm_compat.infer.runner import runner_truth
 from etm_compat.legacy.resolve import resolve_source
 from etm_compat.view import DeploymentView, describe
@@ -39,6 +40,12 @@ EOS_SINGULAR = FIXTURES / "field" / "eos_singular"
 SCHEMA = json.loads(
     resources.files("etm_compat").joinpath("schemas/metadata.schema.json").read_text()
 )
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runner-check records go to a folder of the test's own, not the user's cache."""
+    monkeypatch.setenv("ETM_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def _view(program: Path, tokenizer: Path | None = None) -> DeploymentView:
@@ -295,3 +302,28 @@ def test_the_real_runner_ignores_get_eos_id_and_stops_at_the_tokenizers_eos() ->
     pieces, stats = generate(prompt, 40)
     assert len(pieces) == stop + 1 < 40  # the eos token is handed to the callback, then it stops
     assert pieces[:stop] == [sp.id_to_piece(i).replace("\u2581", " ") for i in ids[:stop]]
+
+
+@pytest.mark.runtime
+@RUNTIME_WARNINGS
+def test_encode_with_runner_gives_the_ids_the_real_runner_feeds() -> None:
+    """The ids of ``render --tokens`` (encode_with_runner, in the isolation worker) are the ones
+    TextLLMRunner prefills: the same count, and greedy decoding from them gives its first piece."""
+    sentencepiece = pytest.importorskip("sentencepiece")
+    runner_mod = pytest.importorskip("executorch.extension.llm.runner")
+    pte, tok = EOS_SINGULAR / "model.pte", EOS_SINGULAR / "tokenizer.model"
+    prompt = "The cat walked to the market"
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(tok))
+    for bos, eos in ((0, 0), (1, 0), (2, 1)):
+        enc = encode_with_runner(tok, prompt, bos=bos, eos=eos)
+        assert enc.tokenizer_class == "SPTokenizer" and (enc.bos_id, enc.eos_id) == (1, 2)
+        assert list(enc.ids) == [1] * bos + sp.encode(prompt) + [2] * eos
+        assert enc.pieces[bos : len(enc.ids) - eos] == tuple(sp.id_to_piece(i).replace("\u2581", " ") for i in sp.encode(prompt))
+    config = runner_mod.GenerationConfig(temperature=0.0, max_new_tokens=1, echo=False)
+    enc = encode_with_runner(tok, prompt, bos=config.num_bos, eos=config.num_eos)
+    pieces: list[str] = []
+    stats: list[Any] = []
+    runner_mod.TextLLMRunner(str(pte), str(tok)).generate(prompt, config, pieces.append, stats.append)
+    assert stats[-1].num_prompt_tokens == len(enc.ids)
+    first = _greedy_ids(pte, list(enc.ids), 1)[0]
+    assert pieces[0] == sp.id_to_piece(first).replace("\u2581", " ")

@@ -470,9 +470,15 @@ def test_convert_refuses_bad_requests(tmp_path: Path) -> None:
 # --- optional dependencies -------------------------------------------------------------------
 
 
-def test_imports_without_tokenizer_libraries() -> None:
+def test_imports_without_tokenizer_libraries(tmp_path: Path) -> None:
+    """Without the tokenizer libraries (blocked in every process, the runner check's helper
+    included, and no cached check to fall back on) a tokenizer still reads; the check says why."""
     blocked = ["sentencepiece", "tiktoken", "pytorch_tokenizers", "tokenizers", "torch",
                "executorch"]
+    stubs = tmp_path / "blocked"
+    for name in blocked:
+        (stubs / name).mkdir(parents=True)
+        (stubs / name / "__init__.py").write_text(f"raise ImportError('{name} blocked by the test')\n")
     code = (
         "import sys\n"
         f"for name in {blocked!r}: sys.modules[name] = None\n"
@@ -482,7 +488,8 @@ def test_imports_without_tokenizer_libraries() -> None:
         "assert info.vocab_size == 512\n"
         "print('ok')\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stubs), str(ROOT)]),
+           "ETM_CACHE_DIR": str(tmp_path / "cache")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           check=False)
     assert done.returncode == 0, done.stderr

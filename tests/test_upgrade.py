@@ -318,11 +318,12 @@ def test_reports_in_three_formats_carry_outcomes_and_findings(tmp_path, capsys):
     assert tik["family"] == "llama3_2" and tik["size"] > 0
     assert {f["code"] for f in tik["findings"]} >= {"family-tokenizer-mismatch"}
     md = reports[1].read_text()
-    assert "| tiktoken\\_llama3/model.pte | up_to_date |" in md and "family-tokenizer-mismatch" in md
-    assert "evil\\|\\<b\\>name\\</b\\>" in md and "<b>" not in md
+    assert "| `tiktoken_llama3/model.pte` | up to date |" in md and "`family-tokenizer-mismatch`" in md
+    # a name read from the tree stays a code span (literal in any viewer), its pipe escaped
+    assert "| `evil\\|<b>name</b>/program.pte` |" in md and "&lt;" not in md
     page = reports[2].read_text()
-    assert page.startswith("<!DOCTYPE html>") and "<script" not in page and "<b>name" not in page
-    assert "evil|&lt;b&gt;name&lt;/b&gt;" in page and "family-tokenizer-mismatch" in page
+    assert page.startswith("<!DOCTYPE html>") and "<b>name" not in page
+    assert "evil|\\u003cb\\u003ename" in page and "family-tokenizer-mismatch" in page
     assert not list(tmp_path.glob(".r.*.tmp"))
 
 
@@ -355,7 +356,8 @@ def test_two_hundred_deployments_upgrade_and_rerun(tmp_path, capsys):
     for where, kind in tree.broken.items():
         assert kind in (skipped.get(where) or failed[where]), (where, kind)
     assert digests(tree.root) == before  # not one source byte or mtime changed
-    assert sorted(p.name for p in out.rglob("*") if p.is_file() and not p.name.endswith((".etm", ".lock"))) == []
+    others = [p for p in out.rglob("*") if p.is_file() and not p.name.endswith((".etm", ".lock"))]
+    assert [p.relative_to(out).as_posix() for p in others] == [".etm-upgrade/state.json"]  # for re-runs
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.etm")}
     code, again = run_json(capsys, str(tree.root), "--out", str(out), "-j", "2")
@@ -374,7 +376,7 @@ def test_one_run_writes_every_requested_report(tmp_path, capsys):
     assert main(args) == EXIT_OK
     data = json.loads(reports[0].read_text())
     assert data["counts"]["written"] == 7
-    assert "| et\\_example/model.pte | written |" in reports[1].read_text()
+    assert "| `et_example/model.pte` | written |" in reports[1].read_text()
     assert "written" in reports[2].read_text()
 
 
@@ -389,3 +391,15 @@ def test_large_plans_are_summarised_on_the_terminal_but_complete_in_reports(tmp_
     assert len(json.loads(report.read_text())["items"]) == 60
     assert main(["upgrade", str(root), "--out", str(tmp_path / "out2"), "--dry-run"]) == EXIT_OK
     assert "more to pack" not in capsys.readouterr().out  # --dry-run lists every item
+
+
+def test_upgrade_packs_the_same_members_as_pack(tmp_path):
+    lora = FIXTURES / "lora"
+    packed = tmp_path / "packed.etm"
+    assert main(["pack", str(lora), "-o", str(packed)]) == EXIT_OK
+    out = tmp_path / "out"
+    result = execute(plan_upgrade(lora, default_adapters(), out=out), None)
+    (item,) = result.items
+    with open_archive(packed) as a, open_archive(item.archive) as b:
+        assert sorted(b.metadata["members"], key=str) == sorted(a.metadata["members"], key=str)
+    assert plan_upgrade(lora, default_adapters(), out=out).items[0].status == "up_to_date"

@@ -1,19 +1,22 @@
 """The core (inspect, pack, verify, diagnose, render) works with torch and executorch unavailable.
 
 Each command runs in a fresh interpreter where importing torch, executorch or pytorch_tokenizers
-raises ImportError, as on a machine that installed etm-compat without the runtime extras.
+raises ImportError, as on a machine that installed etm-compat without the runtime extras. The
+blocker is a ``sitecustomize`` on PYTHONPATH, so the supervised worker the native checks run in
+(a separate interpreter, etm_compat.isolation) is blocked as well.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 from conftest import FIXTURES
 
-BLOCKER = """
+SITECUSTOMIZE = """
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -21,12 +24,24 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError(f"{name} is not installed (blocked by the test)")
         return None
 sys.meta_path.insert(0, Block())
+"""
+
+BLOCKER = """
+import sys
 from etm_compat.cli.main import main
 rc = main(sys.argv[1:])
 leaked = [m for m in ("torch", "executorch") if m in sys.modules]
 assert not leaked, leaked
 sys.exit(rc)
 """
+
+
+@pytest.fixture(autouse=True)
+def _blocked(tmp_path_factory, monkeypatch):
+    site = tmp_path_factory.mktemp("site")
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    paths = (str(site), os.environ.get("PYTHONPATH"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

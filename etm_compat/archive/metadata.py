@@ -19,6 +19,7 @@ and inside each section. A writer that adds something an old reader must not ign
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
@@ -33,7 +34,7 @@ from etm_compat.constants import (
     ETM_MAX_METADATA_DEPTH,
     ETM_SUPPORTED_VERSIONS,
 )
-from etm_compat.errors import MetadataError, UnsupportedVersionError
+from etm_compat.errors import MetadataError, UnsupportedVersionError, escape_control
 from etm_compat.findings import Confidence, Severity
 from etm_compat.jsonlimits import json_nesting
 
@@ -242,6 +243,33 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite(text: str) -> float:
+    """A JSON number as a float; ``1e400`` (infinity once parsed) is refused like ``Infinity``."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:24]} is out of range")
+    return value
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first string (key or value) holding a lone surrogate (a ``\\udXXX`` escape without its
+    pair): not Unicode text, it cannot be printed or written as UTF-8. Iterative, like :func:`_depth`."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return item
+    return None
+
+
 def _depth(value: Any) -> int:
     """Nesting depth, iteratively (a hostile document must not exhaust the Python stack)."""
     deepest, stack = 0, [(value, 1)]
@@ -253,8 +281,6 @@ def _depth(value: Any) -> int:
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item)
     return deepest
-
-
 
 
 def parse_metadata(raw: bytes, *, name: str) -> dict[str, Any]:
@@ -284,7 +310,9 @@ def parse_metadata(raw: bytes, *, name: str) -> dict[str, Any]:
             f"metadata.json nests deeper than {ETM_MAX_METADATA_DEPTH} levels", path=name, hint=hint
         )
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        obj = json.loads(
+            text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite
+        )
     except (ValueError, RecursionError) as exc:
         raise MetadataError(
             f"metadata.json is not valid JSON: {exc}", path=name, hint=hint
@@ -292,6 +320,13 @@ def parse_metadata(raw: bytes, *, name: str) -> dict[str, Any]:
     # The bracket count above is an upper bound, so this is a second line of defence.
     if _depth(obj) > ETM_MAX_METADATA_DEPTH:
         raise MetadataError("metadata.json nests too deeply", path=name, hint=hint)
+    bad = _lone_surrogate(obj)
+    if bad is not None:
+        raise MetadataError(
+            f'metadata.json holds a lone surrogate escape (not Unicode text) in "{escape_control(bad[:60])}"',
+            path=name,
+            hint=hint,
+        )
     if not isinstance(obj, dict):
         raise MetadataError(
             f"metadata.json must hold an object, not {describe_kind(obj)}", path=name, hint=hint

@@ -189,6 +189,9 @@ def _check_references(c: Checker, obj: dict[str, Any]) -> None:
         elif roles.get(member) != "weights":
             c.bad(f"$.weights[{i}].member", f"{member!r} is not a weights member of the archive")
         seen.add(member)
+    if isinstance(entries, list):
+        for member in sorted(n for n, r in roles.items() if r == "weights" and n not in seen):
+            c.bad("$.weights", f"weights member {member!r} has no entry (its keys are not recorded)")
 
 
 def _check_tokenizer(c: Checker, obj: dict[str, Any]) -> None:

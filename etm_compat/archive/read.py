@@ -5,29 +5,37 @@ Opening reads only the end records, the central directory, the local headers and
 problem found is collected and reported at once (:class:`ArchiveError`), naming the member. An
 archive for a newer reader is refused as such (:class:`UnsupportedVersionError`) even when its
 new member names break this reader's name rules: the version is judged before the names.
-Member bytes are then served zero-copy from one ``mmap`` of the file; :attr:`EtmArchive.layout`
-says which member is which (programs, their weights in load order, processors, modalities).
+Member bytes are served zero-copy from one ``mmap`` of the file (:meth:`EtmArchive.member_view`)
+or read with ``pread`` (:meth:`~EtmArchive.read_member`, verification, extraction): these never
+touch the mapping, so an archive truncated in place meanwhile is an :class:`IntegrityError`, not
+a SIGBUS. :attr:`EtmArchive.layout` says which member is which (programs, their weights in load
+order, processors, modalities).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import mmap
 import os
 import tempfile
-import zlib
-from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Final
+from typing import Any, BinaryIO
 
 from etm_compat.archive.layout import ArchiveLayout, check_members, read_layout
 from etm_compat.archive.metadata import parse_metadata
 from etm_compat.archive.names import check_member_name, role_of
-from etm_compat.archive.zipfmt import HINT_REPACK, MemberInfo, read_at, read_directory
+from etm_compat.archive.zipfmt import (
+    HINT_REPACK,
+    MemberInfo,
+    crc32,
+    digest_range,
+    read_at,
+    read_directory,
+)
 from etm_compat.constants import (
     ETM_MAX_METADATA_BYTES,
     ETM_SUFFIX,
@@ -57,7 +65,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-_CHUNK: Final = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -85,10 +92,17 @@ class EtmArchive:
     """
 
     def __init__(
-        self, path: Path, file: BinaryIO, members: dict[str, MemberInfo], metadata: dict[str, Any]
+        self,
+        path: Path,
+        file: BinaryIO,
+        members: dict[str, MemberInfo],
+        metadata: dict[str, Any],
+        metadata_bytes: bytes | None = None,
     ) -> None:
         self.path = path
         self.metadata = metadata
+        #: ``metadata.json`` exactly as read (and CRC-checked) when the archive was opened.
+        self.metadata_bytes = metadata_bytes
         #: The programs and their roles, each program's weights in load order, processors,
         #: modalities (a version-1 archive is one program, ``model``, loading every weights file).
         self.layout: ArchiveLayout = read_layout(metadata)
@@ -99,12 +113,8 @@ class EtmArchive:
     def __enter__(self) -> EtmArchive:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
         self.close()
 
     def close(self) -> None:
@@ -112,9 +122,7 @@ class EtmArchive:
         try:
             self._map.close()
         except BufferError:
-            log.warning(
-                "%s: member views still in use; the mapping stays until they are freed", self.path
-            )
+            log.warning("%s: member views still in use; the mapping stays until they are freed", self.path)
         self._file.close()
 
     def _info(self, name: str) -> MemberInfo:
@@ -131,65 +139,73 @@ class EtmArchive:
         return info.offset, info.size
 
     def member_view(self, name: str) -> memoryview:
-        """The member's bytes, zero-copy over the archive's mapping (read-only)."""
+        """The member's bytes, zero-copy over the archive's mapping (read-only).
+
+        A mapping is only as stable as the file: if another process truncates the archive while
+        the view is read (``cp`` over it does), the kernel kills this process with SIGBUS. Use
+        :meth:`read_member` (plain reads: a truncation is an :class:`IntegrityError`) for bytes
+        that outlive a moment, or wherever the archive may be replaced in place.
+        """
         info = self._info(name)
         return memoryview(self._map)[info.offset : info.offset + info.size]
+
+    def read_member(self, name: str, start: int = 0, length: int | None = None) -> bytes:
+        """The member's bytes (or ``length`` of them from ``start``, clamped to the member), read
+        with ``pread``: one copy, the mapping is not touched.
+
+        Raises :class:`IntegrityError` when the file is shorter than its directory says: it was
+        truncated or replaced after it was opened.
+        """
+        info = self._info(name)
+        start = min(max(start, 0), info.size)
+        end = info.size if length is None else min(info.size, start + max(length, 0))
+        parts: list[bytes] = []
+        done = start
+        while done < end:  # Linux reads at most 2 GiB - 4 KiB per call
+            part = os.pread(self._file.fileno(), end - done, info.offset + done)
+            if not part:
+                raise self.truncated_error(name, done)
+            parts.append(part)
+            done += len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def fileno(self) -> int:
+        """The archive's open file descriptor (valid until :meth:`close`), for kernel copies."""
+        return self._file.fileno()
+
+    def truncated_error(self, name: str, got: int) -> IntegrityError:
+        """The error for a member whose bytes ended after ``got`` of them."""
+        info = self._info(name)
+        return IntegrityError(
+            f"member {name!r} ends after {got} of its {info.size} bytes: the archive was "
+            "truncated or replaced after it was opened",
+            path=self.path,
+            hint="open the archive again once it is complete; if it stays short, repack it",
+        )
 
     def _expected_sha(self) -> dict[str, str]:
         return {m["name"]: m["sha256"] for m in self.metadata["members"]}
 
-    def _chunks(self, info: MemberInfo) -> Iterator[bytes]:
-        self._file.seek(info.offset)
-        left = info.size
-        while left:
-            chunk = self._file.read(min(_CHUNK, left))
-            if not chunk:
-                raise IntegrityError(
-                    f"member {info.name!r} is truncated", path=self.path, hint=HINT_REPACK
-                )
-            left -= len(chunk)
-            yield chunk
-
     def _hash(
         self, info: MemberInfo, pool: ThreadPoolExecutor, sink: BinaryIO | None = None
     ) -> tuple[int, str]:
-        sha = hashlib.sha256()
-        crc = 0
-        pending: Future[None] | None = None
-        for chunk in self._chunks(info):
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(sha.update, chunk)
-            crc = zlib.crc32(chunk, crc)
-            if sink is not None:
-                sink.write(chunk)
-        if pending is not None:
-            pending.result()
-        return crc, sha.hexdigest()
+        fd, write = self._file.fileno(), None if sink is None else sink.write
+        crc, sha, got = digest_range(fd, info.offset, info.size, pool, sink=write)
+        if got != info.size:
+            raise self.truncated_error(info.name, got)
+        return crc, sha
 
     def _check(self, info: MemberInfo, crc: int, sha: str) -> list[Problem]:
-        found: list[Problem] = []
         hint = "the archive is corrupt; repack it from the original files"
-        if crc != info.crc32:
-            found.append(
-                Problem(
-                    info.name,
-                    "crc-mismatch",
-                    f"CRC32 is {crc:08x}, the central directory says {info.crc32:08x}",
-                    hint,
-                )
-            )
         want = self._expected_sha().get(info.name)
+        found = []
+        if crc != info.crc32:
+            found.append(Problem(info.name, "crc-mismatch",
+                                 f"CRC32 is {crc:08x}, the central directory says {info.crc32:08x}", hint))
         if info.name != MEMBER_METADATA and sha != want:
-            found.append(
-                Problem(
-                    info.name,
-                    "sha256-mismatch",
-                    f"sha256 is {sha}, metadata.json says {want}",
-                    hint,
-                )
-            )
-        return found
+            found.append(Problem(info.name, "sha256-mismatch",
+                                 f"sha256 is {sha}, metadata.json says {want}", hint))
+        return found  # fmt: skip
 
     def verify(self) -> list[Problem]:
         """Stream every member; compare CRC32 and sha256 with the directory and metadata."""
@@ -199,7 +215,7 @@ class EtmArchive:
                 try:
                     crc, sha = self._hash(info, pool)
                 except IntegrityError as exc:
-                    problems.append(Problem(info.name, "truncated", exc.message, HINT_REPACK))
+                    problems.append(Problem(info.name, "truncated", exc.message, exc.hint or HINT_REPACK))
                     continue
                 problems.extend(self._check(info, crc, sha))
         return problems
@@ -266,6 +282,13 @@ class EtmArchive:
                 hint="extract into an empty folder",
             )
         existing = [str(t) for _, t in plan if t.exists() or t.is_symlink()]
+        for target in existing:  # never over the archive itself, even with force
+            if os.path.exists(target) and os.path.samefile(target, self.path):
+                raise OutputError(
+                    "is one of the files this run reads (the archive being unpacked); refusing to write over a source",
+                    path=target,
+                    hint="extract into another folder",
+                )
         if existing and not force:
             raise OutputError(
                 f"would overwrite {', '.join(existing)}",
@@ -348,14 +371,16 @@ def open_archive(path: str | os.PathLike[str]) -> EtmArchive:
             )
         if MEMBER_METADATA not in members:
             raise MetadataError(f"no {MEMBER_METADATA} member", path=path, hint=HINT_REPACK)
-        metadata = _read_metadata(f, members, path)
-        return EtmArchive(path, f, members, metadata)
+        raw, metadata = _read_metadata(f, members, path)
+        return EtmArchive(path, f, members, metadata, raw)
     except BaseException:
         f.close()
         raise
 
 
-def _read_metadata(f: BinaryIO, members: dict[str, MemberInfo], path: Path) -> dict[str, Any]:
+def _read_metadata(
+    f: BinaryIO, members: dict[str, MemberInfo], path: Path
+) -> tuple[bytes, dict[str, Any]]:
     info = members[MEMBER_METADATA]
     name = f"{path}!{MEMBER_METADATA}"
     if info.size > ETM_MAX_METADATA_BYTES:
@@ -365,7 +390,7 @@ def _read_metadata(f: BinaryIO, members: dict[str, MemberInfo], path: Path) -> d
             hint=HINT_REPACK,
         )
     raw = read_at(f, info.offset, info.size)
-    if zlib.crc32(raw) != info.crc32:
+    if crc32(raw) != info.crc32:
         raise IntegrityError("metadata.json fails its CRC32 check", path=name, hint=HINT_REPACK)
     meta = parse_metadata(raw, name=name)
     sizes = {n: info.size for n, info in members.items() if n != MEMBER_METADATA}
@@ -376,7 +401,7 @@ def _read_metadata(f: BinaryIO, members: dict[str, MemberInfo], path: Path) -> d
             path=name,
             hint=HINT_REPACK,
         )
-    return meta
+    return raw, meta
 
 
 def _refuse_newer_version(f: BinaryIO, members: dict[str, MemberInfo], path: Path) -> None:
@@ -387,7 +412,7 @@ def _refuse_newer_version(f: BinaryIO, members: dict[str, MemberInfo], path: Pat
     if info is None or info.size > ETM_MAX_METADATA_BYTES:
         return
     raw = read_at(f, info.offset, info.size)
-    if zlib.crc32(raw) != info.crc32:
+    if crc32(raw) != info.crc32:
         return
     try:
         parse_metadata(raw, name=f"{path}!{MEMBER_METADATA}")

@@ -10,8 +10,8 @@ for sizes or offsets that do not fit 32 bits.
 
 Because a sha256 hex digest has a fixed length, the metadata is first written with placeholder
 digests; the members are then streamed once (CRC32 and sha256 in the same pass, the hash in a
-worker thread), and finally the real metadata is written into the same slot and the local
-headers' CRCs are patched. All of it goes to a temp file in the destination folder that replaces
+worker thread, the copy in the kernel), and finally the real metadata is written into the same
+slot and the local headers' CRCs are patched. All of it goes to a temp file in the destination folder that replaces
 the destination only once complete and fsynced.
 """
 
@@ -23,7 +23,6 @@ import hashlib
 import os
 import struct
 import tempfile
-import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,13 +33,21 @@ from etm_compat.archive.metadata import SHA256_PLACEHOLDER, serialize_metadata, 
 from etm_compat.archive.names import Role
 from etm_compat.archive.plan import MemberSpec, fill_metadata, order_specs
 from etm_compat.archive.programs import duplicate_weights
-from etm_compat.archive.zipfmt import central_entry, end_records, local_header
+from etm_compat.archive.zipfmt import (
+    DIGEST_CHUNK,
+    central_entry,
+    crc32,
+    digest_range,
+    end_records,
+    local_header,
+    pread_into,
+)
 from etm_compat.constants import ETM_ALIGN_DEFAULT, ETM_ALIGN_MAPPED, MEMBER_METADATA
 from etm_compat.errors import EtmError, MetadataError, OutputError, UnreadableError, UsageError
 from etm_compat.fileio import check_output, output_error
 
 #: Bytes per read while streaming a member (constant memory whatever the member size).
-CHUNK_BYTES = 8 * 1024 * 1024
+CHUNK_BYTES = DIGEST_CHUNK
 #: Bytes per copy_file_range call (the kernel may copy fewer).
 KERNEL_COPY_BYTES = 64 * 1024 * 1024
 
@@ -94,58 +101,62 @@ def _kernel_copy(src_fd: int, dst_fd: int, size: int, src_off: int, dst_off: int
         done += n
 
 
+def _write_range(src_fd: int, dst_fd: int, size: int, dst_off: int) -> None:
+    """Copy the first ``size`` bytes of ``src_fd`` to ``dst_off`` of ``dst_fd`` with reads and
+    writes (where the kernel cannot copy)."""
+    buf = memoryview(bytearray(max(1, min(size, CHUNK_BYTES))))
+    done = 0
+    while done < size:
+        n = pread_into(src_fd, buf[: min(len(buf), size - done)], done)
+        if n == 0:
+            raise OSError(errno.EIO, "the source ended early")
+        written = 0
+        while written < n:
+            written += os.pwrite(dst_fd, buf[written:n], dst_off + done + written)
+        done += n
+
+
 def _stream(
     src: BinaryIO, dst: BinaryIO, expected: int, pool: ThreadPoolExecutor
 ) -> tuple[int, str]:
-    """Copy ``expected`` bytes to ``dst``'s position; return (crc32, sha256 hex) of what was read.
+    """Copy ``expected`` bytes of ``src`` to ``dst``'s position; return (crc32, sha256 hex) of
+    what was read.
 
-    Three things run at once: the kernel copies the bytes (``copy_file_range``, no trip through
-    Python), a worker thread feeds sha256, and this thread computes the CRC. hashlib and zlib
-    release the GIL on large buffers, so on two cores the cost is close to sha256 alone. Where the
-    kernel copy is unavailable (another OS, a filesystem that refuses it) the chunks read for
-    hashing are written instead.
+    Three things run at once: the kernel copies the bytes (``copy_file_range``: no trip through
+    Python, and a reflink where the file system shares blocks), a worker thread feeds sha256, and
+    this thread reads the next chunk into a reused buffer and computes its CRC-32 (ISA-L's,
+    :data:`~etm_compat.archive.zipfmt.crc32`). All of them release the GIL, so on two cores the
+    cost is about sha256's alone (:func:`~etm_compat.archive.zipfmt.digest_range`). Where the
+    kernel copy is unavailable (another OS, a file system that refuses it) the bytes are copied
+    with reads and writes once hashing is done.
     """
     dst.flush()
     start = dst.tell()
+    src_fd, dst_fd = src.fileno(), dst.fileno()
     copier: Future[None] | None = None
     if hasattr(os, "copy_file_range") and expected > 0:
-        copier = pool.submit(_kernel_copy, src.fileno(), dst.fileno(), expected, src.tell(), start)
-    sha = hashlib.sha256()
-    crc = 0
-    total = 0
-    pending: Future[None] | None = None
-    while True:
-        chunk = src.read(CHUNK_BYTES)
-        if not chunk:
-            break
-        total += len(chunk)
-        if pending is not None:
-            pending.result()
-        pending = pool.submit(sha.update, chunk)
-        crc = zlib.crc32(chunk, crc)
-        if copier is None:
-            dst.write(chunk)
-    if pending is not None:
-        pending.result()
+        copier = pool.submit(_kernel_copy, src_fd, dst_fd, expected, 0, start)
+    crc, sha, total = digest_range(src_fd, 0, expected, pool)
+    if total == expected and pread_into(src_fd, memoryview(bytearray(1)), expected):
+        total += 1  # it grew: at least one byte more than measured
     if total != expected:
         if copier is not None:
             copier.exception()  # let the copy finish before the temp file is removed
         raise UnreadableError(
-            f"changed while being packed ({expected} bytes expected, {total} read)",
+            f"changed while being packed ({expected} bytes expected, "
+            f"{'more' if total > expected else total} read)",
             path=getattr(src, "name", None),
             hint="pack again once it is stable",
         )
-    if copier is not None:
-        try:
-            copier.result()
-        except OSError:
-            # No kernel copy here: write what we hashed by reading it once more.
-            src.seek(0)
-            dst.seek(start)
-            while chunk := src.read(CHUNK_BYTES):
-                dst.write(chunk)
-        dst.seek(start + expected)
-    return crc, sha.hexdigest()
+    try:
+        if copier is None:
+            raise OSError(errno.ENOSYS, "no kernel copy")
+        copier.result()
+    except OSError:
+        # No kernel copy here: copy what we hashed with reads and writes.
+        _write_range(src_fd, dst_fd, expected, start)
+    dst.seek(start + expected)
+    return crc, sha
 
 
 def write_archive(
@@ -247,7 +258,7 @@ def write_archive(
             final = serialize_metadata(meta)
             if len(final) != len(placeholder):  # pragma: no cover - sha256 hex has a fixed length
                 raise AssertionError("metadata changed length")
-            slots[0].crc32 = zlib.crc32(final)
+            slots[0].crc32 = crc32(final)
             slots[0].sha256 = hashlib.sha256(final).hexdigest()
             cd_offset = out.tell()
             central = b"".join(

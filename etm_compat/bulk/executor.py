@@ -1,21 +1,23 @@
-"""Where an upgrade plan runs: the executor the command line opens for
-:func:`etm_compat.bulk.upgrade.execute`.
+"""Where an upgrade runs: the executor the command line opens for planning
+(:func:`etm_compat.bulk.plan.plan_upgrade`) and executing (:func:`etm_compat.bulk.upgrade.execute`).
 
-:func:`open_executor` yields None (run in this process), a process pool (forked on Linux while
-the process has one thread, spawned elsewhere) or a Dask cluster's executor. :func:`default_jobs`
-is the ``--jobs`` default. Both are re-exported from :mod:`etm_compat.bulk.upgrade`.
+:func:`open_executor` yields None (run in this process), a process pool that starts its workers
+at its first task (forked on Linux while the process has one thread, spawned elsewhere), or a
+Dask cluster's executor. :func:`default_jobs` is the ``--jobs`` default. Both are re-exported
+from :mod:`etm_compat.bulk.upgrade`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import multiprocessing
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from etm_compat.errors import UsageError
 
@@ -30,37 +32,67 @@ def default_jobs() -> int:
 
 @contextmanager
 def open_executor(
-    *, jobs: int, scheduler: str | None = None, pending: int = 1, connect_timeout: float = 5.0
+    *, jobs: int, scheduler: str | None = None, pending: int | None = None, connect_timeout: float = 5.0
 ) -> Iterator[concurrent.futures.Executor | None]:
-    """The executor the command line runs a plan on; None means "in this process".
+    """The executor an upgrade plans and runs on; None means "in this process".
 
-    ``scheduler`` (a Dask scheduler address) wins over ``jobs``; nothing is started when there is
-    nothing to do (a re-run of a finished tree stays as cheap as its plan).
+    ``scheduler`` (a Dask scheduler address) wins over ``jobs``. A process pool starts its
+    workers at its first task, so a re-run that finds nothing to read or pack starts none;
+    ``pending`` (the tasks known to come, when the plan is made already) also skips the pool
+    for zero or one task.
     """
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, not {jobs}")
-    if pending == 0 or (scheduler is None and (jobs == 1 or pending == 1)):
+    if pending is not None and (pending == 0 or (scheduler is None and pending == 1)):
         yield None
         return
     if scheduler is not None:
         with _dask_executor(scheduler, connect_timeout) as executor:
             yield executor
         return
-    context = _pool_context()
-    pool = concurrent.futures.ProcessPoolExecutor(min(jobs, pending), mp_context=context)
+    if jobs == 1:
+        yield None
+        return
+    pool = LazyProcessPool(min(jobs, pending) if pending is not None else jobs)
     try:
-        if context.get_start_method() == "fork":
-            # Start every worker now, while this process still has a single thread: the progress
-            # bar's thread starts later and must not be copied into a forked child.
-            pool.submit(_ready).result()
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _ready() -> bool:
-    """A no-op task that makes a process pool start its workers."""
-    return True
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+class LazyProcessPool(concurrent.futures.Executor):
+    """A process pool of ``workers`` processes, made at its first task.
+
+    The fork-or-spawn choice is made then (:func:`_pool_context`): workers forked from a
+    process that has imported everything start at once and pay no import again. ``started``
+    says whether there were any.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._pool is not None
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> concurrent.futures.Future[_T]:
+        if self._pool is None:
+            # Forked here, before the pool's own threads exist (CPython starts every forked
+            # worker before its manager thread).
+            # gc.enable: a worker forked while the parent paused collection (a plan does) collects.
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                self.workers, mp_context=_pool_context(), initializer=gc.enable
+            )
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -95,4 +127,4 @@ def _dask_executor(address: str, timeout: float) -> Iterator[concurrent.futures.
         client.close()
 
 
-__all__ = ["default_jobs", "open_executor"]
+__all__ = ["LazyProcessPool", "default_jobs", "open_executor"]

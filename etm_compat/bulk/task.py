@@ -3,6 +3,9 @@
 :func:`upgrade_task` is top level and takes and returns plain data (:class:`Task`,
 :class:`TaskOutcome`: paths as strings, findings as JSON), so any ``concurrent.futures`` executor
 can run it: a process pool, or a Dask worker on another machine that sees the same paths.
+Each outcome carries the deployment's ``details`` for the report pages (bounded, JSON-ready:
+:func:`etm_compat.diagnosis.view_details`, or :func:`~etm_compat.diagnosis.metadata_details` for
+an archive already up to date).
 """
 
 from __future__ import annotations
@@ -14,15 +17,16 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, Literal, TypedDict
 
 from etm_compat.archive import open_archive
 from etm_compat.bulk.lock import archive_lock, remove_stale_temporaries
-from etm_compat.constants import ETM_FORMAT_VERSION
+from etm_compat.constants import ETM_FORMAT_VERSION, ETM_LATEST_FORMAT_VERSION
+from etm_compat.diagnosis import metadata_details, view_details
 from etm_compat.errors import EtmError
 from etm_compat.fileio import metadata_path
 from etm_compat.findings import Finding
-from etm_compat.legacy.deployment import ConfigRole, Deployment
+from etm_compat.legacy.deployment import Deployment, deployment_from_record
 from etm_compat.packing import pack_view
 from etm_compat.view import describe
 
@@ -34,6 +38,9 @@ Status = Literal["new", "stale", "up_to_date"]
 Outcome = Literal["written", "up_to_date", "locked", "failed"]
 
 # --- the up-to-date rule --------------------------------------------------------------------------
+
+#: The format versions ``pack`` writes (2 only for what format 1 cannot hold).
+WRITTEN_VERSIONS: tuple[int, ...] = tuple(range(ETM_FORMAT_VERSION, ETM_LATEST_FORMAT_VERSION + 1))
 
 
 def fingerprint(deployment: Deployment) -> dict[str, tuple[int, int]]:
@@ -50,13 +57,15 @@ def fingerprint(deployment: Deployment) -> dict[str, tuple[int, int]]:
 
 @dataclass(frozen=True)
 class ArchiveCheck:
-    """Whether an archive is up to date, why, and (when it opens) what it records."""
+    """Whether an archive is up to date, why, and (when it is) what it records: its size,
+    family, findings and details (:func:`~etm_compat.diagnosis.metadata_details`)."""
 
     status: Status
     reason: str
     size: int | None = None
     family: str | None = None
     findings: tuple[Finding, ...] = ()
+    details: Mapping[str, Any] | None = None
 
 
 def archive_status(archive: Path, deployment: Deployment, *, deep: bool = False) -> ArchiveCheck:
@@ -87,10 +96,10 @@ def archive_status(archive: Path, deployment: Deployment, *, deep: bool = False)
         return ArchiveCheck("stale", f"the existing archive cannot be read: {exc.strerror}")
     if problems:
         return ArchiveCheck("stale", f"the existing archive fails verification: {problems[0]}")
-    if meta.get("format_version") != ETM_FORMAT_VERSION:
+    if meta.get("format_version") not in WRITTEN_VERSIONS:  # pack writes 2 only when it must
         found = meta.get("format_version")
         return ArchiveCheck(
-            "stale", f"format version {found}; this tool writes {ETM_FORMAT_VERSION}"
+            "stale", f"format version {found}; this tool writes {' or '.join(map(str, WRITTEN_VERSIONS))}"
         )
     recorded = {s["path"]: s for s in meta["provenance"]["sources"]}
     if recorded.keys() != current.keys():
@@ -114,6 +123,7 @@ def archive_status(archive: Path, deployment: Deployment, *, deep: bool = False)
         size=size,
         family=(meta.get("family") or {}).get("id"),
         findings=tuple(Finding.from_json(d) for d in meta.get("diagnostics") or []),
+        details=metadata_details(meta),
     )
 
 
@@ -129,19 +139,15 @@ def _sha256(path: Path) -> str:
 
 
 class Task(TypedDict):
-    root: str
-    program: str
-    layout: str
-    tokenizer: str | None
-    weights: list[str]
-    configs: dict[str, str]
-    notes: list[str]
+    #: the whole deployment (parts, weight roles, left-out files...) as
+    #: :func:`~etm_compat.legacy.deployment.deployment_record` writes it, absolute paths
+    deployment: dict[str, Any]
     archive: str
     force: bool
     verify_existing: bool
 
 
-class TaskOutcome(TypedDict):
+class _TaskOutcomeRequired(TypedDict):
     archive: str
     outcome: Outcome
     reason: str
@@ -151,6 +157,12 @@ class TaskOutcome(TypedDict):
     seconds: float
 
 
+class TaskOutcome(_TaskOutcomeRequired, total=False):
+    #: What the report pages show about the deployment (None when it failed or was locked;
+    #: absent from outcomes made elsewhere, e.g. for a worker that died).
+    details: dict[str, Any] | None
+
+
 def upgrade_task(task: Task) -> TaskOutcome:
     """Pack one deployment under its archive lock; every error becomes a ``failed`` outcome.
 
@@ -158,18 +170,7 @@ def upgrade_task(task: Task) -> TaskOutcome:
     """
     start = time.perf_counter()
     archive = Path(task["archive"])
-    configs = cast(
-        Mapping[ConfigRole, Path], {role: Path(p) for role, p in task["configs"].items()}
-    )
-    dep = Deployment(
-        root=Path(task["root"]),
-        program=Path(task["program"]),
-        layout=task["layout"],
-        tokenizer=Path(task["tokenizer"]) if task["tokenizer"] is not None else None,
-        weights=tuple(Path(p) for p in task["weights"]),
-        configs=configs,
-        notes=tuple(task["notes"]),
-    )
+    dep = deployment_from_record(task["deployment"], Path)
 
     def done(
         outcome: Outcome,
@@ -178,6 +179,7 @@ def upgrade_task(task: Task) -> TaskOutcome:
         size: int | None = None,
         family: str | None = None,
         findings: Sequence[Finding] = (),
+        details: Mapping[str, Any] | None = None,
     ) -> TaskOutcome:
         return {
             "archive": str(archive),
@@ -187,6 +189,7 @@ def upgrade_task(task: Task) -> TaskOutcome:
             "family": family,
             "findings": [f.to_json() for f in findings],
             "seconds": time.perf_counter() - start,
+            "details": dict(details) if details is not None else None,
         }
 
     try:
@@ -203,6 +206,7 @@ def upgrade_task(task: Task) -> TaskOutcome:
                     size=check.size,
                     family=check.family,
                     findings=check.findings,
+                    details=check.details,
                 )
             view = describe(dep)
             result = pack_view(view, archive, force=True)
@@ -214,7 +218,14 @@ def upgrade_task(task: Task) -> TaskOutcome:
         log.exception("internal error while upgrading %s", dep.program)
         return done("failed", f"internal error (a bug in etm-compat): {type(exc).__name__}: {exc}")
     reason = "packed" if check.status == "new" else f"repacked: {check.reason}"
-    return done("written", reason, size=result.size, family=result.family, findings=result.findings)
+    return done(
+        "written",
+        reason,
+        size=result.size,
+        family=result.family,
+        findings=result.findings,
+        details=view_details(view),
+    )
 
 
 __all__ = [

@@ -1,12 +1,14 @@
 """Bulk upgrade of a model tree: plan → execute on any ``concurrent.futures.Executor`` → results.
 
-:func:`plan_upgrade` scans a tree through the adapters and decides, for every deployment, where
-its archive goes and whether it is ``new``, ``stale`` or ``up_to_date`` (see docs/UPGRADE.md for
-the rule). :func:`execute` runs the pending items on any executor — a process pool, a Dask
-cluster's ``client.get_executor()``, or none (in this process) — through :func:`upgrade_task`, a
-top-level function (in :mod:`etm_compat.bulk.task`) that takes and returns plain data, so it
-pickles to any worker. One failing deployment never stops the others; each archive is written
-under its own lock (:mod:`etm_compat.bulk.lock`) and published atomically by the writer.
+:func:`plan_upgrade` (:mod:`etm_compat.bulk.plan`) scans a tree through the adapters and decides,
+for every deployment, where its archive goes and whether it is ``new``, ``stale`` or
+``up_to_date`` (see docs/UPGRADE.md for the rule). :func:`execute` runs the pending items on any
+executor — a process pool, a Dask cluster's ``client.get_executor()``, or none (in this process) —
+through :func:`run_task`, a top-level function over :func:`~etm_compat.bulk.task.upgrade_task`
+that takes and returns plain data, so it pickles to any worker. One failing deployment never stops
+the others; each archive is written under its own lock (:mod:`etm_compat.bulk.lock`) and published
+atomically by the writer. At the end, what the run learnt is left for the next one
+(:mod:`etm_compat.bulk.state`).
 """
 
 from __future__ import annotations
@@ -15,88 +17,19 @@ import concurrent.futures
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from etm_compat.bulk.executor import default_jobs, open_executor
-from etm_compat.bulk.task import (
-    ArchiveCheck,
-    Outcome,
-    Status,
-    Task,
-    TaskOutcome,
-    archive_status,
-    fingerprint,
-    upgrade_task,
-)
-from etm_compat.constants import ETM_SUFFIX
-from etm_compat.errors import UsageError
+from etm_compat.bulk.plan import PlanItem, PlanWork, UpgradePlan, paused_gc, plan_upgrade
+from etm_compat.bulk.state import check_and_record, save_state
+from etm_compat.bulk.task import Outcome, Task, TaskOutcome, upgrade_task
 from etm_compat.findings import Finding
-from etm_compat.legacy.deployment import Adapter, Deployment, Skipped
-from etm_compat.legacy.scan import scan
+from etm_compat.legacy.deployment import Adapter, Deployment, deployment_record
 
 log = logging.getLogger(__name__)
-
-
-
-@dataclass(frozen=True)
-class PlanItem:
-    """One deployment, the archive it becomes, and whether that archive needs (re)writing."""
-
-    deployment: Deployment
-    archive: Path
-    check: ArchiveCheck
-    source_bytes: int
-
-    @property
-    def status(self) -> Status:
-        return self.check.status
-
-    @property
-    def reason(self) -> str:
-        return self.check.reason
-
-
-@dataclass(frozen=True)
-class UpgradePlan:
-    root: Path
-    out: Path | None
-    in_place: bool
-    items: tuple[PlanItem, ...]
-    skipped: tuple[Skipped, ...] = field(default=())
-    force: bool = False
-    verify_existing: bool = False
-
-    @property
-    def pending(self) -> tuple[PlanItem, ...]:
-        """The items :func:`execute` hands to workers."""
-        return tuple(i for i in self.items if i.status != "up_to_date" or self.verify_existing)
-
-    def relative(self, path: Path) -> str:
-        """``path`` relative to the scanned root (for people and reports)."""
-        return os.path.relpath(path, self.root)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "root": str(self.root),
-            "out": str(self.out) if self.out is not None else None,
-            "in_place": self.in_place,
-            "items": [
-                {
-                    "program": self.relative(i.deployment.program),
-                    "layout": i.deployment.layout,
-                    "sources": [self.relative(p) for p in i.deployment.sources],
-                    "archive": str(i.archive),
-                    "status": i.status,
-                    "reason": i.reason,
-                    "source_bytes": i.source_bytes,
-                }
-                for i in self.items
-            ],
-            "skipped": [{"path": str(s.path), "reason": s.reason} for s in self.skipped],
-        }
 
 
 @dataclass(frozen=True)
@@ -112,9 +45,11 @@ class ItemResult:
     findings: tuple[Finding, ...] = ()
     seconds: float = 0.0
     source_bytes: int = 0
+    #: What the report pages show about the deployment (the task outcome's ``details``).
+    details: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "program": self.program,
             "archive": str(self.archive),
             "outcome": self.outcome,
@@ -124,6 +59,9 @@ class ItemResult:
             "findings": [f.to_json() for f in self.findings],
             "seconds": round(self.seconds, 4),
         }
+        if self.details is not None:
+            out["details"] = dict(self.details)
+        return out
 
 
 @dataclass(frozen=True)
@@ -133,7 +71,15 @@ class UpgradeResult:
     seconds: float
 
     def count(self, outcome: Outcome) -> int:
-        return sum(1 for i in self.items if i.outcome == outcome)
+        return self.counts()[outcome]
+
+    def counts(self) -> dict[str, int]:
+        """How many items had each outcome, and how many were skipped (the report's counts)."""
+        outcomes: tuple[Outcome, ...] = ("written", "up_to_date", "locked", "failed")
+        tally: dict[str, int] = dict.fromkeys(outcomes, 0)
+        for item in self.items:
+            tally[item.outcome] += 1
+        return {**tally, "skipped": len(self.plan.skipped)}
 
     @property
     def ok(self) -> bool:
@@ -145,101 +91,15 @@ class UpgradeResult:
         return not unpacked and all(i.outcome != "failed" for i in self.items)
 
     def to_json(self) -> dict[str, Any]:
-        outcomes: tuple[Outcome, ...] = ("written", "up_to_date", "locked", "failed")
         return {
             "root": str(self.plan.root),
             "out": str(self.plan.out) if self.plan.out is not None else None,
             "in_place": self.plan.in_place,
             "seconds": round(self.seconds, 3),
-            "counts": {**{o: self.count(o) for o in outcomes}, "skipped": len(self.plan.skipped)},
+            "counts": self.counts(),
             "items": [i.to_json() for i in self.items],
             "skipped": [{"path": str(s.path), "reason": s.reason} for s in self.plan.skipped],
         }
-
-
-# --- planning -----------------------------------------------------------------------------------
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
-def _archive_name(deployment: Deployment, root: Path, out: Path | None) -> Path:
-    name = deployment.program.stem + ETM_SUFFIX
-    if out is None:
-        return deployment.root / name
-    return out / os.path.relpath(deployment.root, root) / name
-
-
-def _dedupe(path: Path, taken: set[str]) -> Path:
-    """``path``, or ``<stem>-2.etm``, ``-3``... when its name (case-insensitively) is taken."""
-    candidate, n = path, 1
-    while os.path.normcase(str(candidate)).casefold() in taken:
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    taken.add(os.path.normcase(str(candidate)).casefold())
-    return candidate
-
-
-def plan_upgrade(
-    root: str | os.PathLike[str],
-    adapters: Sequence[Adapter],
-    *,
-    out: str | os.PathLike[str] | None,
-    in_place: bool = False,
-    force: bool = False,
-    verify_existing: bool = False,
-) -> UpgradePlan:
-    """Scan ``root`` and decide what each deployment's archive is and whether it needs work.
-
-    Archives mirror the deployment's folder under ``out`` and are named after the program:
-    ``<out>/<folder relative to root>/<program stem>.etm`` (``in_place``: beside the sources).
-    Nothing is written.
-
-    >>> from etm_compat.adapters import default_adapters
-    >>> plan = plan_upgrade("fixtures/legacy", default_adapters(), out="migrated")  # doctest: +SKIP
-    >>> [(i.archive.name, i.status) for i in plan.items][:1]  # doctest: +SKIP
-    [('model.etm', 'new')]
-    """
-    if in_place == (out is not None):
-        raise UsageError("give exactly one of an output folder (--out) or --in-place")
-    base = Path(os.path.abspath(root))
-    out_dir = Path(os.path.abspath(out)) if out is not None else None
-    if out_dir is not None and out_dir == base:
-        raise UsageError(
-            "the output folder is the scanned folder",
-            path=out_dir,
-            hint="use {in_place} to write archives beside their sources",
-        )
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
-        raise UsageError("the output exists and is not a folder", path=out_dir)
-    result = scan(base, adapters)
-    deployments: list[Deployment] = list(result.deployments)
-    skipped: list[Skipped] = list(result.skipped)
-    if out_dir is not None and _inside(out_dir, base):
-        # Archives written by earlier runs are never sources of this one.
-        deployments = [d for d in deployments if not _inside(d.root, out_dir)]
-        skipped = [s for s in skipped if not _inside(Path(s.path), out_dir)]
-    taken: set[str] = set()
-    items: list[PlanItem] = []
-    for dep in sorted(deployments, key=lambda d: (str(d.root), d.program.name)):
-        wanted = _archive_name(dep, base, out_dir)
-        archive = _dedupe(wanted, taken)
-        try:
-            source_bytes = sum(size for size, _ in fingerprint(dep).values())
-        except OSError:
-            source_bytes = 0
-        if force and os.path.lexists(archive):
-            check = ArchiveCheck("stale", "--force: repack everything")
-        else:
-            check = archive_status(archive, dep)
-        if archive != wanted:
-            why = f"{check.reason} (named {archive.name}: another program already maps to {wanted.name})"
-            check = replace(check, reason=why)
-        items.append(PlanItem(dep, archive, check, source_bytes))
-    return UpgradePlan(
-        base, out_dir, in_place, tuple(items), tuple(skipped), force, verify_existing
-    )
 
 
 # --- execution ------------------------------------------------------------------------------------
@@ -247,20 +107,33 @@ def plan_upgrade(
 
 def make_task(plan: UpgradePlan, item: PlanItem) -> Task:
     """The plain-data description of one item (absolute paths: workers may have another cwd)."""
-    dep = item.deployment
     absolute = os.path.abspath
     return {
-        "root": absolute(dep.root),
-        "program": absolute(dep.program),
-        "layout": dep.layout,
-        "tokenizer": absolute(dep.tokenizer) if dep.tokenizer is not None else None,
-        "weights": [absolute(p) for p in dep.weights],
-        "configs": {role: absolute(p) for role, p in dep.configs.items()},
-        "notes": list(dep.notes),
+        "deployment": deployment_record(item.deployment, lambda p: absolute(p)),
         "archive": absolute(item.archive),
         "force": plan.force and item.status == "stale",
         "verify_existing": plan.verify_existing,
     }
+
+
+#: A task's outcome, and the record that spares the next run opening its archive (or None).
+Finished = tuple[TaskOutcome, "dict[str, Any] | None"]
+
+
+def run_task(task: Task, deployment: Deployment) -> Finished:
+    """:func:`~etm_compat.bulk.task.upgrade_task`, then (for an archive that is now up to
+    date) the record of it for the next run, checked here on the worker
+    (:func:`~etm_compat.bulk.state.check_and_record`). Top level, plain data."""
+    outcome = upgrade_task(task)
+    record = None
+    if outcome["outcome"] in ("written", "up_to_date"):
+        _, record = check_and_record(Path(task["archive"]), deployment)
+    return outcome, record
+
+
+def run_tasks(batch: Sequence[tuple[Task, Deployment]]) -> list[Finished]:
+    """:func:`run_task` for each of ``batch``: one executor call."""
+    return [run_task(task, dep) for task, dep in batch]
 
 
 Progress = Callable[[ItemResult], None]
@@ -277,7 +150,38 @@ def _item_result(plan: UpgradePlan, item: PlanItem, outcome: TaskOutcome) -> Ite
         findings=tuple(Finding.from_json(f) for f in outcome["findings"]),
         seconds=outcome["seconds"],
         source_bytes=item.source_bytes,
+        details=outcome.get("details"),
     )
+
+
+def _failed(item: PlanItem, exc: BaseException) -> TaskOutcome:
+    """The outcome of an item whose worker died or whose executor broke."""
+    return {
+        "archive": str(item.archive),
+        "outcome": "failed",
+        "reason": f"worker failed: {type(exc).__name__}: {exc}",
+        "size": None,
+        "family": None,
+        "findings": [],
+        "seconds": 0.0,
+    }
+
+
+def _batches(order: Sequence[int], plan: UpgradePlan) -> list[list[int]]:
+    """Pending items (biggest first) in batches: small items travel together, so a tree of
+    thousands of tiny deployments costs a few hundred executor calls, not thousands; an item
+    big enough to matter (over 1/64 of the pending bytes) travels alone, and there are at least
+    64 batches when there are that many items, for the workers to finish together."""
+    total = sum(plan.items[i].source_bytes for i in order) or 1
+    most = max(1, min(32, len(order) // 64))
+    batches: list[list[int]] = []
+    for index in order:
+        small = plan.items[index].source_bytes * 64 < total
+        if batches and small and len(batches[-1]) < most and plan.items[batches[-1][0]].source_bytes * 64 < total:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
 
 
 def execute(
@@ -285,11 +189,13 @@ def execute(
     executor: concurrent.futures.Executor | None = None,
     *,
     progress: Progress | None = None,
+    remember: bool = True,
 ) -> UpgradeResult:
     """Run the plan's pending items on ``executor`` (None: one after another in this process).
 
     Items already up to date are not sent anywhere. ``progress`` is called once per finished item,
-    in completion order, from the calling thread.
+    in completion order, from the calling thread. With ``remember`` (the default), what this run
+    learnt is written to ``<out>/.etm-upgrade/state.json`` for the next one.
 
     >>> from concurrent.futures import ProcessPoolExecutor
     >>> with ProcessPoolExecutor(2) as pool:  # doctest: +SKIP
@@ -297,11 +203,13 @@ def execute(
     """
     start = time.perf_counter()
     results: dict[int, ItemResult] = {}
+    records: dict[str, Any] = {}
     order: list[int] = []
-    for index, item in enumerate(plan.items):
-        if item.status != "up_to_date" or plan.verify_existing:
-            order.append(index)
-        else:
+    with paused_gc():
+        for index, item in enumerate(plan.items):
+            if item.status != "up_to_date" or plan.verify_existing:
+                order.append(index)
+                continue
             results[index] = ItemResult(
                 plan.relative(item.deployment.program),
                 item.archive,
@@ -311,39 +219,45 @@ def execute(
                 family=item.check.family,
                 findings=item.check.findings,
                 source_bytes=item.source_bytes,
+                details=item.check.details,
             )
+            if item.record is not None:
+                records[str(item.archive)] = item.record
     # Biggest first: the long tasks start early, so workers finish together.
     order.sort(key=lambda i: -plan.items[i].source_bytes)
 
-    def finish(index: int, outcome: TaskOutcome) -> None:
+    def finish(index: int, finished: Finished) -> None:
+        outcome, record = finished
         results[index] = _item_result(plan, plan.items[index], outcome)
+        if record is not None:
+            records[str(plan.items[index].archive)] = record
         if progress is not None:
             progress(results[index])
 
+    def job(index: int) -> tuple[Task, Deployment]:
+        return make_task(plan, plan.items[index]), plan.items[index].deployment
+
     if executor is None:
         for index in order:
-            finish(index, upgrade_task(make_task(plan, plan.items[index])))
+            finish(index, run_task(*job(index)))
     else:
-        futures = {executor.submit(upgrade_task, make_task(plan, plan.items[i])): i for i in order}
+        batches = _batches(order, plan)
+        futures = {executor.submit(run_tasks, [job(i) for i in batch]): batch for batch in batches}
         try:
             for future in concurrent.futures.as_completed(futures):
-                index = futures[future]
+                batch = futures[future]
                 try:
-                    outcome = future.result()
+                    done = future.result()
                 except Exception as exc:  # the worker died or the executor broke: record it
-                    outcome = {
-                        "archive": str(plan.items[index].archive),
-                        "outcome": "failed",
-                        "reason": f"worker failed: {type(exc).__name__}: {exc}",
-                        "size": None,
-                        "family": None,
-                        "findings": [],
-                        "seconds": 0.0,
-                    }
-                finish(index, outcome)
+                    done = [(_failed(plan.items[i], exc), None) for i in batch]
+                for index, finished in zip(batch, done, strict=True):
+                    finish(index, finished)
         finally:
             for future in futures:
                 future.cancel()
+    if remember and plan.state is not None:
+        with paused_gc():
+            save_state(plan.state, plan.memo, records)
     return UpgradeResult(
         plan, tuple(results[i] for i in range(len(plan.items))), time.perf_counter() - start
     )
@@ -361,28 +275,38 @@ def upgrade(
     scheduler: str | None = None,
     progress: Progress | None = None,
 ) -> UpgradeResult:
-    """Pack every deployment under ``root`` that is not up to date: plan, then execute.
-
-    ``jobs`` worker processes (default: the cores), or the Dask ``scheduler`` at that address.
+    """Pack every deployment under ``root`` that is not up to date: plan, then execute, both on
+    ``jobs`` worker processes (default: the cores) or on the Dask ``scheduler`` at that address.
 
     >>> from etm_compat.adapters import default_adapters
     >>> upgrade("fixtures/legacy", default_adapters(), out="migrated").ok  # doctest: +SKIP
     True
     """
-    plan = plan_upgrade(
-        root, adapters, out=out, in_place=in_place, force=force, verify_existing=verify_existing
-    )
-    with open_executor(jobs=jobs or default_jobs(), scheduler=scheduler, pending=len(plan.pending)) as executor:
+    with open_executor(jobs=jobs or default_jobs(), scheduler=scheduler) as executor:
+        plan = plan_upgrade(
+            root,
+            adapters,
+            out=out,
+            in_place=in_place,
+            force=force,
+            verify_existing=verify_existing,
+            executor=executor,
+        )
         return execute(plan, executor, progress=progress)
 
 
 __all__ = [
     "ItemResult",
     "PlanItem",
+    "PlanWork",
     "UpgradePlan",
     "UpgradeResult",
+    "default_jobs",
     "execute",
     "make_task",
+    "open_executor",
     "plan_upgrade",
+    "run_task",
+    "run_tasks",
     "upgrade",
 ]

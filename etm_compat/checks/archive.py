@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,36 @@ def _snapshot(pte: PteInfo, meta: Mapping[str, Any]) -> list[Finding]:
     ]
 
 
+def _weights_snapshot(real: Mapping[str, frozenset[str]], meta: Mapping[str, Any]) -> list[Finding]:
+    """``metadata.json``'s ``weights[].keys`` against the keys each archived ``.ptd`` holds."""
+    entries = meta.get("weights")
+    diffs: list[str] = []
+    differing: list[str] = []
+    for entry in entries if isinstance(entries, list) else []:
+        member = entry.get("member") if isinstance(entry, dict) else None
+        keys = entry.get("keys") if isinstance(entry, dict) else None
+        if not isinstance(member, str) or member not in real or not isinstance(keys, list):
+            continue  # unreadable or damaged: reported as such
+        recorded = frozenset(k for k in keys if isinstance(k, str))
+        missing, extra = sorted(recorded - real[member]), sorted(real[member] - recorded)
+        if missing or extra:
+            differing.append(member)
+            diffs.append(f"{member}: recorded keys absent from the file {missing[:3]}, "
+                         f"keys not recorded {extra[:3]}")  # fmt: skip
+    if not diffs:
+        return []
+    return [
+        finding(
+            "metadata-snapshot-mismatch",
+            "error",
+            "metadata.json's weights keys disagree with the archived files: " + "; ".join(diffs[:6]),
+            "re-pack the deployment: the metadata must describe the weights it ships with",
+            MEMBER_METADATA,
+            *differing,
+        )
+    ]
+
+
 def _tokenizer_meta(tok: TokenizerInfo, member: str, meta: Mapping[str, Any]) -> list[Finding]:
     recorded = meta.get("tokenizer")
     if not isinstance(recorded, dict):
@@ -153,41 +184,64 @@ def integrity_findings(archive: EtmArchive, *, cite: str | None = None) -> list[
     ]
 
 
+@dataclass(frozen=True)
+class ArchiveSnapshot:
+    """What :func:`snapshot_findings` read of an archive's members, for the checks that follow."""
+
+    findings: tuple[Finding, ...]
+    pte: PteInfo | None
+    tokenizer: TokenizerInfo | None
+    tokenizer_member: str | None
+    weights: tuple[tuple[str, frozenset[str]], ...]  # (member, its keys)
+
+
+def snapshot_findings(archive: EtmArchive, damaged: frozenset[str] = frozenset()) -> ArchiveSnapshot:
+    """Read the program head, the tokenizer and each ``.ptd``'s keys (never the runtime) and
+    compare them with what metadata.json claims: constant methods, tokenizer format and vocab,
+    weights keys. ``damaged`` members (failed integrity) are not read again."""
+    findings: list[Finding] = []
+    meta = archive.metadata
+    pte: PteInfo | None = None
+    # A damaged member is reported once, as damaged, and not read further.
+    if MEMBER_PROGRAM in archive.members and MEMBER_PROGRAM not in damaged:
+        try:
+            with archive.member_view(MEMBER_PROGRAM) as view:
+                pte = read_pte_bytes(view, name=MEMBER_PROGRAM)
+        except EtmError as exc:
+            findings.append(finding("archive-unreadable", "error", str(exc), exc.hint or "", MEMBER_PROGRAM))
+    if pte is not None:
+        findings += _snapshot(pte, meta)
+    tok_meta = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), dict) else {}
+    member = tok_meta.get("member") if isinstance(tok_meta, dict) else None
+    tok: TokenizerInfo | None = None
+    if isinstance(member, str) and member in archive.members and member not in damaged:
+        try:
+            tok = read_archived_tokenizer(archive, member)
+        except EtmError as exc:
+            findings.append(finding("archive-unreadable", "error", str(exc), exc.hint or "", member))
+    if tok is not None and isinstance(member, str):
+        findings += _tokenizer_meta(tok, member, meta)
+    weights: list[tuple[str, frozenset[str]]] = []
+    for name in sorted(archive.members):
+        if name.startswith("weights/") and name.endswith(".ptd") and name not in damaged:
+            try:
+                with archive.member_view(name) as view:
+                    weights.append((name, read_ptd_bytes(view, name=name).keys))
+            except EtmError as exc:
+                findings.append(finding("archive-unreadable", "error", str(exc), exc.hint or "", name))
+    findings += _weights_snapshot(dict(weights), meta)
+    return ArchiveSnapshot(tuple(findings), pte, tok, member if isinstance(member, str) else None, tuple(weights))
+
+
 def check_archive(path: Path) -> list[Finding]:
     """Every archive-level finding: integrity, snapshot, tokenizer, and the subject checks."""
     findings: list[Finding] = []
     with open_archive(path) as archive:
         findings += integrity_findings(archive)
-        damaged = {f.paths[0] for f in findings}
         meta = archive.metadata
-        pte: PteInfo | None = None
-        # A damaged member is reported once, as damaged, and not read further.
-        if MEMBER_PROGRAM in archive.members and MEMBER_PROGRAM not in damaged:
-            try:
-                with archive.member_view(MEMBER_PROGRAM) as view:
-                    pte = read_pte_bytes(view, name=MEMBER_PROGRAM)
-            except EtmError as exc:
-                findings.append(finding("archive-unreadable", "error", str(exc), exc.hint or "", MEMBER_PROGRAM))
-        if pte is not None:
-            findings += _snapshot(pte, meta)
-        tok_meta = meta.get("tokenizer") if isinstance(meta.get("tokenizer"), dict) else {}
-        member = tok_meta.get("member") if isinstance(tok_meta, dict) else None
-        tok: TokenizerInfo | None = None
-        if isinstance(member, str) and member in archive.members and member not in damaged:
-            try:
-                tok = read_archived_tokenizer(archive, member)
-            except EtmError as exc:
-                findings.append(finding("archive-unreadable", "error", str(exc), exc.hint or "", member))
-        if tok is not None and isinstance(member, str):
-            findings += _tokenizer_meta(tok, member, meta)
-        weights: list[tuple[str, frozenset[str]]] = []
-        for name in sorted(archive.members):
-            if name.startswith("weights/") and name.endswith(".ptd") and name not in damaged:
-                try:
-                    with archive.member_view(name) as view:
-                        weights.append((name, read_ptd_bytes(view, name=name).keys))
-                except EtmError as exc:
-                    findings.append(finding("archive-unreadable", "error", str(exc), exc.hint or "", name))
+        snap = snapshot_findings(archive, frozenset(f.paths[0] for f in findings))
+        findings += snap.findings
+        pte, tok, member, weights = snap.pte, snap.tokenizer, snap.tokenizer_member, snap.weights
         if pte is None:
             return findings
         family = meta.get("family") if isinstance(meta.get("family"), dict) else {}
@@ -223,8 +277,10 @@ def check_archive(path: Path) -> list[Finding]:
 
 
 __all__ = [
+    "ArchiveSnapshot",
     "check_archive",
     "integrity_findings",
     "read_archived_tokenizer",
     "same_value",
+    "snapshot_findings",
 ]

@@ -15,19 +15,28 @@ from etm_compat.archive import is_archive
 from etm_compat.bulk.executor import default_jobs, open_executor
 from etm_compat.bulk.upgrade import execute, plan_upgrade
 from etm_compat.cli import report_files, upgrade_view
-from etm_compat.cli.console import render_diagnose, render_findings, render_inspect, safe
+from etm_compat.cli.console import (
+    render_diagnose,
+    render_families,
+    render_family,
+    render_findings,
+    render_inspect,
+    render_tokens,
+    safe,
+)
 from etm_compat.cli.exit_codes import EXIT_FINDINGS, EXIT_OK
 from etm_compat.compat import cache_admin
-from etm_compat.compat.loader import render
+from etm_compat.compat.loader import load
 from etm_compat.diagnosis import diagnose
-from etm_compat.errors import InputError
+from etm_compat.errors import InputError, UsageError, escape_json_text
 from etm_compat.fileio import check_output, read_named_input, read_stream_capped
 from etm_compat.inspection import inspect
 from etm_compat.legacy.deployment import Adapter
 from etm_compat.legacy.resolve import resolve_source
 from etm_compat.legacy.scan import scan
 from etm_compat.packing import pack, unpack
-from etm_compat.prompt.messages import load_messages
+from etm_compat.prompt.families.catalog import list_families, show_family
+from etm_compat.prompt.messages import load_messages, load_objects, parse_var
 from etm_compat.verification import verify
 
 
@@ -37,7 +46,7 @@ def console() -> Console:
 
 
 def emit_json(obj: object) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.write(escape_json_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str)) + "\n")
 
 
 def adapters() -> list[Adapter]:
@@ -71,6 +80,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
+    if args.chat_template:  # read as text here, so the writer cannot see it as a source
+        check_output(args.output, force=args.force, sources=[args.chat_template])
     template = read_text(args.chat_template, "chat template") if args.chat_template else None
     result = pack(
         args.source,
@@ -144,15 +155,39 @@ def diagnosed_files(path: str) -> list[Path]:
     return files + list(result.archives)
 
 
+def render_inputs(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The conversation and the template options ``render`` was given, read and checked."""
+    given = {"--messages": args.messages, "--tools": args.tools, "--documents": args.documents}
+    readers = [option for option, path in given.items() if path == "-"]
+    if len(readers) > 1:
+        raise UsageError(f"only one of {' and '.join(readers)} can read stdin (-)")
+    if args.user is not None:
+        messages = [{"role": "user", "content": args.user}]
+    else:
+        messages = load_messages(read_text(args.messages, "messages file"), path=args.messages)
+    options: dict[str, Any] = dict(parse_var(spec) for spec in args.var or ())
+    for name, path in (("tools", args.tools), ("documents", args.documents)):
+        if path is not None:
+            options[name] = load_objects(read_text(path, f"{name} file"), what=name, path=path)
+    if args.continue_final_message:
+        options["continue_final_message"] = True
+    options["add_generation_prompt"] = not (args.no_generation_prompt or args.continue_final_message)
+    return messages, options
+
+
 def cmd_render(args: argparse.Namespace) -> int:
-    messages = load_messages(read_text(args.messages, "messages file"), path=args.messages)
-    prompt = render(
-        args.path,
-        messages,
-        add_generation_prompt=not args.no_generation_prompt,
-        family=args.family,
-        adapters=adapters(),
-    )
+    messages, options = render_inputs(args)
+    with load(args.path, adapters=adapters()) as bundle:
+        if args.tokens:
+            tokens = bundle.render_tokens(
+                messages, family=args.family, num_bos=args.num_bos, num_eos=args.num_eos, **options
+            ).to_json()
+            if args.json:
+                emit_json(tokens)
+            else:
+                render_tokens(console(), tokens)
+            return EXIT_OK
+        prompt = bundle.render(messages, family=args.family, **options)
     if args.json:
         emit_json({"prompt": prompt})
     else:
@@ -162,37 +197,55 @@ def cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_families(args: argparse.Namespace) -> int:
+    if args.families_command == "show":
+        detail = show_family(args.id, variant=args.variant).to_json()
+        if args.json:
+            emit_json(detail)
+        else:
+            render_family(console(), detail)
+        return EXIT_OK
+    entries = [entry.to_json() for entry in list_families()]
+    if args.json:
+        emit_json({"families": entries})
+    else:
+        render_families(console(), entries)
+    return EXIT_OK
+
+
 def cmd_upgrade(args: argparse.Namespace) -> int:
     for report in args.report or ():
         report_files.format_for(report)  # a bad extension fails before any work
-    plan = plan_upgrade(
-        args.root,
-        adapters(),
-        out=args.out,
-        in_place=args.in_place,
-        force=args.force,
-        verify_existing=args.verify_existing,
-    )
-    for report in args.report or ():  # an existing report or a source fails before any work
-        check_output(
-            report,
-            force=args.overwrite_reports,
-            sources=upgrade_view.plan_files(plan),
-            force_option=upgrade_view.OVERWRITE_REPORTS,
-        )
-    out = console()
-    if args.dry_run:
-        if args.json:
-            emit_json(plan.to_json())
-        else:
-            upgrade_view.render_plan(out, plan)
-        return EXIT_OK
-    if not args.json:
-        upgrade_view.render_plan(out, plan, full=False)
     jobs = args.jobs or default_jobs()
-    with open_executor(
-        jobs=jobs, scheduler=args.scheduler, pending=len(plan.pending), connect_timeout=args.scheduler_timeout
-    ) as executor:
+    # One executor for planning and packing: the plan reads folders and opens existing archives
+    # on the workers (a process pool starts at its first task, so a re-run that has nothing to
+    # read or pack starts none).
+    with open_executor(jobs=jobs, scheduler=args.scheduler, connect_timeout=args.scheduler_timeout) as executor:
+        plan = plan_upgrade(
+            args.root,
+            adapters(),
+            out=args.out,
+            in_place=args.in_place,
+            force=args.force,
+            verify_existing=args.verify_existing,
+            executor=executor,
+        )
+        for report in args.report or ():  # an existing report or a source fails before any work
+            check_output(
+                report,
+                force=args.overwrite_reports,
+                sources=upgrade_view.plan_files(plan),
+                force_option=upgrade_view.OVERWRITE_REPORTS,
+            )
+        out = console()
+        if args.dry_run:
+            if args.json:
+                emit_json(plan.to_json())
+            else:
+                upgrade_view.render_plan(out, plan)
+            return EXIT_OK
+        if not args.json:
+            upgrade_view.render_plan(out, plan, full=False)
         if args.json:
             result = execute(plan, executor)
         else:
@@ -223,7 +276,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     entries = cache_admin.list_entries()
     if args.json:
         rows: list[dict[str, Any]] = [
-            {"key": e.key, "folder": str(e.folder), "size": e.size, "created": e.created, "last_used": e.last_used, "archive": e.archive}
+            {"key": e.key, "kind": e.kind, "folder": str(e.folder), "size": e.size, "created": e.created, "last_used": e.last_used, "archive": e.archive}
             for e in entries
         ]
         emit_json({"root": str(cache_admin.cache_dir()), "entries": rows})
@@ -238,10 +291,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
 __all__ = [
     "cmd_cache",
     "cmd_diagnose",
+    "cmd_families",
     "cmd_inspect",
     "cmd_pack",
     "cmd_render",
     "cmd_unpack",
     "cmd_upgrade",
     "cmd_verify",
+    "render_inputs",
 ]

@@ -257,3 +257,67 @@ def render_diagnose(console: Console, report: Mapping[str, Any]) -> None:
         render_findings(console, dep.get("findings") or [], title=title)
     for skipped in report.get("checks_skipped") or []:
         console.print(f"[dim]not checked: {safe(skipped)}[/dim]")
+
+
+def render_tokens(console: Console, result: Mapping[str, Any]) -> None:
+    """``render --tokens``: the ids the runner feeds, one row each (pieces quoted, so spaces and
+    line breaks show), special tokens marked."""
+    tokens = result.get("tokens") or []
+    specials = sum(1 for t in tokens if t.get("special"))
+    console.print(
+        f"{len(tokens)} tokens ({specials} special) from {safe(result.get('tokenizer_class'))}, "
+        f"num_bos={int(result.get('num_bos') or 0)}, num_eos={int(result.get('num_eos') or 0)} "
+        f"(bos {safe(result.get('bos_id'))}, eos {safe(result.get('eos_id'))})"
+    )
+    table = Table(title_justify="left", show_edge=False)
+    for col in ("#", "id", "piece", ""):
+        table.add_column(col, justify="right" if col in ("#", "id") else "left")
+    for index, token in enumerate(tokens):
+        piece = safe(json.dumps(str(token.get("piece", "")), ensure_ascii=False))
+        if token.get("special"):
+            table.add_row(str(index), str(token.get("id")), f"[bold magenta]{piece}[/]", "[magenta]special[/]")
+        else:
+            table.add_row(str(index), str(token.get("id")), piece, "")
+    console.print(table)
+
+
+def render_families(console: Console, families: Sequence[Mapping[str, Any]]) -> None:
+    """``etm-compat families``: every registry family, its names, tokens and template source."""
+    table = Table(title=f"{len(families)} model families (use an id with --family)", title_justify="left")
+    table.add_column("id", style="bold", no_wrap=True)
+    for col in ("aliases", "stop tokens", "template @ commit"):
+        table.add_column(col)
+    for fam in families:
+        commit = fam.get("template_commit")
+        template = fam.get("template") or "none (base model)"
+        table.add_row(
+            safe(fam["id"]),
+            safe(", ".join(fam.get("aliases") or []) or "-"),
+            safe(" ".join(fam.get("stop_tokens") or []) or "-"),
+            safe(f"{template} @{commit[:10]}" if commit else template),
+        )
+    console.print(table)
+
+
+def render_family(console: Console, detail: Mapping[str, Any]) -> None:
+    """``etm-compat families show ID``: the entry, the template text, a sample rendering."""
+    rows = [
+        (key, detail.get(key))
+        for key in ("display_name", "aliases", "architectures", "bos_token", "eos_token",
+                    "end_of_turn", "stop_tokens", "num_bos", "variants", "group", "template_source")
+    ]  # fmt: skip
+    console.print(_kv_table(f"family {detail['id']}", rows))
+    console.rule("chat template")
+    _print_lines(console, detail.get("chat_template") or "(none)")
+    sample = detail.get("sample") or {}
+    console.rule(f"sample: {safe(sample.get('conversation') or 'none')}")
+    if sample.get("rendering") is not None:
+        _print_lines(console, sample["rendering"])
+    else:
+        console.print(f"[yellow]{safe(sample.get('error') or 'no sample')}[/yellow]")
+
+
+def _print_lines(console: Console, text: str) -> None:
+    """Multi-line text from a file: its line breaks kept, every other control character escaped."""
+    for line in str(text).split("\n"):
+        console.print(safe(line), soft_wrap=True)

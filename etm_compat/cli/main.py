@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from etm_compat.cli.commands import (
     cmd_cache,
     cmd_diagnose,
+    cmd_families,
     cmd_inspect,
     cmd_pack,
     cmd_render,
@@ -36,15 +37,24 @@ from etm_compat.prompt.apps import APP_IDS
 # --- parser -----------------------------------------------------------------------------------
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer of 0 or more."""
+    return _whole_number(text, 0)
 
 
 def non_negative_days(text: str) -> float:
@@ -89,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="the archive to write (.etm)")
     p.add_argument("--tokenizer", help="use this tokenizer file instead of the one found")
     p.add_argument("--ptd", action="append", help="use this .ptd (repeatable) instead of the ones found")
-    p.add_argument("--family", help="force the model family (an id of etm_compat/prompt/families)")
+    p.add_argument("--family", help="force the model family (an id that etm-compat families lists)")
     p.add_argument("--chat-template", help="use this Jinja chat template file")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument(
@@ -130,13 +140,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing --output file (never one of the scanned files)")
     p.set_defaults(func=cmd_diagnose)
 
-    p = sub.add_parser("render", help="render a conversation with a deployment's chat template")
+    p = sub.add_parser(
+        "render", help="render a conversation with a deployment's chat template, as apply_chat_template does"
+    )
     p.add_argument("path", help="an .etm archive or a legacy folder / .pte")
-    p.add_argument("--messages", required=True, help='JSON file ("-" for stdin, a pipe is fine): [{"role": ..., "content": ...}, ...]')
-    p.add_argument("--no-generation-prompt", action="store_true")
-    p.add_argument("--family", help="force the model family")
-    p.add_argument("--json", action="store_true", help='print {"prompt": ...}')
+    conversation = p.add_mutually_exclusive_group(required=True)
+    conversation.add_argument(
+        "--messages",
+        metavar="FILE",
+        help='JSON file ("-" for stdin, a pipe is fine): [{"role": ..., "content": ...}, ...], any roles',
+    )
+    conversation.add_argument("--user", metavar="TEXT", help="render one user message")
+    p.add_argument("--tools", metavar="FILE", help="JSON list of tool schemas, passed as tools= (\"-\" for stdin)")
+    p.add_argument("--documents", metavar="FILE", help="JSON list of documents, passed as documents= (\"-\" for stdin)")
+    p.add_argument(
+        "--var",
+        metavar="NAME=JSON",
+        action="append",
+        help="a template variable, repeatable: --var enable_thinking=false (unset ones keep the template's default)",
+    )
+    ending = p.add_mutually_exclusive_group()
+    ending.add_argument("--no-generation-prompt", action="store_true")
+    ending.add_argument(
+        "--continue-final-message",
+        action="store_true",
+        help="leave the final message open for the model to continue (no generation prompt)",
+    )
+    p.add_argument("--family", help="use this family's template (etm-compat families lists them)")
+    p.add_argument(
+        "--tokens",
+        action="store_true",
+        help="show the token ids the ExecuTorch runner feeds: the prompt encoded by its tokenizer library, num_bos/num_eos added",
+    )
+    p.add_argument("--num-bos", type=non_negative_int, metavar="N", help="with --tokens: BOS tokens to add (default: the deployment's)")
+    p.add_argument("--num-eos", type=non_negative_int, metavar="N", help="with --tokens: EOS tokens to add (default: the deployment's)")
+    p.add_argument("--json", action="store_true", help='print {"prompt": ...} (with --tokens, also ids, pieces and special marks)')
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("families", help="list the model families the registry knows (the ids --family takes)")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    fsub = p.add_subparsers(dest="families_command", metavar="ACTION")
+    f = fsub.add_parser("show", help="print a family's chat template and a sample conversation rendered with it")
+    f.add_argument("id", help="a family id (see etm-compat families)")
+    f.add_argument("--variant", default="default", help="a named template variant of the family")
+    f.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for machines")
+    p.set_defaults(func=cmd_families)
 
     p = sub.add_parser("upgrade", help="pack every deployment under a folder into .etm archives (resumable)")
     p.add_argument("root", help="the folder to scan for legacy deployments")
@@ -213,4 +261,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-__all__ = ["build_parser", "main", "non_negative_days", "positive_int", "positive_seconds"]
+__all__ = ["build_parser", "main", "non_negative_days", "non_negative_int", "positive_int", "positive_seconds"]

@@ -12,6 +12,7 @@ for the terminal, :func:`~etm_compat.cli.report_files.md_text` for Markdown and
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,24 +30,19 @@ from rich.progress import (
 from rich.table import Table
 
 from etm_compat.bulk.upgrade import ItemResult, UpgradePlan, UpgradeResult
+from etm_compat.cli import report_files
 from etm_compat.cli.console import SEVERITY_STYLE, safe
 from etm_compat.cli.report_files import (
     check_format,
-    esc,
     format_for,
-    html_page,
-    md_text,
     to_json_text,
     write_text_atomic,
 )
 from etm_compat.constants import VERSION
-from etm_compat.findings import SEVERITIES
 
 TITLE = "etm-compat upgrade report"
 OUTCOME_STYLE = {"written": "green", "up_to_date": "cyan", "locked": "yellow", "failed": "bold red"}
 STATUS_STYLE = {"new": "green", "stale": "yellow", "up_to_date": "cyan"}
-#: The report page's CSS class for each outcome (classes of the shared page shell).
-OUTCOME_CLASS = {"written": "ok", "up_to_date": "info", "locked": "warning", "failed": "sev error"}
 #: Above this many deployments the summary lists only the ones that need attention.
 FULL_TABLE_LIMIT = 50
 
@@ -102,9 +98,18 @@ def render_plan(console: Console, plan: UpgradePlan, *, full: bool = True) -> No
     )
 
 
+#: Seconds between two redraws of the progress bar.
+PROGRESS_REFRESH = 0.1
+
+
 @contextmanager
 def upgrade_progress(console: Console, plan: UpgradePlan) -> Iterator[Any]:
-    """A rich progress bar (counts, bytes, ETA); yields the callback :func:`execute` takes."""
+    """A rich progress bar (counts, bytes, ETA); yields the callback :func:`execute` takes.
+
+    The bar is redrawn from that callback (at most every :data:`PROGRESS_REFRESH` seconds), not
+    by a refresh thread: the process keeps a single thread, so the worker pool, which starts at
+    the first task, can always fork.
+    """
     pending = plan.pending
     columns = (
         TextColumn("[bold]upgrade"),
@@ -115,16 +120,21 @@ def upgrade_progress(console: Console, plan: UpgradePlan) -> Iterator[Any]:
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=True) as bar:
+    with Progress(*columns, console=console, transient=True, auto_refresh=False) as bar:
         task = bar.add_task(
             "upgrade", total=sum(i.source_bytes for i in pending) or 1, done=0, count=len(pending)
         )
+        drawn = time.monotonic()
 
         def advance(item: ItemResult) -> None:
+            nonlocal drawn
             done = int(bar.tasks[0].fields["done"]) + 1
             bar.update(task, advance=item.source_bytes, done=done)
             if item.outcome == "failed":
                 bar.console.print(f"[bold red]failed[/] {safe(item.program)}: {safe(item.reason)}")
+            if time.monotonic() - drawn >= PROGRESS_REFRESH:
+                drawn = time.monotonic()
+                bar.refresh()
 
         yield advance
 
@@ -162,7 +172,7 @@ def render_summary(console: Console, result: UpgradeResult) -> None:
         console.print(
             f"[yellow]skipped[/yellow] {safe(plan.relative(Path(s.path)))}: {safe(s.reason)}"
         )
-    counts = result.to_json()["counts"]
+    counts = result.counts()
     verdict = "[green]OK[/green]" if result.ok else "[bold red]INCOMPLETE[/bold red]"
     flagged = sum(1 for i in result.items if any(f.severity == "error" for f in i.findings))
     console.print(
@@ -181,103 +191,12 @@ def to_json(result: UpgradeResult) -> dict[str, Any]:
     return {"report": "etm-compat upgrade", "tool_version": VERSION, **result.to_json()}
 
 
-def _verdict(result: UpgradeResult) -> str:
-    c = result.to_json()["counts"]
-    return (
-        f"{c['written']} written, {c['up_to_date']} up to date, {c['locked']} locked, "
-        f"{c['failed']} failed, {c['skipped']} skipped ({result.seconds:.1f} s)"
-    )
-
-
-def _size(item: ItemResult) -> str:
-    return f"{item.size:,}" if item.size is not None else "-"
-
-
-def to_markdown(result: UpgradeResult) -> str:
-    """The report as GitHub-flavoured Markdown: the counts, one table row per deployment, then
-    the skipped folders and every finding with its message and hint."""
-    plan = result.plan
-    out = md_text(plan.out) if plan.out is not None else "in place"
-    lines = [
-        f"# {TITLE}",
-        "",
-        f"- root: {md_text(plan.root)}",
-        f"- output: {out}",
-        f"- result: {'OK' if result.ok else 'INCOMPLETE'}: {_verdict(result)}",
-        "",
-        "| program | outcome | archive | size | family | findings | reason |",
-        "|---|---|---|---:|---|---|---|",
-    ]
-    for item in result.items:
-        codes = ", ".join(f"{md_text(f.severity)}: {md_text(f.code)}" for f in item.findings)
-        lines.append(
-            f"| {md_text(item.program)} | {item.outcome} | "
-            f"{md_text(_archive_label(plan, item.archive))} | {_size(item)} | "
-            f"{md_text(item.family or '-')} | {codes or '-'} | {md_text(item.reason)} |"
-        )
-    if plan.skipped:
-        lines += ["", "## Skipped", ""]
-        lines += [f"- {md_text(plan.relative(Path(s.path)))}: {md_text(s.reason)}" for s in plan.skipped]
-    with_findings = [i for i in result.items if i.findings]
-    if with_findings:
-        lines += ["", "## Findings", ""]
-        for item in with_findings:
-            lines += [f"### {md_text(item.program)}", ""]
-            for f in item.findings:
-                hint = f" (hint: {md_text(f.hint)})" if f.hint else ""
-                lines.append(f"- **{md_text(f.severity)}** {md_text(f.code)}: {md_text(f.message)}{hint}")
-            lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _html_findings(item: ItemResult) -> str:
-    parts = []
-    for f in item.findings:
-        cls = f.severity if f.severity in SEVERITIES else ""
-        hint = f" <small>(hint: {esc(f.hint)})</small>" if f.hint else ""
-        parts.append(
-            f'<span class="sev {cls}">{esc(f.severity)}</span> <code>{esc(f.code)}</code>: '
-            f"{esc(f.message)}{hint}"
-        )
-    return "<br>".join(parts) or "-"
-
-
-def to_html(result: UpgradeResult) -> str:
-    """The report as one self-contained HTML page (the shared shell: no scripts, no requests)."""
-    plan = result.plan
-    out = f"<code>{esc(plan.out)}</code>" if plan.out is not None else "in place"
-    verdict = '<b class="ok">OK</b>' if result.ok else '<b class="error">INCOMPLETE</b>'
-    rows = "".join(
-        f"<tr><td><code>{esc(item.program)}</code></td>"
-        f'<td class="{OUTCOME_CLASS.get(item.outcome, "")}">{esc(item.outcome)}</td>'
-        f"<td><code>{esc(_archive_label(plan, item.archive))}</code></td>"
-        f'<td class="n">{_size(item)}</td><td>{esc(item.family or "-")}</td>'
-        f"<td>{_html_findings(item)}</td><td>{esc(item.reason)}</td></tr>"
-        for item in result.items
-    )
-    parts = [
-        f"<h1>{esc(TITLE)}</h1>",
-        f"<p>Root: <code>{esc(plan.root)}</code>; output: {out}</p>",
-        f'<p id="summary">{verdict}: {esc(_verdict(result))}</p>',
-        "<table><thead><tr><th>program</th><th>outcome</th><th>archive</th>"
-        '<th class="n">size</th><th>family</th><th>findings</th><th>reason</th></tr></thead>'
-        f"<tbody>{rows}</tbody></table>",
-    ]
-    if plan.skipped:
-        skipped = "".join(
-            f"<li><code>{esc(plan.relative(Path(s.path)))}</code>: {esc(s.reason)}</li>"
-            for s in plan.skipped
-        )
-        parts.append(f'<h2>Skipped</h2><ul id="skipped">{skipped}</ul>')
-    return html_page(TITLE, "\n".join(parts))
-
-
 def render(result: UpgradeResult, fmt: str) -> str:
     """The report as text in ``fmt`` (``json``, ``md`` or ``html``, as :func:`format_for` names)."""
     fmt = check_format(fmt)
     if fmt == "json":
         return to_json_text(to_json(result))
-    return to_markdown(result) if fmt == "md" else to_html(result)
+    return report_files.render(result, fmt)  # the page and the Markdown shared with diagnose
 
 
 #: The option that lets ``upgrade`` replace an existing report (``--force`` means "repack").
@@ -318,9 +237,7 @@ __all__ = [
     "render",
     "render_plan",
     "render_summary",
-    "to_html",
     "to_json",
-    "to_markdown",
     "upgrade_progress",
     "write_report",
 ]

@@ -14,8 +14,10 @@ loose layout of an ``.etm`` archive, extracted once and reused by every later ca
   (``weights/x.ptd`` becomes ``x.ptd``), so an HF ``tokenizer.json`` sits beside its
   ``tokenizer_config.json`` as the runner requires.
 * **Checked once, when built**: an entry is built in a private temp folder inside the cache;
-  each file, once written, is read back and its CRC-32 compared with the zip's and its sha256
-  with metadata.json's (every problem of every member is reported in one
+  each member is copied from the archive's open file (its blocks shared by a reflink where the
+  file system can, else copied in the kernel, else read and written; never through the
+  archive's mapping), then the written file is read back once and its CRC-32 compared with the
+  zip's and its sha256 with metadata.json's (every problem of every member is reported in one
   :class:`IntegrityError`, and nothing is left behind). A ``.complete`` marker is written last,
   then the folder is renamed into place in one step. A process that loses the rename to another
   uses the winner's entry. No reader ever sees a partial entry or file.
@@ -36,22 +38,25 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+import struct
+import sys
 import tempfile
 import time
-import zlib
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from etm_compat.archive.metadata import tokenizer_member
 from etm_compat.archive.read import EtmArchive
+from etm_compat.archive.zipfmt import digest_range, pread_into
 from etm_compat.compat.cache_admin import (
     MARKER,
     TMP_PREFIX,
@@ -69,6 +74,8 @@ _CHUNK: Final = 8 * 1024 * 1024
 #: Prefix of every key's hashed input: a later key scheme cannot collide with this one.
 _KEY_DOMAIN: Final = b"etm-compat cache key 2\0"
 _HINT_CORRUPT: Final = "the archive is corrupt or was edited; repack it from the original files"
+#: ioctl FICLONERANGE (linux/fs.h: _IOW(0x94, 13, struct file_clone_range)).
+_FICLONERANGE: Final = 0x4020940D
 
 Status = Literal["built", "reused", "raced", "repaired"]
 
@@ -93,12 +100,9 @@ def archive_key(archive: EtmArchive) -> str:
     member bytes do not share an entry.
     """
     digest = hashlib.sha256(_KEY_DOMAIN)
-    view = archive.member_view(MEMBER_METADATA)
-    try:
-        digest.update(len(view).to_bytes(8, "little"))
-        digest.update(view)
-    finally:
-        view.release()
+    raw = _metadata_bytes(archive)
+    digest.update(len(raw).to_bytes(8, "little"))
+    digest.update(raw)
     for info in archive.members.values():
         name = info.name.encode("utf-8")
         digest.update(len(name).to_bytes(4, "little") + name)
@@ -146,50 +150,83 @@ def _check_entry(folder: Path, archive: EtmArchive, *, verify: bool) -> dict[str
     return files
 
 
+def _metadata_bytes(archive: EtmArchive) -> bytes:
+    """metadata.json as read when the archive was opened (read again only for an archive object
+    built without it); never through the mapping."""
+    raw = archive.metadata_bytes
+    return raw if raw is not None else archive.read_member(MEMBER_METADATA)
+
+
 def _digests(path: Path, pool: ThreadPoolExecutor) -> tuple[int, str]:
-    """CRC-32 and sha256 of a file in one pass, read into two reused buffers; the sha256 of a
-    chunk runs in ``pool`` while the CRC of the same chunk runs here (both drop the GIL)."""
-    crc, sha = 0, hashlib.sha256()
-    size = max(1, min(_CHUNK, path.stat().st_size))
-    bufs = (bytearray(size), bytearray(size))
-    pending: Future[None] | None = None
-    turn = 0
+    """CRC-32 and sha256 of a written file, read back once
+    (:func:`~etm_compat.archive.zipfmt.digest_range`: the sha256 in ``pool``, the CRC here)."""
     with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(bufs[turn]):
-            chunk = memoryview(bufs[turn])[:n]
-            if pending is not None:
-                pending.result()  # hashes stay in order; the buffer read next is then free
-            pending = pool.submit(sha.update, chunk)
-            crc = zlib.crc32(chunk, crc)
-            turn ^= 1
-    if pending is not None:
-        pending.result()
-    return crc, sha.hexdigest()
+        crc, sha, _ = digest_range(fh.fileno(), 0, os.fstat(fh.fileno()).st_size, pool)
+    return crc, sha
 
 
-def _copy_member(archive: EtmArchive, name: str, dest: Path) -> None:
-    """Copy one member to ``dest`` in the kernel (``copy_file_range`` from the archive file), or
-    with writes from the archive's mapping where that is unavailable."""
-    offset, size = archive.member_range(name)
-    view = archive.member_view(name)
+def _reflink(src_fd: int, dst_fd: int, offset: int, size: int) -> int:
+    """Share the member's whole blocks with the empty file ``dst_fd`` (``FICLONERANGE``: btrfs,
+    XFS, bcachefs...): the bytes cloned, 0 where the file system cannot (ext4: EOPNOTSUPP;
+    another file system: EXDEV) or the member does not start on a block. The caller copies the
+    rest."""
+    if sys.platform != "linux":
+        return 0  # pragma: no cover - FICLONERANGE is Linux's
+    block = os.fstat(src_fd).st_blksize or 4096
+    length = size - size % block
+    if offset % block or length == 0:
+        return 0
     try:
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            with open(archive.path, "rb") as src:
-                done = 0
-                if hasattr(os, "copy_file_range"):
-                    with contextlib.suppress(OSError):  # EXDEV, ENOSYS...: write it ourselves
-                        while done < size:
-                            n = os.copy_file_range(src.fileno(), fd, size - done, offset + done)
-                            if n == 0:
-                                break
-                            done += n
-                while done < size:  # fallback, or a file system that refused copy_file_range
-                    done += os.write(fd, view[done : min(size, done + _CHUNK)])
-        finally:
-            os.close(fd)
+        fcntl.ioctl(dst_fd, _FICLONERANGE, struct.pack("qQQQ", src_fd, offset, length, 0))
+    except OSError as exc:
+        log.debug("no reflink (%s): copying instead", exc.strerror)
+        return 0
+    return length
+
+
+CopyMethod = Literal["reflink", "kernel copy", "read/write"]
+
+
+def copy_member(archive: EtmArchive, name: str, dest: Path) -> tuple[CopyMethod, ...]:
+    """Copy one member into the new file ``dest``; the ways its bytes went, in order.
+
+    From the archive's own open file (the one validated at open), never through its mapping:
+    whole blocks are shared where the file system can (reflink: no data written), the rest is
+    copied in the kernel (``copy_file_range``), or with reads and writes where that is refused.
+    An archive truncated meanwhile is an :class:`IntegrityError`, not a SIGBUS.
+    """
+    offset, size = archive.member_range(name)
+    src = archive.fileno()
+    used: list[CopyMethod] = []
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        done = _reflink(src, fd, offset, size)
+        if done:
+            used.append("reflink")
+        if done < size and hasattr(os, "copy_file_range"):
+            start = done
+            with contextlib.suppress(OSError):  # EXDEV, ENOSYS...: write it ourselves
+                while done < size:
+                    n = os.copy_file_range(src, fd, size - done, offset + done, done)
+                    if n == 0:
+                        break  # the archive ended early: the reads below say so
+                    done += n
+            if done > start:
+                used.append("kernel copy")
+        if done < size:
+            used.append("read/write")
+            buf = memoryview(bytearray(min(size - done, _CHUNK)))
+            while done < size:
+                n = pread_into(src, buf[: min(len(buf), size - done)], offset + done)
+                if n == 0:
+                    raise archive.truncated_error(name, done)
+                written = 0
+                while written < n:
+                    written += os.pwrite(fd, buf[written:n], done + written)
+                done += n
     finally:
-        view.release()
+        os.close(fd)
+    return tuple(used)
 
 
 def _served_problems(archive: EtmArchive, entry: Mapping[str, Any], path: Path, crc: int,
@@ -210,9 +247,11 @@ def _served_problems(archive: EtmArchive, entry: Mapping[str, Any], path: Path, 
 def build_entry(archive: EtmArchive, root: Path, key: str) -> Path:
     """Build a complete entry for ``archive`` in a new temp folder under ``root``; return it.
 
-    Every file is read back once written and checked against the zip's CRC-32 and
-    metadata.json's sha256 (the digests ``key`` was made from) before the marker is written;
-    on any mismatch the temp folder is removed and one :class:`IntegrityError` lists every one.
+    Each member is copied (:func:`copy_member`), then the written file is read back once: its
+    CRC-32 is compared with the zip central directory's, its sha256 with metadata.json's and
+    its size with metadata.json's. The marker (``.complete``, recording each file's size, mtime
+    and sha256) is written only when every file passes; otherwise the temp folder is removed
+    and one :class:`IntegrityError` lists every mismatch.
     """
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{key[:16]}-", dir=root))
@@ -223,17 +262,14 @@ def build_entry(archive: EtmArchive, root: Path, key: str) -> Path:
             for entry in archive.metadata["members"]:
                 name = entry["name"]
                 path = tmp / _file_name(name)
-                _copy_member(archive, name, path)
+                how = copy_member(archive, name, path)
+                log.debug("%s: %s by %s", archive.path, name, " + ".join(how) or "nothing (empty)")
                 crc, sha = _digests(path, pool)
                 problems += _served_problems(archive, entry, path, crc, sha)
                 files[name] = {**_signature(path), "sha256": sha}
         if problems:
             raise IntegrityError("; ".join(problems), path=archive.path, hint=_HINT_CORRUPT)
-        meta_view = archive.member_view(MEMBER_METADATA)
-        try:
-            (tmp / MEMBER_METADATA).write_bytes(meta_view)
-        finally:
-            meta_view.release()
+        (tmp / MEMBER_METADATA).write_bytes(_metadata_bytes(archive))
         marker = {"key": key, "archive": str(archive.path), "created": time.time(), "files": files}
         (tmp / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
     except BaseException:
@@ -291,6 +327,28 @@ def materialize(
     )
 
 
+def find_entry(
+    archive: EtmArchive, *, root: str | os.PathLike[str] | None = None
+) -> Materialized | None:
+    """The archive's complete entry if one was built already (checked as a hit is: each file's
+    size and mtime), else None; never builds one, never raises for a missing or odd cache.
+
+    >>> with open_archive("model.etm") as etm:               # doctest: +SKIP
+    ...     entry = find_entry(etm)
+    ...     entry.files["model.pte"] if entry else "not materialized"
+    PosixPath('/home/me/.cache/etm-compat/3f5c.../model.pte')
+    """
+    try:
+        final = (Path(root) if root is not None else cache_dir()) / archive_key(archive)
+        files = _check_entry(final, archive, verify=False) if final.is_dir() else None
+    except (OSError, RuntimeError):  # no home folder, a cache on a dead mount...
+        return None
+    if files is None:
+        return None
+    _touch(final)
+    return Materialized(final.name, final, files, "reused")
+
+
 def _verify_archive(archive: EtmArchive) -> None:
     """``verify=True``: the archive's own members against their CRC-32 and sha256, so that an
     archive whose bytes do not match its metadata is refused even when its key has an entry."""
@@ -344,6 +402,8 @@ __all__ = [
     "Materialized",
     "archive_key",
     "build_entry",
+    "copy_member",
+    "find_entry",
     "legacy_paths_of",
     "materialize",
     "publish",

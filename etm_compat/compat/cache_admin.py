@@ -1,7 +1,9 @@
-"""The cache folder itself: where it is, what a complete entry looks like on disk, and the
-administration ``etm-compat cache list`` and ``etm-compat cache prune`` run on it.
+"""The cache folder itself: what a complete entry looks like on disk, and the administration
+``etm-compat cache list`` and ``etm-compat cache prune`` run on it.
 
-Building and reusing entries is :mod:`etm_compat.compat.cache`.
+Where the folder is, and the small JSON records kept there (runner checks), is
+:mod:`etm_compat.cachedir`; building and reusing materialized archives is
+:mod:`etm_compat.compat.cache`. Listing and pruning take both kinds of entries.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,10 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from etm_compat.errors import OutputError, UnreadableError, UsageError
+from etm_compat.cachedir import (
+    RECORD_KINDS,
+    RECORD_SUFFIX,
+    TMP_PREFIX,
+    cache_dir,
+    record_files,
+    record_folder,
+)
+from etm_compat.errors import EtmError, OutputError, UnreadableError, UsageError
+from etm_compat.fileio import open_regular
 
 MARKER: Final = ".complete"
-TMP_PREFIX: Final = ".tmp-"
 _TRASH_PREFIX: Final = ".trash-"
 #: A temp folder older than this is a build that died; ``prune`` removes it.
 _STALE_TMP_SECONDS: Final = 3600.0
@@ -30,7 +41,12 @@ _KEY_LEN: Final = 64
 
 @dataclass(frozen=True)
 class CacheEntry:
-    """A complete cache entry, as ``etm-compat cache list`` shows it."""
+    """A complete cache entry, as ``etm-compat cache list`` shows it.
+
+    ``kind`` is ``"archive"`` (a materialized archive: ``folder`` is its folder) or a record kind
+    such as ``"runner-checks"`` (``folder`` is then the record's file, ``archive`` says what it is
+    about).
+    """
 
     key: str
     folder: Path
@@ -38,6 +54,7 @@ class CacheEntry:
     created: float
     last_used: float
     archive: str
+    kind: str = "archive"
 
 
 @dataclass(frozen=True)
@@ -48,27 +65,22 @@ class PruneResult:
     leftovers: int
 
 
-def cache_dir() -> Path:
-    """The cache root: ``$ETM_CACHE_DIR``, ``$XDG_CACHE_HOME/etm-compat`` or ``~/.cache/etm-compat``."""
-    explicit = os.environ.get("ETM_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "etm-compat"
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a marker may hold")
 
 
 def read_marker(folder: Path) -> dict[str, Any] | None:
     try:
-        with open(folder / MARKER, "rb") as fh:
-            data = json.loads(fh.read(1024 * 1024))
-    except (OSError, ValueError, RecursionError):  # a damaged marker: the entry is not complete
+        with open_regular(folder / MARKER) as fh:  # a FIFO or device is refused, never read
+            data = json.loads(fh.read(1024 * 1024), parse_constant=_no_constant)
+    except (EtmError, OSError, ValueError, RecursionError):  # a damaged marker: the entry is not complete
         return None
     return data if isinstance(data, dict) and isinstance(data.get("files"), dict) else None
 
 
 def discard_entry(folder: Path) -> None:
-    """Remove an entry: first rename it aside (one atomic step), then delete it."""
+    """Remove an entry (a folder, or a record's file): first rename it aside (one atomic step),
+    then delete it."""
     try:
         trash = Path(tempfile.mkdtemp(prefix=_TRASH_PREFIX, dir=folder.parent))
         with contextlib.suppress(FileNotFoundError):  # another process removed it first
@@ -126,10 +138,32 @@ def _entries(root: Path) -> Iterator[CacheEntry]:
         )
 
 
+def _record_entries(root: Path) -> Iterator[CacheEntry]:
+    """The records (runner checks...): small JSON files, described by what they are about."""
+    for kind in RECORD_KINDS:
+        for path in record_files(kind, root):
+            try:
+                st = path.lstat()
+            except OSError:  # removed meanwhile
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            yield CacheEntry(
+                key=path.name[: -len(RECORD_SUFFIX)],
+                folder=path,
+                size=st.st_size,
+                created=st.st_mtime,
+                last_used=st.st_mtime,
+                archive=f"({kind})",
+                kind=kind,
+            )
+
+
 def list_entries(root: str | os.PathLike[str] | None = None) -> list[CacheEntry]:
-    """Every complete entry of the cache, least recently used first."""
+    """Every complete entry of the cache (materialized archives and records), least recently
+    used first."""
     base = Path(root) if root is not None else cache_dir()
-    return sorted(_entries(base), key=lambda e: e.last_used)
+    return sorted([*_entries(base), *_record_entries(base)], key=lambda e: e.last_used)
 
 
 def prune(
@@ -167,7 +201,10 @@ def prune(
     for entry in doomed:
         discard_entry(entry.folder)
     leftovers = 0
-    for child in _children(base):
+    children = _children(base)
+    for kind in RECORD_KINDS:
+        children += _record_children(record_folder(kind, base))
+    for child in children:
         try:
             age = clock - child.lstat().st_mtime  # lstat: a dangling symlink has an age too
         except FileNotFoundError:  # removed meanwhile
@@ -177,6 +214,15 @@ def prune(
             _remove_leftover(child)
             leftovers += 1
     return PruneResult(tuple(doomed), sum(e.size for e in doomed), leftovers)
+
+
+def _record_children(folder: Path) -> list[Path]:
+    """A record folder's children (its records, temp files of writes, trash); none if it is not
+    a folder."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError:
+        return []
 
 
 def parse_size(text: str) -> int:
@@ -197,7 +243,10 @@ def parse_size(text: str) -> int:
         ) from None
     if not math.isfinite(value) or value < 0:
         raise UsageError(f"not a size: {text!r}", hint="give a finite size of 0 or more, like 500M or 2G")
-    return int(value * units[unit])
+    size = value * units[unit]
+    if not math.isfinite(size):
+        raise UsageError(f"not a size: {text!r}", hint="give a finite size of 0 or more, like 500M or 2G")
+    return int(size)
 
 
 __all__ = [

@@ -12,24 +12,26 @@ legacy folder's metadata is first needed, executorch when a ``GenerationConfig``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from etm_compat.adapters import default_adapters
 from etm_compat.archive import EtmArchive, is_archive, open_archive
 from etm_compat.archive.metadata import tokenizer_member
 from etm_compat.archive.names import weights_member_names
 from etm_compat.compat.cache import LegacyPaths, legacy_paths_of
-from etm_compat.constants import MAIN_PROGRAM_NAME
+from etm_compat.compat.generation import generation_config, max_new_tokens
+from etm_compat.constants import MAIN_PROGRAM_NAME, MEMBER_TOKENIZER_CONFIG
 from etm_compat.errors import (
     EtmError,
     OutputError,
-    RuntimeUnavailableError,
     UnreadableError,
     UsageError,
 )
@@ -38,16 +40,11 @@ from etm_compat.formats.tokenizer.detect import sniff_tokenizer_format
 from etm_compat.legacy.deployment import Adapter, Deployment
 from etm_compat.legacy.resolve import resolve_source
 from etm_compat.packing import build_metadata, plan_members
-from etm_compat.prompt.render import render_prompt
+from etm_compat.prompt.chat import check_messages
+from etm_compat.prompt.render import PromptTokens, encode_prompt, render_prompt
 from etm_compat.view import DeploymentView, describe
 
 log = logging.getLogger(__name__)
-
-#: The ``GenerationConfig`` fields :meth:`Bundle.generation_config` accepts as overrides.
-GENERATION_FIELDS: Final = frozenset(
-    {"echo", "max_new_tokens", "warming", "seq_len", "temperature", "num_bos", "num_eos"}
-)
-
 
 def _map_file(path: Path) -> tuple[mmap.mmap | None, memoryview]:
     with open(path, "rb") as fh:
@@ -79,6 +76,7 @@ class Bundle:
         self._archive = archive
         self._deployment = deployment
         self._metadata: dict[str, Any] | None = archive.metadata if archive is not None else None
+        self._render_meta: dict[str, Any] | None = None
         self._view: DeploymentView | None = None
         self._maps: dict[Path, mmap.mmap | None] = {}
         self._weights: Mapping[str, memoryview] | None = None
@@ -162,7 +160,11 @@ class Bundle:
         return (MAIN_PROGRAM_NAME, *(p.name for p in self._deployment.parts))
 
     def program_bytes(self, name: str = MAIN_PROGRAM_NAME) -> memoryview:
-        """A program, zero-copy (the archive member's mapping, or an mmap of the ``.pte``)."""
+        """A program, zero-copy (the archive member's mapping, or an mmap of the ``.pte``).
+
+        A mapping: if the file is truncated while the view is in use (``cp`` over it), touching
+        the lost pages raises SIGBUS. Replace deployments by rename, never by copying over them.
+        """
         if self._archive is not None:
             return self._archive.member_view(self._archive.layout.program(name).member)
         assert self._deployment is not None
@@ -219,47 +221,95 @@ class Bundle:
     def render(
         self,
         messages: Sequence[Mapping[str, Any]],
-        add_generation_prompt: bool = True,
+        add_generation_prompt: bool | None = None,
         *,
         family: str | None = None,
-        **extra: Any,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        documents: Sequence[Mapping[str, Any]] | None = None,
+        continue_final_message: bool | str = False,
+        **template_vars: Any,
     ) -> str:
-        """Render a conversation with the deployment's chat template and bos/eos tokens.
+        """Render a conversation as transformers' ``apply_chat_template`` does, with the
+        deployment's chat template and special-token strings.
 
-        ``family`` uses that registry family's template instead; ``extra`` are further
-        template variables.
+        ``add_generation_prompt`` defaults to True (False when continuing the final message);
+        ``family`` uses that registry family's template; ``tools``, ``documents`` and
+        ``template_vars`` (``enable_thinking=False``...) reach the template as in transformers.
 
-        >>> bundle.render([{"role": "user", "content": "Hi"}])   # doctest: +SKIP
-        '<|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\nHi<|eot_id|>...'
+        >>> bundle.render([{"role": "user", "content": "Hi"}], enable_thinking=False)  # doctest: +SKIP
+        '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n'
         """
-        _check_messages(messages)
-        meta = self._metadata
-        if meta is None:  # a folder: what pack would record, without hashing every source
-            view = self._legacy_view()
-            sources = view.deployment.sources
-            meta = build_metadata(view, plan_members(view), converted_from=None, digested_by_writer=sources)
+        check_messages(messages)
+        if add_generation_prompt is None:
+            add_generation_prompt = not continue_final_message
         return render_prompt(
-            meta,
+            self._render_metadata(),
             messages,
             add_generation_prompt=add_generation_prompt,
             family=family,
             path=self.path,
-            **extra,
+            tools=tools,
+            documents=documents,
+            continue_final_message=continue_final_message,
+            **template_vars,
         )
 
-    def max_new_tokens(self, occupied: int = 0) -> int:
-        """How many tokens may still be generated after ``occupied`` positions are used.
+    def render_tokens(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool | None = None,
+        *,
+        num_bos: int | None = None,
+        num_eos: int | None = None,
+        **options: Any,
+    ) -> PromptTokens:
+        """The ids the ExecuTorch runner feeds for this conversation: the rendered prompt encoded
+        by the runner's tokenizer library, ``num_bos``/``num_eos`` (default: the deployment's)
+        added. ``options`` are :meth:`render`'s.
 
-        The context budget (``max_context_len``, else ``max_seq_len``) minus ``occupied``, capped
-        by the metadata's own ``max_new_tokens`` default when there is one; -1 when unknown.
+        >>> bundle.render_tokens([{"role": "user", "content": "Hi"}]).ids  # doctest: +SKIP
+        (1, 433, ...)
         """
-        gen = self.metadata.get("generation") or {}
-        context = gen.get("max_context_len") or gen.get("max_seq_len")
-        default = gen.get("max_new_tokens")
-        if not context:
-            return int(default) if default else -1
-        budget = max(int(context) - occupied, 0)
-        return min(budget, int(default)) if default else budget
+        prompt = self.render(messages, add_generation_prompt, **options)
+        gen = self._render_metadata().get("generation") or {}
+        with self._tokenizer_files() as (tokenizer, config):
+            return encode_prompt(
+                prompt,
+                tokenizer,
+                num_bos=int(gen.get("num_bos") or 0) if num_bos is None else num_bos,
+                num_eos=int(gen.get("num_eos") or 0) if num_eos is None else num_eos,
+                config_path=config,
+            )
+
+    def _render_metadata(self) -> Mapping[str, Any]:
+        """The metadata; for a folder, what pack would record, without hashing every source."""
+        if self._metadata is not None:
+            return self._metadata
+        if self._render_meta is None:
+            view = self._legacy_view()
+            members, sources = plan_members(view), view.deployment.sources
+            self._render_meta = build_metadata(view, members, converted_from=None, digested_by_writer=sources)
+        return self._render_meta
+
+    @contextlib.contextmanager
+    def _tokenizer_files(self) -> Iterator[tuple[Path, Path | None]]:
+        """The tokenizer file and its tokenizer_config.json (an archive's, in a temporary folder)."""
+        if self._deployment is not None:
+            assert self._deployment.tokenizer is not None
+            yield self._deployment.tokenizer, self._deployment.configs.get("tokenizer_config")
+            return
+        assert self._archive is not None
+        member = self._tokenizer_member()
+        config = MEMBER_TOKENIZER_CONFIG in {m["name"] for m in self.metadata.get("members") or []}
+        with tempfile.TemporaryDirectory(prefix="etm-tok-") as tmp:
+            for name in (member, MEMBER_TOKENIZER_CONFIG) if config else (member,):
+                Path(tmp, name).write_bytes(self._archive.read_member(name))
+            yield Path(tmp, member), Path(tmp, MEMBER_TOKENIZER_CONFIG) if config else None
+
+    def max_new_tokens(self, occupied: int = 0) -> int:
+        """How many tokens may still be generated after ``occupied`` positions are used
+        (:func:`etm_compat.compat.generation.max_new_tokens`)."""
+        return max_new_tokens(self.metadata, occupied)
 
     def generation_config(self, *, occupied: int = 0, **overrides: Any) -> Any:
         """An ``executorch.extension.llm.runner.GenerationConfig`` filled from the metadata.
@@ -270,32 +320,7 @@ class Bundle:
 
         >>> runner.generate(prompt, bundle.generation_config(occupied=12, temperature=0))  # doctest: +SKIP
         """
-        unknown = set(overrides) - GENERATION_FIELDS
-        if unknown:
-            raise UsageError(
-                f"unknown GenerationConfig field(s): {', '.join(sorted(unknown))}",
-                hint=f"fields are {', '.join(sorted(GENERATION_FIELDS))}",
-            )
-        try:
-            # Lazy: importing executorch loads torch (seconds); only this method needs it.
-            from executorch.extension.llm.runner import GenerationConfig
-        except (ImportError, RuntimeError) as exc:
-            raise RuntimeUnavailableError(
-                f"the ExecuTorch LLM runner cannot be imported ({exc})",
-                hint="pip install 'etm-compat[runtime]' (torch + executorch)",
-            ) from None
-        gen = self.metadata.get("generation") or {}
-        config = GenerationConfig()
-        config.num_bos = int(gen.get("num_bos") or 0)
-        config.num_eos = int(gen.get("num_eos") or 0)
-        if gen.get("temperature") is not None:
-            config.temperature = float(gen["temperature"])
-        if gen.get("max_seq_len"):
-            config.seq_len = int(gen["max_seq_len"])
-        config.max_new_tokens = self.max_new_tokens(occupied)
-        for name, value in overrides.items():
-            setattr(config, name, value)
-        return config
+        return generation_config(self.metadata, occupied=occupied, **overrides)
 
     def legacy_paths(self, *, verify: bool = False, cache_root: str | os.PathLike[str] | None = None) -> LegacyPaths:
         """Real file paths: the original files of a folder, or the archive's cache entry.
@@ -324,19 +349,6 @@ class Bundle:
 
     def __repr__(self) -> str:
         return f"<Bundle {self.kind} {str(self.path)!r}>"
-
-
-def _check_messages(messages: object) -> None:
-    """A conversation is a list of ``{role, content}`` mappings; anything else is a usage error."""
-    if (
-        isinstance(messages, (str, bytes))
-        or not isinstance(messages, Sequence)
-        or not all(isinstance(m, Mapping) for m in messages)
-    ):
-        raise UsageError(
-            f"messages must be a list of {{role, content}} mappings, not {type(messages).__name__}",
-            hint='pass [{"role": "user", "content": "Hello"}]',
-        )
 
 
 def _legacy_metadata(view: DeploymentView) -> dict[str, Any]:
@@ -388,18 +400,17 @@ def render(
     path: str | os.PathLike[str],
     messages: Sequence[Mapping[str, Any]],
     *,
-    add_generation_prompt: bool = True,
-    family: str | None = None,
     adapters: Sequence[Adapter] | None = None,
-    **extra: Any,
+    **options: Any,
 ) -> str:
-    """Render ``messages`` as the deployment at ``path`` (archive, folder or ``.pte``) expects.
+    """Render ``messages`` as the deployment at ``path`` (archive, folder or ``.pte``) expects;
+    ``options`` are :meth:`Bundle.render`'s (``tools``, ``enable_thinking=False``...).
 
     >>> render("fixtures/legacy/hf_style", [{"role": "user", "content": "Hi"}])[:14]  # doctest: +SKIP
     '<|im_start|>sy'
     """
     with load(path, adapters=adapters) as bundle:
-        return bundle.render(messages, add_generation_prompt, family=family, **extra)
+        return bundle.render(messages, **options)
 
 
-__all__ = ["GENERATION_FIELDS", "Bundle", "LegacyPaths", "load", "render"]
+__all__ = ["Bundle", "LegacyPaths", "PromptTokens", "load", "render"]

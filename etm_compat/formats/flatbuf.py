@@ -2,9 +2,11 @@
 
 Every offset in a FlatBuffer comes from the file, so every one is untrusted: each read is checked
 against the buffer before it happens, vectors are checked against the bytes that remain, and the
-number of tables visited is capped by the buffer's size (:attr:`FlatBuffer.max_visits`), so
-offsets that point many times at the same bytes cannot multiply the work. Any violation raises the reader's error class (a
-:class:`~etm_compat.errors.PteFormatError` or subclass) naming what was read and where; no
+total work of every reader of one buffer is capped by the buffer's size
+(:attr:`FlatBuffer.max_work`): tables visited, vector elements walked and string bytes decoded
+all count, so offsets that point many times at the same bytes (one huge vector or string shared
+by thousands of parents) cannot multiply the work. Any violation raises the reader's error class
+(a :class:`~etm_compat.errors.PteFormatError` or subclass) naming what was read and where; no
 ``IndexError``, ``struct.error`` or ``UnicodeDecodeError`` escapes.
 
 >>> buf = FlatBuffer(b"\\x00" * 8, path="x.pte")
@@ -19,18 +21,22 @@ from typing import Final, NoReturn
 
 from etm_compat.errors import PteFormatError
 
-#: How many tables one buffer may visit before the reader gives up, whatever its size (guards
-#: against cycles and decompression-bomb style inputs whose offsets point many times at the same
-#: bytes).
-DEFAULT_MAX_TABLES: Final = 500_000
-#: The visit budget also grows with the buffer only: one visit per this many bytes, plus
-#: :data:`MIN_TABLE_VISITS`. A table takes at least 8 bytes (its vtable offset and the offset that
-#: points to it) and every reader of a real program walks each table once or twice, so real
-#: programs use under a fifth of it (about one visit per 20 bytes, all readers of one head
-#: together), while a file that shares one vector between many parents is refused after a few
-#: walks of that vector instead of one walk per parent.
-BYTES_PER_TABLE_VISIT: Final = 4
-MIN_TABLE_VISITS: Final = 1024
+#: The most work units one buffer may cost, whatever its size (guards against cycles and
+#: decompression-bomb style inputs whose offsets point many times at the same bytes).
+DEFAULT_MAX_WORK: Final = 500_000
+#: The work budget also grows with the buffer only: one unit per this many bytes, plus
+#: :data:`MIN_WORK`. A unit is what visiting one table costs (a few microseconds of Python): a
+#: table takes at least 8 bytes (its vtable offset and the offset that points to it) and every
+#: reader of a real program walks each table once or twice, so real programs use under a fifth of
+#: it (all readers of one head together), while a file that shares one vector or string between
+#: many parents is refused after a few walks of it instead of one walk per parent.
+BYTES_PER_WORK_UNIT: Final = 4
+MIN_WORK: Final = 1024
+#: What else costs a unit: this many scalar vector elements unpacked (:meth:`Table.scalars`),
+#: or this many string bytes decoded (:meth:`Table.string`). Readers charge their own per-element
+#: loops with :meth:`FlatBuffer.charge`.
+SCALARS_PER_UNIT: Final = 16
+STRING_BYTES_PER_UNIT: Final = 1024
 
 _U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")
@@ -39,17 +45,18 @@ _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
 _U64 = struct.Struct("<Q")
 _F64 = struct.Struct("<d")
+_VTABLE = struct.Struct("<HH")  # a vtable's length, then its object's length
 
 
 class FlatBuffer:
     """Bounded little-endian reads over one FlatBuffer held in memory.
 
-    ``visits`` counts the tables read so far (by every reader sharing this buffer) and
-    ``max_visits`` is the budget: ``max_tables``, or less for a small buffer (see
-    :data:`BYTES_PER_TABLE_VISIT`).
+    ``work`` counts the work units spent so far by every reader sharing this buffer (``visits``
+    the tables among them) and ``max_work`` is the budget: ``max_work`` as given, or less for a
+    small buffer (see :data:`BYTES_PER_WORK_UNIT`).
     """
 
-    __slots__ = ("data", "error", "max_visits", "path", "size", "visits")
+    __slots__ = ("data", "error", "max_work", "path", "size", "visits", "work")
 
     def __init__(
         self,
@@ -57,18 +64,31 @@ class FlatBuffer:
         *,
         path: str,
         error: type[PteFormatError] = PteFormatError,
-        max_tables: int = DEFAULT_MAX_TABLES,
+        max_work: int = DEFAULT_MAX_WORK,
     ) -> None:
         self.data = data
         self.size = len(data)
         self.path = path
         self.error = error
         self.visits = 0
-        self.max_visits = min(max_tables, MIN_TABLE_VISITS + self.size // BYTES_PER_TABLE_VISIT)
+        self.work = 0
+        self.max_work = min(max_work, MIN_WORK + self.size // BYTES_PER_WORK_UNIT)
 
     def fail(self, message: str, offset: int | None = None, hint: str | None = None) -> NoReturn:
         """Raise the reader's error for this buffer."""
         raise self.error(message, path=self.path, offset=offset, hint=hint)
+
+    def charge(self, units: int, what: str) -> None:
+        """Spend ``units`` of the work budget on ``what``, before doing it; refuse the buffer
+        when the budget is exhausted."""
+        self.work += units
+        if self.work > self.max_work:
+            self.fail(
+                f"reading {what} takes the FlatBuffer past {self.max_work} units of work (tables "
+                f"visited, vector items and string bytes read), the limit for {self.size} bytes: "
+                "its offsets point many times at the same data",
+                hint="the file is corrupt or crafted; a real program reads each part once or twice",
+            )
 
     def check(self, pos: int, length: int, what: str) -> None:
         """Fail unless ``[pos, pos + length)`` lies inside the buffer."""
@@ -109,7 +129,9 @@ class FlatBuffer:
 
     def deref(self, pos: int, what: str) -> int:
         """Follow the uoffset stored at ``pos``; return the absolute target position."""
-        target = pos + self.u32(pos, f"offset to {what}")
+        if pos < 0 or pos + 4 > self.size:
+            self.check(pos, 4, f"offset to {what}")
+        target: int = pos + _U32.unpack_from(self.data, pos)[0]
         if target >= self.size:
             self.fail(
                 f"corrupt FlatBuffer: offset to {what} points to byte {target}, "
@@ -122,44 +144,73 @@ class FlatBuffer:
         """The root table (its uoffset is at byte 0)."""
         return self.table_at(self.deref(0, what), what)
 
-    def table_at(self, pos: int, what: str) -> Table:
-        """The table whose start is at absolute position ``pos``, with its vtable checked."""
+    def table_at(self, pos: int, what: str, index: int | None = None) -> Table:
+        """The table whose start is at absolute position ``pos``, with its vtable checked.
+
+        ``what`` names it in errors (``what[index]`` when ``index`` is given: the name is only
+        spelled out when an error needs it, which matters on the hot path of long vectors).
+        """
         self.visits += 1
-        if self.visits > self.max_visits:
-            self.fail(
-                f"FlatBuffer visits more than {self.max_visits} tables, the limit for "
-                f"{self.size} bytes: its offsets point many times at the same data",
-                hint="the file is corrupt or crafted; a real program visits each table once or twice",
-            )
-        vtable = pos - self.i32(pos, f"{what} vtable offset")
-        self.check(vtable, 4, f"{what} vtable")
-        vt_len = self.u16(vtable)
-        obj_len = self.u16(vtable + 2)
+        self.work += 1
+        if self.work > self.max_work:
+            self.charge(0, _label(what, index))
+        size, data = self.size, self.data
+        if pos < 0 or pos + 4 > size:
+            self.check(pos, 4, f"{_label(what, index)} vtable offset")
+        vtable: int = pos - _I32.unpack_from(data, pos)[0]
+        if vtable < 0 or vtable + 4 > size:
+            self.check(vtable, 4, f"{_label(what, index)} vtable")
+        vt_len, obj_len = _VTABLE.unpack_from(data, vtable)
         if vt_len < 4 or vt_len % 2:
             self.fail(
-                f"corrupt FlatBuffer: {what} vtable has invalid length {vt_len}", offset=vtable
+                f"corrupt FlatBuffer: {_label(what, index)} vtable has invalid length {vt_len}",
+                offset=vtable,
             )
-        self.check(vtable, vt_len, f"{what} vtable")
+        if vtable + vt_len > size:
+            self.check(vtable, vt_len, f"{_label(what, index)} vtable")
         if obj_len < 4:
-            self.fail(f"corrupt FlatBuffer: {what} has invalid size {obj_len}", offset=pos)
-        self.check(pos, obj_len, what)
-        return Table(self, pos, vtable, vt_len, obj_len, what)
+            self.fail(f"corrupt FlatBuffer: {_label(what, index)} has invalid size {obj_len}", offset=pos)
+        if pos + obj_len > size:
+            self.check(pos, obj_len, _label(what, index))
+        return Table(self, pos, vtable, vt_len, obj_len, what, index)
+
+
+def _label(what: str, index: int | None) -> str:
+    return what if index is None else f"{what}[{index}]"
 
 
 class Table:
-    """One FlatBuffer table; fields are addressed by vtable slot (4 + 2 * field id)."""
+    """One FlatBuffer table; fields are addressed by vtable slot (4 + 2 * field id).
 
-    __slots__ = ("buf", "obj_len", "pos", "vt_len", "vtable", "what")
+    :meth:`FlatBuffer.table_at` checked that the whole vtable and the whole object lie inside the
+    buffer, so a field whose slot is inside the vtable and whose bytes are inside the object is
+    read without checking again.
+    """
+
+    __slots__ = ("_index", "_name", "buf", "obj_len", "pos", "vt_len", "vtable")
 
     def __init__(
-        self, buf: FlatBuffer, pos: int, vtable: int, vt_len: int, obj_len: int, what: str
+        self,
+        buf: FlatBuffer,
+        pos: int,
+        vtable: int,
+        vt_len: int,
+        obj_len: int,
+        what: str,
+        index: int | None = None,
     ) -> None:
         self.buf = buf
         self.pos = pos
         self.vtable = vtable
         self.vt_len = vt_len
         self.obj_len = obj_len
-        self.what = what
+        self._name = what
+        self._index = index
+
+    @property
+    def what(self) -> str:
+        """The table's name in errors (``values[3]``)."""
+        return _label(self._name, self._index)
 
     @property
     def field_count(self) -> int:
@@ -170,7 +221,7 @@ class Table:
         """Absolute position of the field at ``slot`` (``size`` bytes), or None if absent."""
         if slot >= self.vt_len:
             return None
-        rel = self.buf.u16(self.vtable + slot)
+        rel: int = _U16.unpack_from(self.buf.data, self.vtable + slot)[0]  # inside the vtable
         if rel == 0:
             return None
         if rel + size > self.obj_len:
@@ -182,11 +233,14 @@ class Table:
         return self.pos + rel
 
     def has(self, slot: int) -> bool:
-        return slot < self.vt_len and self.buf.u16(self.vtable + slot) != 0
+        return slot < self.vt_len and _U16.unpack_from(self.buf.data, self.vtable + slot)[0] != 0
 
     def u8(self, slot: int, name: str, default: int = 0) -> int:
         pos = self.field(slot, 1, name)
-        return default if pos is None else self.buf.u8(pos, name)
+        if pos is None:
+            return default
+        value: int = _U8.unpack_from(self.buf.data, pos)[0]  # inside the object
+        return value
 
     def i8(self, slot: int, name: str, default: int = 0) -> int:
         value = self.u8(slot, name, default & 0xFF)
@@ -249,10 +303,15 @@ class Table:
         if vec is None:
             return []
         start, count = vec
-        return [
-            self.buf.table_at(self.buf.deref(start + 4 * i, f"{name}[{i}]"), f"{name}[{i}]")
-            for i in range(count)
-        ]
+        buf, data, size = self.buf, self.buf.data, self.buf.size
+        tables = []
+        for i in range(count):
+            at = start + 4 * i  # inside the buffer: the vector's length was checked
+            target: int = at + _U32.unpack_from(data, at)[0]
+            if target >= size:
+                buf.deref(at, f"{name}[{i}]")  # fails, naming the element
+            tables.append(buf.table_at(target, name, i))
+        return tables
 
     def scalars(self, slot: int, name: str, fmt: str, limit: int) -> tuple[int | float, ...]:
         """The items of a scalar vector field (``fmt`` one struct code, e.g. ``"q"``), unpacked at once."""
@@ -261,6 +320,7 @@ class Table:
         if vec is None:
             return ()
         start, count = vec
+        self.buf.charge(1 + count // SCALARS_PER_UNIT, f"{self.what}.{name}")
         values: tuple[int | float, ...] = struct.unpack_from(f"<{count}{fmt}", self.buf.data, start)
         return values
 
@@ -274,6 +334,7 @@ class Table:
         if vec is None:
             return None
         start, count = vec
+        self.buf.charge(1 + count // STRING_BYTES_PER_UNIT, f"{self.what}.{name}")
         raw = bytes(self.buf.data[start : start + count])
         try:
             return raw.decode("utf-8")
@@ -285,9 +346,11 @@ class Table:
 
 
 __all__ = [
-    "BYTES_PER_TABLE_VISIT",
-    "DEFAULT_MAX_TABLES",
-    "MIN_TABLE_VISITS",
+    "BYTES_PER_WORK_UNIT",
+    "DEFAULT_MAX_WORK",
+    "MIN_WORK",
+    "SCALARS_PER_UNIT",
+    "STRING_BYTES_PER_UNIT",
     "FlatBuffer",
     "Table",
 ]

@@ -40,7 +40,7 @@ from etm_compat.constants import (
 )
 from etm_compat.errors import PteFormatError, UnreadableError
 from etm_compat.fileio import open_regular
-from etm_compat.formats.flatbuf import FlatBuffer, Table
+from etm_compat.formats.flatbuf import SCALARS_PER_UNIT, FlatBuffer, Table
 from etm_compat.formats.flatfile import has_identifier, read_flat_head, view_flat_head
 from etm_compat.formats.pte_header import PTE_FILE, PteHeader
 from etm_compat.formats.treespec import ConstantValue, unflatten
@@ -56,13 +56,14 @@ MAX_NAMED_DATA: Final = 1_000_000
 #: per program; a larger or later one reads as None (constant methods return metadata, not weights).
 MAX_CONSTANT_TENSOR_BYTES: Final = 64 * 1024
 MAX_CONSTANT_TENSORS: Final = 64
+#: Characters of a constant method's pytree spec per work unit (:mod:`etm_compat.formats.flatbuf`).
+_SPEC_CHARS_PER_UNIT: Final = 4
 
 # Vtable slots (4 + 2 * field id), program.fbs; see docs/research notes section 2.
 _PROGRAM_EXECUTION_PLAN, _PROGRAM_SEGMENTS, _PROGRAM_CONSTANT_SEGMENT = 6, 12, 14
 _PROGRAM_NAMED_DATA = 18
 _SUBSEGMENT_INDEX, _SUBSEGMENT_OFFSETS = 4, 6
-_PLAN_NAME, _PLAN_META, _PLAN_VALUES, _PLAN_INPUTS = 4, 6, 8, 10
-_PLAN_OUTPUTS, _PLAN_CHAINS, _PLAN_DELEGATES = 12, 14, 18
+_PLAN_NAME, _PLAN_META, _PLAN_VALUES, _PLAN_INPUTS, _PLAN_OUTPUTS, _PLAN_CHAINS, _PLAN_DELEGATES = 4, 6, 8, 10, 12, 14, 18
 _META_OUT_STR = 6
 _CHAIN_INSTRUCTIONS = 8
 _EVALUE_TYPE, _EVALUE_VAL = 4, 6
@@ -260,6 +261,8 @@ def _read_constant(
     plan: Table, name: str, values: list[Table], tensors: _ConstantTensors
 ) -> ConstantValue:
     outputs = plan.ints(_PLAN_OUTPUTS, f"{name}.outputs", "i", MAX_VALUES)
+    # An EValue read per output, a unit each even when it visits no table (a None).
+    plan.buf.charge(len(outputs), f"{name}.outputs")
     flat: list[ConstantValue] = []
     for out in outputs:
         if not 0 <= out < len(values):
@@ -270,6 +273,8 @@ def _read_constant(
         flat.append(_evalue(values[out], f"{name}.values[{out}]", tensors))
     meta = plan.table(_PLAN_META, "container_meta_type")
     spec = meta.string(_META_OUT_STR, "encoded_out_str") if meta is not None else None
+    if spec is not None:  # parsed character by character: far more work than decoding it
+        plan.buf.charge(len(spec) // _SPEC_CHARS_PER_UNIT, f"{name}.encoded_out_str")
     return unflatten(spec, flat)
 
 
@@ -337,6 +342,7 @@ class _ConstantTensors:
         if nbytes > MAX_CONSTANT_TENSOR_BYTES or at + nbytes > self.size or self.left < 1:
             return None
         self.left -= 1
+        tensor.buf.charge(1 + count // SCALARS_PER_UNIT, "a constant tensor")
         raw = self.fetch(self.start + at, nbytes)
         if len(raw) != nbytes:
             tensor.buf.fail("file is truncated inside a constant tensor", offset=self.start + at)

@@ -12,7 +12,6 @@ from typing import Any, Final
 from etm_compat.errors import EtmError
 from etm_compat.formats.configs import template_from_config
 from etm_compat.formats.pte import PteInfo
-from etm_compat.formats.tokenizer.model import TokenizerInfo
 from etm_compat.infer.records import Ledger, as_int, as_number
 from etm_compat.prompt.families import Family
 from etm_compat.prompt.substitution import derive_prompt_format
@@ -21,6 +20,10 @@ from etm_compat.prompt.substitution import derive_prompt_format
 GENERATION_KEYS: Final = ("temperature", "top_p", "top_k", "max_new_tokens")
 #: Where a shipped template is looked for, strongest first (transformers: files before the key).
 TEMPLATE_ROLES: Final = ("chat_template", "tokenizer_config")
+#: The special tokens transformers names on every tokenizer (``SPECIAL_TOKENS_ATTRIBUTES``).
+NAMED_SPECIAL_TOKENS: Final = (
+    "bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token",
+)  # fmt: skip
 
 
 def shipped_template(
@@ -75,19 +78,94 @@ def choose_template(
     return None, None
 
 
-def eos_text(tokenizer: TokenizerInfo | None, family: Family | None) -> str | None:
-    if tokenizer is not None and tokenizer.eos_token:
-        return tokenizer.eos_token
-    return family.eos_token if family is not None else None
+def _special_text(value: Any, *, typed: bool = False) -> str | None:
+    """A special-token value as transformers reads it: a string, or an AddedToken's content
+    (with ``typed``, only a serialised ``{"__type": "AddedToken", ...}`` counts)."""
+    if isinstance(value, Mapping) and (not typed or value.get("__type") == "AddedToken"):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _declared_tokens(configs: Mapping[str, Any]) -> dict[str, tuple[str | None, str]]:
+    """Every special token the configs declare: ``name -> (text, config role)``, text None when
+    declared null.
+
+    As transformers 5.x loads a tokenizer folder: the named tokens of tokenizer_config.json,
+    overridden by special_tokens_map.json's unless the config has ``added_tokens_decoder``; and
+    the model-specific ones (any other ``*_token`` key holding a token, the entries of an
+    ``extra_special_tokens``/``additional_special_tokens`` object), where the config's string
+    values and objects win over the rest.
+    """
+    tc = configs.get("tokenizer_config")
+    config: Mapping[str, Any] = tc if isinstance(tc, Mapping) else {}
+    stm = configs.get("special_tokens_map")
+    special: Mapping[str, Any] = stm if isinstance(stm, Mapping) and "added_tokens_decoder" not in config else {}
+    named: dict[str, tuple[str | None, str]] = {}
+    found: dict[str, tuple[str | None, str]] = {}  # model-specific, found among other keys
+    given: dict[str, tuple[str | None, str]] = {}  # model-specific, given explicitly
+    for role, source in (("tokenizer_config", config), ("special_tokens_map", special)):
+        for key, value in source.items():
+            if key in NAMED_SPECIAL_TOKENS:
+                named[key] = (_special_text(value), role)
+            elif key.endswith("_token"):
+                typed = _special_text(value, typed=True)
+                if role == "tokenizer_config" and isinstance(value, str):
+                    given[key] = (value, role)
+                elif (text := typed if role == "tokenizer_config" else _special_text(value)) is not None:
+                    found[key] = (text, role)
+        for key in ("additional_special_tokens", "extra_special_tokens"):
+            extra = source.get(key)
+            if isinstance(extra, Mapping):  # a named object (a list names no variables)
+                for name, value in extra.items():
+                    if isinstance(name, str) and (text := _special_text(value, typed=True)) is not None:
+                        given[name] = (text, role)
+    return {**named, **found, **given}
+
+
+def template_tokens(
+    configs: Mapping[str, Any],
+    names: Mapping[str, str],
+    own: Mapping[str, str | None],
+    own_source: str,
+    family: Family | None,
+    ledger: Ledger,
+) -> dict[str, str]:
+    """The special-token strings a chat template sees: transformers' ``special_tokens_map``.
+
+    The tokens the deployment's configs declare, as transformers reads them (see
+    :func:`_declared_tokens`; one declared null stays absent). Only when the configs declare
+    none at all (a SentencePiece, tiktoken or llama2.c tokenizer, a bare tokenizer.json) does each
+    name in ``own`` take the tokenizer's own text ``own[name]``, else the family registry's.
+    """
+    declared = _declared_tokens(configs)
+    for name, (text, role) in declared.items():
+        ledger.note(names[role], "special_tokens_map", text, f"{name} for the chat template")
+    if declared:
+        return {name: text for name, (text, _) in declared.items() if text is not None}
+    tokens: dict[str, str] = {}
+    for name, text in own.items():
+        source = own_source
+        if text is None and family is not None:
+            text, source = getattr(family, name, None), f"registry:{family.id}"
+        if text is not None:
+            tokens[name] = text
+            ledger.note(source, "special_tokens_map", text, f"{name} (no config names one)")
+    return tokens
 
 
 def prompt_format(
-    template: str | None, source: str | None, bos: str | None, eos: str | None, ledger: Ledger
+    template: str | None, source: str | None, tokens: Mapping[str, str], ledger: Ledger
 ) -> Mapping[str, Any] | None:
+    """The template's substitution form, rendered with its special-token strings ``tokens``."""
     if template is None:
         return None
     try:
-        derived = derive_prompt_format(template, bos_token=bos, eos_token=eos)
+        derived = derive_prompt_format(
+            template,
+            bos_token=tokens.get("bos_token"),
+            eos_token=tokens.get("eos_token"),
+            special_tokens=tokens,
+        )
     except (EtmError, ValueError, TypeError) as exc:
         ledger.find(
             "template-render-failed",
@@ -170,11 +248,12 @@ def lengths(
 
 __all__ = [
     "GENERATION_KEYS",
+    "NAMED_SPECIAL_TOKENS",
     "TEMPLATE_ROLES",
     "choose_template",
-    "eos_text",
     "generation",
     "lengths",
     "prompt_format",
     "shipped_template",
+    "template_tokens",
 ]

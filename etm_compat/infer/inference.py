@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
@@ -78,6 +78,9 @@ class Inference:
     evidence: tuple[Evidence, ...]
     conflicts: tuple[Conflict, ...]
     findings: tuple[Finding, ...]
+    #: The special-token strings the chat template sees (transformers' ``special_tokens_map``):
+    #: the deployment's configs, else the tokenizer's own, else the family's.
+    special_tokens_map: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def to_json(self) -> dict[str, Any]:
         """Every field as JSON-ready values (evidence, conflicts and findings included)."""
@@ -91,6 +94,7 @@ class Inference:
             "prompt_format": jsonable(self.prompt_format),
             "bos_id": self.bos_id,
             "bos_token": self.bos_token,
+            "special_tokens_map": dict(self.special_tokens_map),
             "eos_ids": list(self.eos_ids),
             "stop_token_ids": list(self.stop_token_ids),
             "stop_token_sources": {str(k): list(v) for k, v in self.stop_token_sources.items()},
@@ -263,13 +267,15 @@ def infer_from_parts(
         ),
         ledger,
     )
-    prompt_format = infer_fields.prompt_format(
-        chat_template,
-        template_source,
-        tokens.bos_token,
-        infer_fields.eos_text(tokenizer, family),
+    special_tokens = infer_fields.template_tokens(
+        configs,
+        names,
+        {"bos_token": tokens.bos_token, "eos_token": tokenizer.eos_token if tokenizer else None},
+        tok_source,
+        family,
         ledger,
     )
+    prompt_format = infer_fields.prompt_format(chat_template, template_source, special_tokens, ledger)
     generation = infer_fields.generation(configs, names, family, ledger)
     max_seq_len, max_context_len = infer_fields.lengths(pte, pte_source, configs, names, ledger)
     return Inference(
@@ -293,6 +299,7 @@ def infer_from_parts(
         evidence=tuple(ledger.evidence),
         conflicts=tuple(ledger.conflicts),
         findings=tuple(ledger.findings),
+        special_tokens_map=MappingProxyType(special_tokens),
     )
 
 

@@ -83,7 +83,7 @@ def export_metadata(export: Any) -> dict[str, Any]:
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the interpreter's stack
             return {}
     return dict(raw) if isinstance(raw, Mapping) else {}
 

@@ -7,10 +7,10 @@ downstream (inference, packing, diagnostics, the loader) takes those records, ne
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, get_args, runtime_checkable
 
 #: Roles of the configuration files a deployment may carry besides program/tokenizer/weights.
 ConfigRole = Literal[
@@ -85,7 +85,16 @@ class Deployment:
         for part in self.parts:
             files.append(part.path)
             files.extend(part.weights)
-        return tuple(dict.fromkeys(files))
+        # Deduplicated by spelling (what Path equality compares here): hashing a Path costs
+        # more than the rest of an upgrade re-run's check of a deployment.
+        seen: set[str] = set()
+        unique = []
+        for path in files:
+            text = str(path)
+            if text not in seen:
+                seen.add(text)
+                unique.append(path)
+        return tuple(unique)
 
     def to_json(self) -> dict[str, object]:
         def rel(p: Path) -> str:
@@ -106,12 +115,74 @@ class Deployment:
         }
 
 
+def deployment_record(dep: Deployment, rel: Callable[[Path], str]) -> dict[str, Any]:
+    """``dep`` as plain JSON data, every path spelled by ``rel`` (relative to a scan root):
+    what an upgrade remembers of a folder it read (see :func:`deployment_from_record`)."""
+    return {
+        "root": rel(dep.root),
+        "program": rel(dep.program),
+        "layout": dep.layout,
+        "tokenizer": rel(dep.tokenizer) if dep.tokenizer is not None else None,
+        "weights": [rel(p) for p in dep.weights],
+        "configs": {role: rel(p) for role, p in dep.configs.items()},
+        "notes": list(dep.notes),
+        "left_out": [[rel(p), why] for p, why in dep.left_out],
+        "problem": dep.problem,
+        "weight_roles": [[rel(p), role] for p, role in dep.weight_roles.items()],
+        "parts": [[part.name, part.role, rel(part.path), [rel(p) for p in part.weights]] for part in dep.parts],
+    }
+
+
+_CONFIG_ROLES: frozenset[str] = frozenset(get_args(ConfigRole))
+
+
+def deployment_from_record(data: Any, path: Callable[[Any], Path]) -> Deployment:
+    """The :class:`Deployment` a :func:`deployment_record` describes; ``path`` turns each
+    recorded path back into a :class:`~pathlib.Path` (and refuses one it does not accept).
+
+    The record is untrusted (it is read from a file): a wrong type raises TypeError,
+    ValueError or KeyError, never builds a half-checked deployment.
+    """
+
+    def text(value: Any) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, found {type(value).__name__}")
+        return value
+
+    def optional(value: Any, convert: Callable[[Any], Any]) -> Any:
+        return None if value is None else convert(value)
+
+    configs = {}
+    for role, where in dict(data["configs"]).items():
+        if role not in _CONFIG_ROLES:
+            raise ValueError(f"unknown config role {role!r}")
+        configs[cast(ConfigRole, role)] = path(where)
+    return Deployment(
+        root=path(data["root"]),
+        program=path(data["program"]),
+        layout=text(data["layout"]),
+        tokenizer=optional(data["tokenizer"], path),
+        weights=tuple(path(p) for p in data["weights"]),
+        configs=configs,
+        notes=tuple(text(n) for n in data["notes"]),
+        left_out=tuple((path(p), text(why)) for p, why in data["left_out"]),
+        problem=optional(data["problem"], text),
+        weight_roles={path(p): text(role) for p, role in data["weight_roles"]},
+        parts=tuple(
+            ProgramPart(text(name), text(role), path(where), tuple(path(p) for p in weights))
+            for name, role, where, weights in data["parts"]
+        ),
+    )
+
+
 @runtime_checkable
 class Adapter(Protocol):
     """Reads one legacy layout. ``detect`` is cheap; ``read`` may read file heads.
 
     ``root`` is the top of the tree being scanned (None for a folder on its own): files a
     program needs but its folder lacks (a tokenizer shared by a tree) are searched up to it.
+    Both read only files found through :func:`etm_compat.legacy.files.list_files`: an upgrade
+    re-run reuses what was read from a folder while the folders listed then are unchanged.
     """
 
     name: str

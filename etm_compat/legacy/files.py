@@ -7,13 +7,17 @@ decision is by content or fixed name, never by guessing from other names.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from etm_compat.constants import TOKENIZER_SUFFIXES
+from etm_compat.constants import ETM_SUFFIX, TOKENIZER_SUFFIXES
 from etm_compat.errors import InputError, UnreadableError
 from etm_compat.fileio import read_capped
 from etm_compat.formats.tokenizer.detect import looks_like_tokenizer
@@ -45,8 +49,95 @@ NOTEBOOK_SUFFIXES: Final = (".ipynb",)
 STUB_CONFIG_MAX_BYTES: Final = 256
 
 
+@dataclass(frozen=True)
+class FolderStamp:
+    """What a folder held when it was listed: a digest of every entry's name and kind, and of
+    each file's size, mtime and inode (``digest``); the entry ``names``; the newest file mtime.
+
+    Two stamps of a folder are equal iff no entry appeared, went or changed kind, and no file
+    changed size, mtime or inode since: what a re-run needs to reuse what was read from it.
+    The upgrade's own outputs (``*.etm``, their lock and temporary files, the packer's
+    ``.etm-pack-*`` folders, the state folder) are not part of it; no adapter reads them.
+    """
+
+    digest: str
+    names: frozenset[str]
+    newest_mtime_ns: int
+
+
+#: The hidden folder where ``upgrade`` keeps what it remembers between runs (etm_compat.bulk.state).
+UPGRADE_STATE_DIR: Final = ".etm-upgrade"
+
+
+def _own_output(name: str) -> bool:
+    return name.endswith(ETM_SUFFIX) or name == UPGRADE_STATE_DIR or (
+        name.startswith(".") and name.endswith((ETM_SUFFIX + ".lock", ".tmp"))
+    ) or name.startswith(".etm-pack-")
+
+
+def stamp_entries(entries: Iterable[os.DirEntry[str]]) -> FolderStamp:
+    """The :class:`FolderStamp` of a folder from its ``os.scandir`` entries (one stat per file)."""
+    rows: list[tuple[str, str, int, int, int]] = []
+    newest = 0
+    for entry in entries:
+        name = entry.name
+        if _own_output(name):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                rows.append((name, "d", 0, 0, 0))
+                continue
+            st = entry.stat()
+        except OSError:  # a dangling symlink, or the entry just went
+            rows.append((name, "x", 0, 0, 0))
+            continue
+        kind = "f" if entry.is_file() else "o"
+        rows.append((name, kind, st.st_size, st.st_mtime_ns, st.st_ino))
+        newest = max(newest, st.st_mtime_ns)
+    rows.sort()
+    digest = hashlib.blake2b(repr(rows).encode("utf-8"), digest_size=16).hexdigest()
+    return FolderStamp(digest, frozenset(r[0] for r in rows), newest)
+
+
+def folder_stamp(folder: Path) -> FolderStamp:
+    """The :class:`FolderStamp` of ``folder`` now; raises OSError when it cannot be listed."""
+    with os.scandir(folder) as it:
+        return stamp_entries(list(it))
+
+
+@dataclass(frozen=True)
+class _Listing:
+    stamp: FolderStamp
+    files: tuple[Path, ...]
+
+
+#: Inside :func:`recording_listings`: every folder :func:`list_files` listed, stamp and files.
+_LISTED: ContextVar[dict[Path, _Listing] | None] = ContextVar("etm_listed", default=None)
+
+
+@contextmanager
+def recording_listings() -> Iterator[Mapping[Path, FolderStamp]]:
+    """Record every folder :func:`list_files` lists in this context, with its stamp taken from
+    that listing, before any file in it is read (adapters read only files they found through
+    :func:`list_files`, so a folder's deployments depend on those folders and nothing else).
+    Each folder is listed once in the context. Yields ``{folder: stamp}``, filled when the
+    context ends.
+    """
+    listed: dict[Path, _Listing] = {}
+    stamps: dict[Path, FolderStamp] = {}
+    token = _LISTED.set(listed)
+    try:
+        yield stamps
+    finally:
+        _LISTED.reset(token)
+        stamps.update((folder, listing.stamp) for folder, listing in listed.items())
+
+
 def list_files(folder: Path) -> list[Path]:
     """Regular files directly in ``folder``, sorted by name (symlinks to files count)."""
+    listed = _LISTED.get()
+    if listed is not None and folder in listed:
+        return list(listed[folder].files)
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
@@ -58,6 +149,8 @@ def list_files(folder: Path) -> list[Path]:
                 files.append(Path(entry.path))
         except OSError:
             continue
+    if listed is not None:
+        listed[folder] = _Listing(stamp_entries(entries), tuple(files))
     return files
 
 
@@ -168,12 +261,17 @@ __all__ = [
     "NOT_TOKENIZERS",
     "TOKENIZER_CONFIG_ROLES",
     "TOKENIZER_NAMES",
+    "UPGRADE_STATE_DIR",
+    "FolderStamp",
     "find_configs",
+    "folder_stamp",
     "hub_snapshot",
     "is_stub_config",
     "left_out",
     "list_files",
     "named_tokenizer",
+    "recording_listings",
+    "stamp_entries",
     "tokenizer_candidates",
     "tokenizer_in",
 ]

@@ -53,6 +53,7 @@ __all__ = [
     "CompiledTemplate",
     "Message",
     "RenderLimits",
+    "check_messages",
     "compile_template",
     "render_chat",
 ]
@@ -180,18 +181,43 @@ def _alias_reasoning(chat: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _prepare_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+def check_messages(messages: object) -> None:
+    """A conversation is a non-empty list of mappings; roles and keys are the template's business.
+
+    >>> check_messages([{"role": "observation", "content": None}])
+    """
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
-        raise UsageError("messages must be a list of {'role', 'content'} mappings")
+        raise UsageError(
+            f"messages must be a list of {{role, content}} mappings, not {type(messages).__name__}",
+            hint='pass [{"role": "user", "content": "Hello"}]',
+        )
     if len(messages) == 0:
         raise UsageError("cannot render an empty conversation", hint="give at least one message")
-    chat = []
     for message in messages:
         if not isinstance(message, Mapping):
-            raise UsageError(f"chat messages must be mappings, got {type(message).__name__}")
-        # Like apply_chat_template: keys whose value is None are dropped before rendering.
-        chat.append(_plain({k: v for k, v in message.items() if v is not None}))
+            raise UsageError(
+                f"chat messages must be mappings, got {type(message).__name__}",
+                hint='pass [{"role": "user", "content": "Hello"}]',
+            )
+
+
+def _prepare_messages(messages: Sequence[Message], *, drop_none: bool) -> list[dict[str, Any]]:
+    """The messages as the template sees them: plain JSON types, reasoning fields aliased.
+
+    ``drop_none`` removes the keys whose value is None first, as transformers 5.x
+    ``apply_chat_template`` does (``_normalize_chat_messages``); without it the messages reach
+    the template as given, as ``render_jinja_template`` (and transformers 4.x) has them.
+    """
+    chat = []
+    for message in messages:
+        if drop_none:
+            message = {k: v for k, v in message.items() if v is not None}
+        chat.append(_plain(message))
     return _alias_reasoning(chat)
+
+
+def _has_none(messages: Sequence[Message]) -> bool:
+    return any(value is None for message in messages for value in message.values())
 
 
 def _tag_final_message(chat: list[dict[str, Any]], field: str, source: str) -> str:
@@ -230,29 +256,33 @@ def _cut_at_tag(rendered: str, final: str) -> str:
 
 
 def _generate(compiled: CompiledTemplate, variables: dict[str, Any], limits: RenderLimits) -> str:
-    budget = Budget(time.monotonic() + limits.max_seconds, limits.max_output_chars)
+    # One budget (deadline, steps, sizes, memory) that every operation of the template charges,
+    # inside the caller's shared budget if there is one (bounds.shared_budget).
+    budget = Budget.start(limits, within=BUDGET.get())
     token = BUDGET.set(budget)
     pieces: list[str] = []
     total = 0
     try:
+        check_time()  # a shared budget may have run out in an earlier rendering
         for piece in compiled.template.generate(**variables):
             total += len(piece)
             if total > limits.max_output_chars:
                 over_limit(
                     f"chat template output exceeds the limit of {limits.max_output_chars} characters"
                 )
-            check_time()
+            budget.step()
             pieces.append(piece)
     except TemplateError:
         raise
     except jinja2.exceptions.SecurityError as exc:
-        raise TemplateError(f"chat template tried an unsafe operation: {exc}") from exc
-    except jinja2.exceptions.TemplateError as exc:
-        raise TemplateError(f"chat template raised an error: {exc}") from exc
+        raise TemplateError(f"chat template tried an unsafe operation: {str(exc)[:500]}") from exc
+    except jinja2.exceptions.TemplateError as exc:  # raise_exception's message, at most 500 chars
+        raise TemplateError(f"chat template raised an error: {str(exc)[:500]}") from exc
     except (RecursionError, MemoryError) as exc:
         raise TemplateError(f"chat template exhausted resources: {type(exc).__name__}") from exc
     except Exception as exc:  # a template can fail in any builtin; report it as template failure
-        raise TemplateError(f"chat template failed: {type(exc).__name__}: {exc}") from exc
+        text = str(exc)[:500]
+        raise TemplateError(f"chat template failed: {type(exc).__name__}: {text}") from exc
     finally:
         BUDGET.reset(token)
     return "".join(pieces)
@@ -275,7 +305,11 @@ def render_chat(
     """Render ``messages`` with a chat template, byte-identical to transformers.
 
     ``special_tokens`` plays the role of the tokenizer's ``special_tokens_map``; ``bos_token``
-    and ``eos_token`` override it, and ``extra`` keyword variables override both.
+    and ``eos_token`` override it, and ``extra`` keyword variables (``enable_thinking``...)
+    override both; a variable not given is undefined, so the template's own default applies.
+    Messages may have any role and any keys. A message key whose value is None is dropped, as
+    transformers 5.x does; when the template then fails, it renders the messages as given (a
+    template that reads ``message.content`` of ``{"content": null, "tool_calls": [...]}``).
 
     >>> render_chat("{{ bos_token }}{{ messages[-1].content }}", [{"role": "user", "content": "x"}],
     ...             bos_token="<s>")
@@ -287,7 +321,7 @@ def render_chat(
             "continue_final_message and add_generation_prompt are not compatible",
             hint="pass add_generation_prompt=False to continue the final message",
         )
-    chat = _prepare_messages(messages)
+    check_messages(messages)
     if documents is not None and not all(isinstance(d, Mapping) for d in documents):
         raise UsageError("documents must be a list of mappings with 'title' and 'text'")
     variables: dict[str, Any] = dict(special_tokens or {})
@@ -297,18 +331,28 @@ def render_chat(
         variables["eos_token"] = eos_token
     variables.update(extra)
     variables = _plain(variables)
-    final = None
-    if continue_final_message:
-        field = continue_final_message if isinstance(continue_final_message, str) else "content"
-        final = _tag_final_message(chat, field, compiled.source)
     variables.update(
-        messages=chat,
         tools=_plain(list(tools)) if tools is not None else None,
         documents=_plain(list(documents)) if documents is not None else None,
         add_generation_prompt=add_generation_prompt,
     )
-    rendered = _generate(compiled, variables, limits)
-    return _cut_at_tag(rendered, final) if final is not None else rendered
+    # transformers 5.x drops None-valued keys ("content": null) before rendering; where that
+    # breaks the template (it reads message.content of a tool call), the messages as given
+    # render it, as transformers' own renderer and 4.x apply_chat_template do.
+    failure: TemplateError | None = None
+    for drop_none in (True, False) if _has_none(messages) else (True,):
+        chat = _prepare_messages(messages, drop_none=drop_none)
+        final = None
+        if continue_final_message:
+            field = continue_final_message if isinstance(continue_final_message, str) else "content"
+            final = _tag_final_message(chat, field, compiled.source)
+        try:
+            rendered = _generate(compiled, {**variables, "messages": chat}, limits)
+            return _cut_at_tag(rendered, final) if final is not None else rendered
+        except TemplateError as exc:
+            failure = failure or exc
+    assert failure is not None
+    raise failure
 
 
 def _conversations() -> dict[str, list[Message]]:

@@ -1,13 +1,15 @@
-"""The bounded Jinja sandbox behind :mod:`etm_compat.prompt.chat`: deadline, size budget, guards.
+"""The bounded Jinja sandbox behind :mod:`etm_compat.prompt.chat`: every kind of work is charged.
 
 Chat templates arrive inside untrusted archives, so rendering is sandboxed (Jinja's
-``ImmutableSandboxedEnvironment``, no underscore attributes, no mutation of inputs) and bounded:
-every attribute access, call, loop step over ``range`` and operator checks a deadline, and
-operations that grow strings or lists (``*``, ``+``, ``~``, ``**``, padding filters and methods)
-are refused before they allocate more than the output limit. No threads are used.
-
-The budget of the rendering in progress lives in :data:`BUDGET` (a context variable set by
-:mod:`etm_compat.prompt.chat` around compiling and rendering); outside it only the width guards apply.
+``ImmutableSandboxedEnvironment``: no underscore attributes, no mutation of inputs) and charged
+to the :class:`~etm_compat.prompt.bounds.Budget` of the rendering in progress as it happens:
+every loop iteration (``for`` over anything, recursive ``loop()``, filters walking a sequence),
+call, lookup, operator, filter, test and output is a step, with the deadline checked at each;
+a string, list or dict the template builds is refused before it is built when it would hold
+more than the limit, nested items counted; a value turned into text (``{{ x }}``, ``~``,
+``join``, ``%``, ``format``...) is measured first; all that is built counts against a memory
+limit. The generated code sends loops through :meth:`BoundedEnvironment.iterate`, output through
+``finalize``, block output through ``concat`` and literals through ``built_literal``.
 
 >>> env = BoundedEnvironment()
 >>> env.from_string("{{ 'ab' * 2 }}").render()
@@ -16,116 +18,136 @@ The budget of the rendering in progress lives in :data:`BUDGET` (a context varia
 
 from __future__ import annotations
 
-import contextvars
-import json
-import re
-import string
+import inspect
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from types import CodeType
+from typing import Any, Final
 
 import jinja2
+import jinja2.filters
 import jinja2.nodes
 import jinja2.utils
 from jinja2.compiler import CodeGenerator, Frame
+from jinja2.optimizer import Optimizer
+from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from etm_compat.errors import TemplateError
+from etm_compat.prompt.bounds import (
+    BUDGET,
+    Budget,
+    CountedIterator,
+    RenderLimits,
+    bounded_json,
+    bounded_text,
+    check_built,
+    check_format_spec,
+    check_percent_format,
+    check_size,
+    check_text_size,
+    check_texts,
+    check_time,
+    current_limit,
+    deep_size,
+    over_limit,
+    step,
+    text_size,
+)
 
 __all__ = [
-    "BUDGET",
-    "MAX_RANGE",
-    "BoundedEnvironment",
-    "Budget",
-    "GuardedRange",
-    "RenderLimits",
-    "TemplateDict",
-    "TemplateNamespace",
-    "check_time",
-    "guard_filter",
-    "over_limit",
-    "tojson",
-]
+    "BUDGET", "MAX_RANGE", "BoundedEnvironment", "Budget", "GuardedRange", "RenderLimits",
+    "TemplateDict", "TemplateNamespace", "check_time", "guard_filter", "over_limit", "tojson",
+]  # fmt: skip
 
 #: Largest ``range()`` a template may build (Jinja's sandbox default).
 MAX_RANGE: Final = 100_000
-_PADDING_METHODS: Final = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+#: Filters and tests that turn their value and arguments into text.
+_TEXT_TESTS: Final = frozenset({"lower", "upper"})
+_TEXT_FILTERS: Final = frozenset(
+    {"capitalize", "center", "e", "escape", "forceescape", "format", "indent", "lower", "pprint",
+     "replace", "safe", "string", "striptags", "title", "trim", "truncate", "upper", "urlencode",
+     "urlize", "wordcount", "wordwrap", "xmlattr"}
+)  # fmt: skip
+#: Filters that walk their value item by item: the walk is charged one step per item.
+_ITERATING_FILTERS: Final = frozenset(
+    {"batch", "first", "groupby", "list", "map", "max", "min", "reject", "rejectattr", "select",
+     "selectattr", "slice", "sort", "sum", "unique"}
+)  # fmt: skip
+_PADDING_METHODS: Final = frozenset({"center", "ljust", "rjust", "zfill"})
+_SCALARS: Final = (str, int, float, bool, type(None))
+_LINE_BREAKS: Final = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+#: Largest container (items and characters) that constant folding may write into the code,
+#: and the steps and seconds one fold may take.
+_MAX_FOLDED: Final = 4096
+_FOLD_STEPS: Final = 20_000
+_FOLD_SECONDS: Final = 0.05
 
 
-@dataclass(frozen=True)
-class RenderLimits:
-    """Bounds on one rendering: wall-clock seconds and characters of output (or of any string)."""
-
-    max_seconds: float = 2.0
-    max_output_chars: int = 1_000_000
-
-
-@dataclass(frozen=True)
-class Budget:
-    deadline: float
-    max_chars: int
+def _bounded_range(*args: int) -> range:
+    """``range`` of at most :data:`MAX_RANGE` numbers (as Jinja's sandbox); loops over it and
+    filters walking it are charged per number like any other iterable."""
+    numbers = range(*args)
+    if len(numbers) > MAX_RANGE:
+        over_limit(f"range() of {len(numbers)} items exceeds the limit of {MAX_RANGE}")
+    return numbers
 
 
-BUDGET: contextvars.ContextVar[Budget | None] = contextvars.ContextVar(
-    "etm_chat_budget", default=None
-)
+#: The ``range`` global (chat.py installs it under this name).
+GuardedRange: Final = _bounded_range
 
 
-def over_limit(message: str) -> NoReturn:
-    raise TemplateError(message, hint="the template may be hostile or broken; check its source")
+class _FoldBudget(Budget):
+    """The budget of folding one constant expression while compiling."""
 
 
-def check_time() -> Budget | None:
-    budget = BUDGET.get()
-    if budget is not None and time.monotonic() > budget.deadline:
-        over_limit("chat template rendering exceeded its time limit")
-    return budget
+class _BoundedOptimizer(Optimizer):
+    """Jinja's constant folding (template code run while compiling), kept small: a fold gets a
+    few thousand steps and makes no container of more than a few thousand items (it becomes a
+    literal in the generated Python, which compiles a million-item literal in seconds and
+    hundreds of MB). What is not folded runs when rendering, under the rendering's budget."""
 
-
-def _check_size(size: int, what: str) -> None:
-    budget = check_time()
-    if budget is not None and size > budget.max_chars:
-        over_limit(
-            f"chat template {what} would be {size} characters, over the limit of {budget.max_chars}"
-        )
-
-
-def _sized(value: Any) -> int | None:
-    return len(value) if isinstance(value, (str, list, tuple)) else None
-
-
-class GuardedRange(Sequence[int]):
-    """``range`` whose iteration checks the deadline, so nested loops cannot run away."""
-
-    def __init__(self, *args: int) -> None:
-        self._range = range(*args)
-        if len(self._range) > MAX_RANGE:
-            over_limit(f"range() of {len(self._range)} items exceeds the limit of {MAX_RANGE}")
-
-    def __len__(self) -> int:
-        return len(self._range)
-
-    def __getitem__(self, index: Any) -> Any:
-        return self._range[index]
-
-    def __iter__(self) -> Iterator[int]:
-        for value in self._range:
-            check_time()
-            yield value
-
-    def __reversed__(self) -> Iterator[int]:
-        return iter(GuardedRange(self._range.start, self._range.stop, self._range.step)[::-1])
-
-    def __contains__(self, value: object) -> bool:
-        return value in self._range
-
-    def __repr__(self) -> str:
-        return repr(self._range)
+    def generic_visit(self, node: jinja2.nodes.Node, *args: Any, **kwargs: Any) -> Any:
+        outer = BUDGET.get()
+        token = None
+        if not isinstance(outer, _FoldBudget):  # the outermost fold of an expression
+            outer = outer or Budget.start(RenderLimits())
+            deadline = min(outer.deadline, time.monotonic() + _FOLD_SECONDS)
+            token = BUDGET.set(_FoldBudget(deadline, outer.max_chars, _FOLD_STEPS, outer.max_built))
+        try:
+            folded = super().generic_visit(node, *args, **kwargs)
+            large = isinstance(folded, jinja2.nodes.Const) and folded is not node and (
+                deep_size(folded.value, _MAX_FOLDED) > _MAX_FOLDED
+            )
+            return node if large else folded
+        except TemplateError:  # over the fold's budget: not folded
+            return node
+        finally:
+            if token is not None:
+                BUDGET.reset(token)
 
 
 class _GuardedCodeGenerator(CodeGenerator):
-    """Routes the ``~`` operator through a size check (Jinja compiles it to a plain join)."""
+    """Jinja's code generator with loops, ``~`` and container literals routed through checks."""
+
+    def __init__(self, environment: jinja2.Environment, *args: Any, **kwargs: Any) -> None:
+        super().__init__(environment, *args, **kwargs)
+        if self.optimizer is not None:
+            self.optimizer = _BoundedOptimizer(environment)
+        self._loop_iterables: set[int] = set()  # ids of the nodes that for loops walk
+
+    def visit(self, node: jinja2.nodes.Node, *args: Any, **kwargs: Any) -> Any:
+        if id(node) not in self._loop_iterables:
+            return super().visit(node, *args, **kwargs)
+        self.write("environment.iterate(")
+        super().visit(node, *args, **kwargs)
+        self.write(")")
+        return None
+
+    def visit_For(self, node: jinja2.nodes.For, frame: Frame) -> None:
+        self._loop_iterables.add(id(node.iter))
+        super().visit_For(node, frame)
 
     def visit_Concat(self, node: jinja2.nodes.Concat, frame: Frame) -> None:
         self.write("environment.guarded_concat((")
@@ -133,6 +155,29 @@ class _GuardedCodeGenerator(CodeGenerator):
             self.visit(arg, frame)
             self.write(", ")
         self.write("))")
+
+    def _checked_literal(self, node: Any, frame: Frame, visit: Callable[..., None]) -> None:
+        if getattr(node, "ctx", "load") != "load" or all(_is_const(item) for item in node.items):
+            visit(node, frame)  # assignment targets and constants are bounded by the source
+            return
+        self.write("environment.built_literal(")
+        visit(node, frame)
+        self.write(")")
+
+    def visit_List(self, node: jinja2.nodes.List, frame: Frame) -> None:
+        self._checked_literal(node, frame, super().visit_List)
+
+    def visit_Tuple(self, node: jinja2.nodes.Tuple, frame: Frame) -> None:
+        self._checked_literal(node, frame, super().visit_Tuple)
+
+    def visit_Dict(self, node: jinja2.nodes.Dict, frame: Frame) -> None:
+        self._checked_literal(node, frame, super().visit_Dict)
+
+
+def _is_const(node: jinja2.nodes.Node) -> bool:
+    if isinstance(node, jinja2.nodes.Pair):
+        return _is_const(node.key) and _is_const(node.value)
+    return isinstance(node, jinja2.nodes.Const)
 
 
 def tojson(
@@ -143,16 +188,11 @@ def tojson(
     sort_keys: bool = False,
 ) -> str:
     # HF replaces Jinja's tojson: no HTML escaping, non-ASCII kept, json.dumps defaults.
-    if indent:  # every line is indented up to depth * indent: bound it before json builds it
-        compact = json.dumps(x, ensure_ascii=ensure_ascii, separators=separators)
-        lines = 1 + sum(compact.count(c) for c in ",[{")
-        width = len(indent) if isinstance(indent, str) else max(int(indent), 0)
-        _check_size(len(compact) + lines * (1 + width * _bracket_depth(compact)), "tojson output")
-    text = json.dumps(
-        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-    )
-    _check_size(len(text), "tojson output")
-    return text
+    step()
+    if isinstance(indent, int):
+        check_size(indent, "tojson output indent")  # json builds ' ' * indent first
+    options = {"indent": indent, "separators": separators, "sort_keys": sort_keys}
+    return bounded_json(x, ensure_ascii=ensure_ascii, **options)
 
 
 class TemplateDict:
@@ -200,114 +240,184 @@ def _refuse_unsafe(value: Any) -> Any:
     return value
 
 
-#: A printf width or precision of 7+ digits (``'%1000000000s'``): refused before Python pads.
-_PERCENT_WIDTH: Final = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(?:\d{7,}|\d*\.\d{7,})")
+def _arg(args: Sequence[Any], kwargs: Mapping[str, Any], at: int, name: str, default: Any) -> Any:
+    return args[at] if len(args) > at else kwargs.get(name, default)
 
 
-def _bracket_depth(text: str) -> int:
-    """Deepest ``[``/``{`` nesting of JSON text (an upper bound: brackets in strings count)."""
-    depth = deepest = 0
-    for ch in text:
-        if ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
+def _replace_size(text: str, old: str, new: str) -> int:
+    count = text.count(old) if old else len(text) + 1
+    return len(text) + count * max(0, len(new) - len(old))
 
 
-def _check_percent_format(fmt: str, values: Sequence[Any]) -> None:
-    """Refuse printf formatting whose width or precision would build a huge string."""
-    budget = BUDGET.get()
-    limit = budget.max_chars if budget is not None else RenderLimits().max_output_chars
-    stars = "*" in fmt and any(isinstance(v, int) and abs(v) > limit for v in values)
-    if stars or _PERCENT_WIDTH.search(fmt):
-        over_limit("printf-style format with an oversized width or precision")
+def _check_text_filter(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """The filters whose output can outgrow their input (``args[0]`` is the value)."""
+    check_texts([*args, *kwargs.values()], f"'{name}' filter")
+    value = args[0] if args else ""
+    text = bounded_text(value) if not isinstance(value, jinja2.Undefined) else ""
+    if name == "center" and isinstance(width := _arg(args, kwargs, 1, "width", 80), int):
+        check_size(width, "'center' width")
+    elif name == "indent":
+        width = _arg(args, kwargs, 1, "width", 4)
+        pad = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
+        lines = 2 + sum(text.count(c) for c in _LINE_BREAKS)
+        check_size(len(text) + lines * (pad + 1), "'indent' output")
+    elif name == "replace" and len(args) > 2:
+        check_size(_replace_size(text, str(args[1]), str(args[2])), "'replace' output")
+    elif name == "format":
+        check_percent_format(text, [*args[1:], *kwargs.values()])
+    elif name == "wordwrap" and isinstance(width := _arg(args, kwargs, 1, "width", 79), int):
+        # textwrap splits a long word by re-slicing it: quadratic in the word / width.
+        if len(text) ** 2 // max(width, 1) > 2 * 10**9:
+            over_limit("'wordwrap' of a long text at a tiny width")
+        lines = 2 * len(text) // max(width, 1) + text.count("\n") + 2
+        wrap = str(_arg(args, kwargs, 3, "wrapstring", None) or "\n")
+        check_size(len(text) + lines * len(wrap), "'wordwrap' output")
+    elif name == "urlize":  # every word may become a link carrying target= and rel=
+        extra = sum(len(str(_arg(args, kwargs, at, k, "") or "")) for at, k in ((3, "target"), (4, "rel")))
+        check_size(3 * len(text) + (len(text) // 2 + 1) * (60 + extra), "'urlize' output")
 
 
-def _check_format_spec(fmt: str, values: Sequence[Any]) -> None:
-    """Refuse ``str.format`` fields whose width or precision would build a huge string.
-
-    ``'{:>1000000000}'.format(x)`` and ``'{0:{1}}'.format(x, 10**9)`` allocate before any
-    result-size check could run. Nested specs take their numbers from the arguments.
-    """
-    budget = BUDGET.get()
-    limit = budget.max_chars if budget is not None else RenderLimits().max_output_chars
-    try:
-        fields = list(string.Formatter().parse(fmt))
-    except ValueError:
-        return  # malformed: the sandbox's own formatter raises, and that becomes a TemplateError
-    for _, _, spec, _ in fields:
-        if not spec:
-            continue
-        numbers = re.findall(r"\d+", spec)
-        if "{" in spec:
-            numbers += [n for v in values for n in re.findall(r"\d+", str(v))]
-        if any(len(n) > 9 or int(n) > limit for n in numbers):
-            over_limit("str.format with an oversized width or precision")
+def _join(func: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+    """``join``: the items are taken one step each and measured as text before joining."""
+    eval_ctx, value = args[0], args[1]
+    sep = _arg(args, kwargs, 2, "d", "")
+    items = list(CountedIterator(value))
+    if (attribute := _arg(args, kwargs, 3, "attribute", None)) is not None:
+        getter = jinja2.filters.make_attrgetter(eval_ctx.environment, attribute)
+        items = [getter(item) for item in items]
+    limit = current_limit()
+    total = text_size(sep, limit) * max(len(items) - 1, 0)
+    for item in items:
+        if total > limit:
+            break
+        total += text_size(item, limit - total)
+    if total > limit:
+        over_limit(f"chat template 'join' output would be over {limit} characters")
+    return func(eval_ctx, items, sep)
 
 
-def guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+def _addends(items: Any, start: Sequence[Any]) -> Iterator[Any]:
+    """The items ``sum`` adds to a list, refused once the sum would be over the size limit."""
+    size = len(start)
+    for item in items:
+        size += len(item) if isinstance(item, (list, tuple)) else 0
+        check_size(size, "'sum' output")
+        yield item
+
+
+def _check_counts(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """``batch`` pads with a list of ``linecount`` items; ``slice`` loops ``slices`` times."""
+    if name == "batch" and _arg(args, kwargs, 2, "fill_with", None) is not None:
+        if isinstance(count := _arg(args, kwargs, 1, "linecount", 0), int):
+            check_size(count, "'batch' padding")
+    elif name == "slice" and isinstance(count := _arg(args, kwargs, 1, "slices", 0), int):
+        check_size(count, "'slice' count")
+
+
+def guard_filter(name: str, func: Callable[..., Any], *, test: bool = False) -> Callable[..., Any]:
+    """A filter (or test) with its work charged and its output measured before it is built."""
+    if getattr(func, "etm_guarded", False):
+        return func
+    at = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0  # where the value is
+    texts = name in _TEXT_TESTS if test else name in _TEXT_FILTERS
+
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        check_time()
-        if name in {"center", "indent"}:
-            width = args[1] if len(args) > 1 else kwargs.get("width", 0)
-            if isinstance(width, int):
-                _check_size(width, f"'{name}' width")
-        elif name == "join":
-            items = list(args[1]) if len(args) > 1 else []
-            _check_size(sum(len(str(item)) for item in items), "'join' output")
-        elif name == "replace" and len(args) > 3:
-            text, old, new = (str(a) for a in args[1:4])
-            count = text.count(old) if old else len(text) + 1
-            _check_size(len(text) + count * max(0, len(new) - len(old)), "'replace' output")
-        elif name == "format" and len(args) > 1 and re.search(r"\d{7,}", str(args[1])):
-            over_limit("'format' filter with an oversized width or precision")
-        elif name == "format" and args:
-            _check_percent_format(str(args[0]), [*args[1:], *kwargs.values()])
-        elif name == "wordwrap" and len(args) > 1:  # (environment, text, width, ...)
-            # textwrap splits a long word by re-slicing it: quadratic in the word / width.
-            width = args[2] if len(args) > 2 else kwargs.get("width", 79)
-            if isinstance(width, int) and len(str(args[1])) ** 2 // max(width, 1) > 2 * 10**9:
-                over_limit("'wordwrap' of a long text at a tiny width")
-        result = func(*args, **kwargs)
-        if isinstance(result, str):
-            _check_size(len(result), f"'{name}' output")
+        step()
+        own = args[at:]  # the value and the filter's arguments
+        if test:
+            if texts:
+                check_texts(own, f"'{name}' test")
+            return func(*args, **kwargs)
+        if name == "join" and at and own:
+            result = _join(func, args, kwargs)
+        else:
+            if texts:
+                _check_text_filter(name, own, kwargs)
+            elif name in _ITERATING_FILTERS and own:
+                _check_counts(name, own, kwargs)
+                items: Any = CountedIterator(own[0])
+                if name in {"sort", "groupby"}:  # C's sort compares without a deadline check:
+                    items = list(items)  # what it compares must be bounded first
+                    check_built(items, f"'{name}' input")
+                elif name == "sum" and isinstance(_arg(own, kwargs, 2, "start", 0), (list, tuple)):
+                    items = _addends(items, _arg(own, kwargs, 2, "start", 0))
+                args = (*args[:at], items, *own[1:])
+            elif name == "reverse" and own and not hasattr(own[0], "__len__"):
+                args = (*args[:at], CountedIterator(own[0]), *own[1:])  # it lists an iterator
+            result = func(*args, **kwargs)
+        check_built(result, f"'{name}' output")
         return result
 
-    for attr in ("jinja_pass_arg",):
-        if hasattr(func, attr):
-            setattr(guarded, attr, getattr(func, attr))
+    guarded.etm_guarded = True  # type: ignore[attr-defined]
+    if at:
+        guarded.jinja_pass_arg = func.jinja_pass_arg  # type: ignore[attr-defined]
     return guarded
 
 
+def _lipsum(*args: Any, **kwargs: Any) -> str:
+    """Jinja's ``lipsum``, refused before it writes more words than the size limit."""
+    bound = inspect.signature(jinja2.utils.generate_lorem_ipsum).bind(*args, **kwargs)
+    bound.apply_defaults()
+    n, low, high = (bound.arguments[k] for k in ("n", "min", "max"))
+    if all(isinstance(v, int) for v in (n, low, high)):
+        check_size(max(n, 0) * (max(low, high, 0) * 14 + 16), "lipsum output")
+    return jinja2.utils.generate_lorem_ipsum(*args, **kwargs)
+
+
+def _check_str_method(text: str, name: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The ``str`` methods whose result can outgrow their string; returns the arguments."""
+    if name in _PADDING_METHODS and args and isinstance(args[0], int):
+        check_size(args[0], f"str.{name} result")
+    elif name == "expandtabs" and isinstance(size := _arg(args, {}, 0, "", 8), int):
+        check_size(len(text) + text.count("\t") * max(size, 0), "str.expandtabs result")
+    elif name == "join" and args:
+        items = list(CountedIterator(args[0]))
+        strings = sum(len(i) for i in items if isinstance(i, str))
+        check_size(strings + len(text) * max(len(items) - 1, 0), "str.join result")
+        return (items, *args[1:])
+    elif name == "replace" and len(args) >= 2:
+        check_size(_replace_size(text, str(args[0]), str(args[1])), "str.replace result")
+    elif name == "translate" and args:
+        table = args[0].values() if isinstance(args[0], Mapping) else args[0]
+        widest = max((len(v) for v in CountedIterator(table) if isinstance(v, str)), default=1)
+        check_size(len(text) * max(widest, 1), "str.translate result")
+    return args
+
+
 class BoundedEnvironment(ImmutableSandboxedEnvironment):
-    """HF's chat-template sandbox plus time and size checks on every operation it mediates."""
+    """HF's chat-template sandbox with every operation it mediates charged to the budget."""
 
     code_generator_class = _GuardedCodeGenerator
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.finalize = self.bounded_output
+        for name, func in list(self.filters.items()):
+            self.filters[name] = guard_filter(name, func)
+        for name, func in list(self.tests.items()):
+            self.tests[name] = guard_filter(name, func, test=True)  # type: ignore[arg-type]
+        self.filters["tojson"] = tojson
+        self.globals.update(range=GuardedRange, lipsum=_lipsum)
+
+    def _compile(self, source: str, filename: str) -> CodeType:
+        # Python warns about code like ``5[1:]`` (Jinja writes slices as Python): the library
+        # never prints, and a template's oddities are not the user's console's business.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            return compile(source, filename, "exec")
+
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        check_time()
-        name = getattr(__obj, "__name__", "")
-        if isinstance(getattr(__obj, "__self__", None), str):
-            if name in _PADDING_METHODS:
-                width = args[0] if args else 0
-                if isinstance(width, int):
-                    _check_size(width * (8 if name == "expandtabs" else 1), f"str.{name} result")
-            elif name == "join" and args:
-                items = list(args[0])
-                size = sum(len(str(i)) for i in items) + len(__obj.__self__) * len(items)
-                _check_size(size, "str.join result")
-                args = (items, *args[1:])
-            elif name == "replace" and len(args) >= 2:
-                text, old, new = __obj.__self__, str(args[0]), str(args[1])
-                count = text.count(old) if old else len(text) + 1
-                _check_size(len(text) + count * max(0, len(new) - len(old)), "str.replace result")
+        step()
+        if isinstance(__obj, LoopContext) and args:  # loop(children) of a recursive loop
+            args = (CountedIterator(args[0]), *args[1:])
+        elif isinstance(getattr(__obj, "__self__", None), str):
+            args = _check_str_method(__obj.__self__, getattr(__obj, "__name__", ""), args)
+        elif __obj is __self.globals.get("raise_exception"):
+            check_texts([*args, *kwargs.values()], "raise_exception message")
         result = super().call(__context, __obj, *args, **kwargs)
-        result_size = _sized(result)
-        if result_size is not None:
-            _check_size(result_size, "call result")
+        if getattr(__obj, "__name__", "") != "get":  # get() returns what a mapping holds
+            check_built(result, "call result")
         return result
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
@@ -318,44 +428,84 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
 
         def checked(*args: Any, **kwargs: Any) -> str:
             mapped = list(args[0].values()) if args and isinstance(args[0], Mapping) else []
-            _check_format_spec(fmt, [*args, *mapped, *kwargs.values()])
+            check_format_spec(fmt, [*args, *mapped, *kwargs.values()])
             return wrapped(*args, **kwargs)
 
         return checked
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        check_time()
+        step()
         return _refuse_unsafe(super().getattr(obj, attribute))
 
     def getitem(self, obj: Any, argument: Any) -> Any:
-        check_time()
+        step()
+        if not isinstance(argument, (*_SCALARS, slice)):  # a failed lookup prints the key
+            check_texts([argument], "subscript")
         return _refuse_unsafe(super().getitem(obj, argument))
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        check_time()
+        step()
+        limit = current_limit()
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
-                size = _sized(seq)
-                if size is not None and isinstance(times, int):
-                    _check_size(size * max(times, 0), "repetition")
-        elif operator == "+":
-            lsize, rsize = _sized(left), _sized(right)
-            if lsize is not None and rsize is not None:
-                _check_size(lsize + rsize, "concatenation")
-        elif (
-            operator == "**"
-            and isinstance(left, int)
-            and isinstance(right, int)
-            and abs(left) > 1
-            and right * max(abs(left).bit_length(), 1) > 100_000
-        ):
-            over_limit("integer power too large")
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
+                    check_size(len(seq) * max(times, 0), "repetition")
+                    # Every copy refers to the same items: a list of lists is as big as its copies.
+                    inner = deep_size(seq, limit // max(times, 1) + 1) - 1
+                    if not isinstance(seq, str) and times > 0 and inner * times + 1 > limit:
+                        over_limit(f"chat template repetition would hold over {limit} items")
+            ints = isinstance(left, int) and isinstance(right, int)
+            if ints and left.bit_length() + right.bit_length() > 100_000:
+                over_limit("integer product too large")
+        elif operator == "+" and isinstance(left, str) and isinstance(right, str):
+            check_size(len(left) + len(right), "concatenation")
+        elif operator == "+" and isinstance(left, (list, tuple)) and isinstance(right, (list, tuple)):
+            size = deep_size(left, limit)
+            if size + deep_size(right, limit - size + 1) - 1 > limit:
+                over_limit(f"chat template concatenation would hold over {limit} items")
+        elif operator == "**" and isinstance(left, int) and isinstance(right, int):
+            if abs(left) > 1 and right * max(abs(left).bit_length(), 1) > 100_000:
+                over_limit("integer power too large")
         elif operator == "%" and isinstance(left, str):
-            values = right if isinstance(right, tuple) else (right,)
-            _check_percent_format(left, values)
-        return super().call_binop(context, operator, left, right)
+            check_percent_format(left, right if isinstance(right, tuple) else (right,))
+        result = super().call_binop(context, operator, left, right)
+        check_built(result, "operator result", measured=True)
+        return result
 
     def guarded_concat(self, parts: Sequence[Any]) -> str:
-        strings = [str(part) for part in parts]
-        _check_size(sum(len(s) for s in strings), "'~' concatenation")
-        return "".join(strings)
+        """``a ~ b``: every part measured as text before any is converted."""
+        check_texts(parts, "'~' concatenation")
+        text = "".join(bounded_text(part, "'~' operand") for part in parts)
+        check_built(text, "'~' concatenation")
+        return text
+
+    def concat(self, parts: Any) -> str:
+        """The output of a block, macro or recursive loop, refused past the size limit."""
+        limit = current_limit()
+        pieces = []
+        total = 0
+        for piece in parts:
+            total += len(piece)
+            if total > limit:
+                over_limit(f"chat template output exceeds the limit of {limit} characters")
+            pieces.append(piece)
+        text = "".join(pieces)
+        check_built(text, "block output")
+        return text
+
+    def iterate(self, iterable: Any) -> CountedIterator:
+        """The iterable of a ``for`` loop, charged one step per item."""
+        return CountedIterator(iterable)
+
+    def built_literal(self, value: Any) -> Any:
+        """A list, tuple or dict literal, refused if it holds more than one value may."""
+        check_built(value, "literal")
+        return value
+
+    def bounded_output(self, value: Any) -> Any:
+        """``{{ value }}``: measured before Jinja converts it (``finalize``; ``escape`` in an
+        autoescape block still sees the value itself)."""
+        step()
+        if not isinstance(value, str):
+            check_text_size(value, "value printed")
+        return value

@@ -6,13 +6,21 @@ import json
 import os
 from typing import Any
 
-from etm_compat.constants import TOKENIZER_JSON_MAX_DEPTH, TOKENIZER_SNIFF_BYTES
+from etm_compat.constants import (
+    TOKENIZER_JSON_MAX_DEPTH,
+    TOKENIZER_MAX_VOCAB,
+    TOKENIZER_SNIFF_BYTES,
+)
 from etm_compat.errors import TokenizerFormatError, UnreadableError
 from etm_compat.fileio import open_regular, read_capped
 from etm_compat.jsonlimits import json_nesting
 
 StrPath = str | os.PathLike[str]
 
+
+def is_token_id(value: object) -> bool:
+    """Whether ``value`` can be a token id: an int (not a bool) below ``TOKENIZER_MAX_VOCAB``."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < TOKENIZER_MAX_VOCAB
 
 
 def read_head(path: StrPath, limit: int = TOKENIZER_SNIFF_BYTES) -> bytes:
@@ -34,11 +42,9 @@ def read_bounded(path: StrPath, limit: int, *, what: str = "tokenizer file") -> 
 
 def load_json(data: bytes, path: StrPath, *, what: str = "tokenizer JSON") -> Any:
     """Parse JSON bytes with a nesting limit; every failure is a :class:`TokenizerFormatError`."""
-    depth = json_nesting(data)
-    if depth > TOKENIZER_JSON_MAX_DEPTH:
+    if json_nesting(data, TOKENIZER_JSON_MAX_DEPTH) > TOKENIZER_JSON_MAX_DEPTH:
         raise TokenizerFormatError(
-            f"{what} is nested {depth} levels deep, more than the {TOKENIZER_JSON_MAX_DEPTH} accepted",
-            path=path,
+            f"{what} is nested more than the {TOKENIZER_JSON_MAX_DEPTH} levels accepted", path=path
         )
     try:
         return json.loads(data.decode("utf-8-sig"))

@@ -21,7 +21,14 @@ import threading
 
 from etm_compat.constants import TOKENIZER_FORMATS, TOKENIZER_MAX_BYTES, TOKENIZER_SNIFF_BYTES
 from etm_compat.errors import EtmError, TokenizerFormatError
-from etm_compat.formats.tokenizer import json_formats, llama2c, sentencepiece_model, tiktoken_file
+from etm_compat.formats.tokenizer import (
+    hf_json,
+    json_document,
+    json_formats,
+    llama2c,
+    sentencepiece_model,
+    tiktoken_file,
+)
 from etm_compat.formats.tokenizer import runner as _runner
 from etm_compat.formats.tokenizer.bounded import StrPath, load_json, read_bounded, read_head
 from etm_compat.formats.tokenizer.model import TokenizerFormat, TokenizerInfo
@@ -121,32 +128,18 @@ def read_tokenizer(
     """
     fmt = sniff_tokenizer_format(path)
     data = read_bounded(path, TOKENIZER_MAX_BYTES)
+    digest = hashlib.sha256(data).hexdigest()  # the key of both caches: parses and runner checks
     info: TokenizerInfo
     if fmt in ("hf_json", "tekken"):
-        doc = load_json(data, path)
-        kind = json_formats.kind_of(doc)
-        if kind == "tekken":
-            info = json_formats.parse_tekken(path, doc)
-        elif kind == "hf_json":
-            configs = [
-                json_formats.read_config(special_tokens_map_path),
-                json_formats.read_config(config_path),
-            ]
-            info = json_formats.parse_hf(path, doc, configs)
-        else:
-            raise TokenizerFormatError(
-                f'JSON sniffed as {fmt} lacks its structure ("model" object for HF, '
-                '"config" object and "vocab" list for tekken)',
-                path=path,
-            )
+        info = _read_json(path, fmt, data, digest, config_path, special_tokens_map_path)
     else:
-        info = _parse_binary(path, fmt, data)
+        info = _parse_binary(path, fmt, data, digest)
     logger.debug("tokenizer %s: %s, vocab %d", path, info.format, info.vocab_size)
     if check_runner:
         check = _runner.check_runner_once(
             path,
             info.format,
-            hashlib.sha256(data).hexdigest(),
+            digest,
             config_path=config_path,
             special_tokens_map_path=special_tokens_map_path,
         )
@@ -154,29 +147,79 @@ def read_tokenizer(
     return info
 
 
-#: Parsed binary tokenizers by content: a bulk upgrade meets the same tokenizer in many folders
-#: (variants, quantizations), and a SentencePiece parse in Python costs milliseconds.
-_PARSED: collections.OrderedDict[tuple[str, str], TokenizerInfo] = collections.OrderedDict()
+#: Parsed tokenizers by content: a bulk upgrade meets the same tokenizer in many folders
+#: (variants, quantizations), and a parse costs milliseconds (SentencePiece in Python) to a
+#: quarter of a second (Gemma 3's 33 MB tokenizer.json). HF files are kept before their configs
+#: are applied (:class:`~.hf_json.HFTokens`), every other format as its TokenizerInfo.
+_PARSED: collections.OrderedDict[tuple[str, str], TokenizerInfo | hf_json.HFTokens] = (
+    collections.OrderedDict()
+)
 _PARSED_MAX = 8
 
 
-def _parse_binary(path: StrPath, fmt: TokenizerFormat, data: bytes) -> TokenizerInfo:
-    key = (fmt, hashlib.sha256(data).hexdigest())
+def _recall(key: tuple[str, str]) -> TokenizerInfo | hf_json.HFTokens | None:
     with _PARSED_LOCK:
         cached = _PARSED.get(key)
         if cached is not None:
             _PARSED.move_to_end(key)
-            return dataclasses.replace(cached, path=os.fspath(path))
+    return cached
+
+
+def _remember(key: tuple[str, str], parsed: TokenizerInfo | hf_json.HFTokens) -> None:
+    with _PARSED_LOCK:
+        _PARSED[key] = parsed
+        while len(_PARSED) > _PARSED_MAX:
+            _PARSED.popitem(last=False)
+
+
+def _read_json(
+    path: StrPath,
+    fmt: TokenizerFormat,
+    data: bytes,
+    digest: str,
+    config_path: StrPath | None,
+    special_tokens_map_path: StrPath | None,
+) -> TokenizerInfo:
+    key = (fmt, digest)
+    cached = _recall(key)
+    if isinstance(cached, TokenizerInfo):  # a tekken.json seen before
+        return dataclasses.replace(cached, path=os.fspath(path))
+    document = None
+    if cached is None:
+        document = json_document.decode_document(data, path)
+        if document.kind == "tekken":
+            info = json_formats.parse_tekken(path, load_json(data, path))
+            _remember(key, info)
+            return info
+        if document.kind != "hf_json":
+            raise TokenizerFormatError(
+                f'JSON sniffed as {fmt} lacks its structure ("model" object for HF, '
+                '"config" object and "vocab" list for tekken)',
+                path=path,
+            )
+    configs = [  # read before the tokens, so that a broken config is the error named first
+        json_formats.read_config(special_tokens_map_path),
+        json_formats.read_config(config_path),
+    ]
+    if document is not None:
+        cached = hf_json.read_tokens(path, document)
+        _remember(key, cached)
+    assert isinstance(cached, hf_json.HFTokens)
+    return hf_json.tokenizer_info(path, cached, configs)
+
+
+def _parse_binary(path: StrPath, fmt: TokenizerFormat, data: bytes, digest: str) -> TokenizerInfo:
+    key = (fmt, digest)
+    cached = _recall(key)
+    if isinstance(cached, TokenizerInfo):
+        return dataclasses.replace(cached, path=os.fspath(path))
     if fmt == "sentencepiece":
         info = sentencepiece_model.parse(path, data)
     elif fmt == "tiktoken":
         info = tiktoken_file.parse(path, data)
     else:
         info = llama2c.parse(path, data)
-    with _PARSED_LOCK:
-        _PARSED[key] = info
-        while len(_PARSED) > _PARSED_MAX:
-            _PARSED.popitem(last=False)
+    _remember(key, info)
     return info
 
 

@@ -1,0 +1,258 @@
+"""Tests of etm_compat.formats.tokenizer.json_document and hf_json: the outline decode of JSON
+tokenizer files, the typed vocabulary path against the checking path, and the bounds on hostile
+input (nesting, UTF-8, numbers, duplicates), none of which may be skipped with the merges."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from etm_compat.constants import TOKENIZER_JSON_MAX_DEPTH, TOKENIZER_MAX_VOCAB
+from etm_compat.errors import TokenizerFormatError
+from etm_compat.formats.tokenizer import hf_json
+from etm_compat.formats.tokenizer.detect import read_tokenizer
+from etm_compat.formats.tokenizer.json_document import decode_document, decode_value
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures" / "tokenizers"
+hf_tokenizers = pytest.importorskip("tokenizers")
+
+
+def _train(tmp_path: Path, kind: str) -> Path:
+    """A real tokenizer.json of ``kind`` trained by HF ``tokenizers`` on the fixture corpus."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    model, trainer = {
+        "bpe": (models.BPE(unk_token="<unk>"), trainers.BpeTrainer),
+        "unigram": (models.Unigram(), trainers.UnigramTrainer),
+        "wordpiece": (models.WordPiece(unk_token="<unk>"), trainers.WordPieceTrainer),
+        "wordlevel": (models.WordLevel(unk_token="<unk>"), trainers.WordLevelTrainer),
+    }[kind]
+    tok = Tokenizer(model)
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    options: dict[str, Any] = {"vocab_size": 300, "special_tokens": specials, "show_progress": False}
+    if kind == "unigram":
+        options["unk_token"] = "<unk>"
+    tok.train([str(FIXTURES / "corpus.txt")], trainer(**options))
+    path = tmp_path / f"{kind}.json"
+    tok.save(str(path))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram", "wordpiece", "wordlevel"])
+def test_every_hf_model_kind_matches_the_library(tmp_path: Path, kind: str) -> None:
+    path = _train(tmp_path, kind)
+    tok = hf_tokenizers.Tokenizer.from_file(str(path))
+    info = read_tokenizer(path, check_runner=False)
+    vocab = tok.get_vocab(with_added_tokens=True)
+    assert info.format == "hf_json"
+    assert info.vocab_size == max(vocab.values()) + 1
+    assert dict(info.special_tokens) == {t.content: i for i, t in tok.get_added_tokens_decoder().items()}
+    for text, token_id in vocab.items():
+        assert info.token_id(text) == token_id
+    assert info.to_json()["special_tokens"] == dict(info.special_tokens)
+
+
+def test_bom_and_duplicate_keys_read_as_json_loads_reads_them(tmp_path: Path) -> None:
+    doc = (b'\xef\xbb\xbf{"model": {"vocab": {"x": 9}}, "added_tokens": [], '
+           b'"model": {"vocab": {"a": 0, "b": 1, "a": 2}}}')
+    path = tmp_path / "tokenizer.json"
+    path.write_bytes(doc)
+    info = read_tokenizer(path, check_runner=False)
+    reference = json.loads(doc.decode("utf-8-sig"))["model"]["vocab"]
+    assert (info.vocab_size, dict(info.vocab or {})) == (max(reference.values()) + 1, reference)
+
+
+def test_outline_kinds() -> None:
+    assert decode_document(b'{"model": {}}', "t").kind == "hf_json"
+    tekken = b'{"config": {}, "vocab": [], "model": {}}'  # tekken first, as the runner
+    assert decode_document(tekken, "t").kind == "tekken"
+    for neither in (b'{"model": null}', b'{"model": [1]}', b'{"model": 3, "config": {}}', b"{}",
+                    b'{"config": {}, "vocab": {}}', b"[1, 2]"):
+        assert decode_document(neither, "t").kind is None, neither
+    assert decode_document(b'{"model": 3, "config": {}, "vocab": []}', "t").kind == "tekken"
+
+
+def test_values_beyond_64_bits_read_as_json_loads_reads_them() -> None:
+    raw = msgspec.Raw(b'{"model_max_length": 1000000000000000019884624838656}')
+    assert decode_value(raw, "t") == {"model_max_length": 1000000000000000019884624838656}
+
+
+def _merges_doc(n: int) -> bytes:
+    merges = [[f"a{i}", f"b{i}"] for i in range(n)]
+    vocab = {f"t{i}": i for i in range(50)}
+    return json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": merges}}).encode()
+
+
+def test_merges_are_checked_but_never_built(tmp_path: Path) -> None:
+    """Reading a file whose merges take M bytes allocates well under what building them costs
+    (json.loads: about 10 M); counted in bytes allocated, never in time."""
+    small, big = tmp_path / "small.json", tmp_path / "big.json"
+    small.write_bytes(_merges_doc(0))
+    big.write_bytes(_merges_doc(200_000))
+    merges_bytes = big.stat().st_size - small.stat().st_size
+
+    def peak(path: Path) -> int:
+        read_tokenizer(path, check_runner=False)  # warm: first-call allocations are not counted
+        tracemalloc.start()
+        try:
+            read_tokenizer(path, check_runner=False)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    extra = peak(big) - peak(small)
+    assert extra < 3 * merges_bytes, (extra, merges_bytes)
+    tracemalloc.start()
+    try:
+        json.loads(big.read_bytes())
+        built = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert built > 3 * merges_bytes  # what the test guards against really costs more
+
+
+# --- the typed vocabulary path agrees with the checking path ----------------------------------
+
+_KEYS = st.text(alphabet=st.sampled_from('ab"\\[{\u00e9\u2581 '), max_size=4)
+_IDS = st.one_of(st.integers(-3, 5), st.sampled_from([TOKENIZER_MAX_VOCAB - 1, TOKENIZER_MAX_VOCAB, 2**70]),
+                 st.booleans(), st.floats(allow_nan=False, allow_infinity=False), st.none(), _KEYS)
+_ENTRIES = st.one_of(st.tuples(_KEYS, st.floats(allow_nan=False, allow_infinity=False)).map(list),
+                     st.lists(st.one_of(_KEYS, _IDS), max_size=3))
+_VOCABS = st.one_of(st.dictionaries(_KEYS, _IDS, max_size=6), st.lists(_ENTRIES, max_size=6), _IDS)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_VOCABS)
+def test_typed_vocabulary_equals_the_checked_one(vocab: Any) -> None:
+    raw = msgspec.Raw(json.dumps(vocab).encode())
+    try:
+        expected: dict[str, int] | None = hf_json._checked_vocab("t", json.loads(bytes(raw)))
+    except TokenizerFormatError:
+        expected = None
+    typed = hf_json._typed_vocab(raw)
+    assert typed is None or typed == expected  # None: the checking path decides
+    if expected is None:
+        with pytest.raises(TokenizerFormatError):
+            hf_json._vocab("t", raw)
+    else:
+        assert hf_json._vocab("t", raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("vocab", "words"),
+    [
+        ('{"a": 0, "b": true}', ["'b': True", "not text -> id"]),
+        ('{"a": 0, "b": 1.0}', ["'b': 1.0"]),
+        ('{"a": -1}', ["'a': -1"]),
+        ('{"a": 123456789012345678901234567890}', ["123456789012345678901234567890"]),
+        ('[["a", 0.0], [3, 0.0]]', ["entry 3: 1 "]),
+        ('"vocab"', ['no "model.vocab"']),
+    ],
+)
+def test_unusual_vocabularies_name_the_entry_at_fault(tmp_path: Path, vocab: str, words: list[str]) -> None:
+    path = tmp_path / "tokenizer.json"
+    path.write_text('{"model": {"vocab": ' + vocab + '}, "added_tokens": []}')
+    with pytest.raises(TokenizerFormatError) as caught:
+        read_tokenizer(path, check_runner=False)
+    for word in words:
+        assert word in str(caught.value)
+
+
+# --- bounds over the whole document, skipped parts included -----------------------------------
+
+
+def _with_merges(merges: bytes) -> bytes:
+    return b'{"model": {"vocab": {"a": 0}, "merges": ' + merges + b'}, "added_tokens": []}'
+
+
+@pytest.mark.parametrize(
+    ("doc", "words"),
+    [
+        (_with_merges(b"[" * (TOKENIZER_JSON_MAX_DEPTH + 1) + b"]" * (TOKENIZER_JSON_MAX_DEPTH + 1)),
+         ["nested", str(TOKENIZER_JSON_MAX_DEPTH)]),
+        (_with_merges(b"[" * 5000 + b"]" * 5000), ["nested"]),
+        (_with_merges(b"[" * 2_000_000), ["nested"]),  # never closed: stopped, not recursed
+        (_with_merges(b'["\xff\xfe"]'), ["UTF-8"]),
+        (_with_merges(b'["a", "b"'), ["not valid JSON"]),
+        (_with_merges(b"[NaN]"), ["not valid JSON"]),
+        (_with_merges(b'["a\x01"]'), ["not valid JSON"]),
+        (b'{"model": {"vocab": {"\xc3": 0}}}', ["UTF-8"]),
+        (b'{"model": {"vocab": {"a": 0}}, "added_tokens": [{"id": 1e999999, "content": "x"}]}',
+         ["added_tokens"]),
+        (b'{"model": {"vocab": {"a": 0}}, "added_tokens": [{"id": ' + b"9" * 5000 + b', "content": "x"}]}',
+         ["not valid JSON"]),
+    ],
+)
+def test_hostile_documents_give_one_format_error(tmp_path: Path, doc: bytes, words: list[str]) -> None:
+    path = tmp_path / "tokenizer.json"
+    path.write_bytes(doc)
+    with pytest.raises(TokenizerFormatError) as caught:
+        read_tokenizer(path, check_runner=False)
+    for word in words:
+        assert word in str(caught.value), caught.value
+    assert str(path) in str(caught.value)
+
+
+def test_the_nesting_limit_itself_is_accepted(tmp_path: Path) -> None:
+    inner = TOKENIZER_JSON_MAX_DEPTH - 2  # the document and "model" take two levels
+    path = tmp_path / "tokenizer.json"
+    path.write_bytes(_with_merges(b"[" * inner + b"]" * inner))
+    assert read_tokenizer(path, check_runner=False).vocab_size == 1
+
+
+def test_enormous_strings_in_skipped_parts_are_read_past(tmp_path: Path) -> None:
+    path = tmp_path / "tokenizer.json"
+    path.write_bytes(_with_merges(b'["' + b"x" * (20 << 20) + b'"]'))
+    assert read_tokenizer(path, check_runner=False).vocab_size == 1
+
+
+def test_a_tokenizer_seen_before_is_not_decoded_again_but_takes_its_own_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parses are kept by content (a tree of variants shares one tokenizer); the configs beside
+    each copy still decide its bos/eos. Counted in decodes, never in time."""
+    import etm_compat.formats.tokenizer.detect as detect
+
+    decodes = {"n": 0}
+    real = detect.json_document.decode_document
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        decodes["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(detect.json_document, "decode_document", counting)
+    doc = json.loads((FIXTURES / "hf_bpe" / "tokenizer.json").read_text())
+    doc["model"]["vocab"]["a-token-only-this-test-has"] = len(doc["model"]["vocab"]) + 1000
+    copies = []
+    for name, eos in (("a", "<|im_end|>"), ("b", "<|endoftext|>")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "tokenizer.json").write_text(json.dumps(doc))
+        (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos}))
+        copies.append(folder)
+    first, second = (read_tokenizer(f / "tokenizer.json", config_path=f / "tokenizer_config.json",
+                                    check_runner=False) for f in copies)
+    assert decodes["n"] == 1
+    assert (first.eos_token, second.eos_token) == ("<|im_end|>", "<|endoftext|>")
+    assert first.eos_id != second.eos_id and first.vocab_size == second.vocab_size
+    assert second.path == str(copies[1] / "tokenizer.json")
+    assert second.token_id("a-token-only-this-test-has") == first.vocab_size - 1
+
+
+def test_a_vocabulary_past_the_entry_limit_is_refused_on_the_typed_path_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hf_json, "TOKENIZER_MAX_VOCAB", 3)
+    raw = msgspec.Raw(b'{"a": 0, "b": 0, "c": 1, "d": 2}')
+    assert hf_json._typed_vocab(raw) is None
+    with pytest.raises(TokenizerFormatError, match="4 entries, too many"):
+        hf_json._vocab("t", raw)
