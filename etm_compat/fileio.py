@@ -236,7 +236,9 @@ def check_output_folder(path: str | os.PathLike[str]) -> Path:
 
 def output_error(exc: OSError, path: str | os.PathLike[str], what: str = "the output") -> OutputError:
     """An OSError met while writing (ENOSPC, EROFS, EACCES, ...) as the OutputError to raise."""
-    return OutputError(f"cannot write {what}: {exc.strerror or exc}", path=path)
+    error = OutputError(f"cannot write {what}: {exc.strerror or exc}", path=path)
+    error.errno = exc.errno  # callers tell a full or read-only filesystem from one bad target
+    return error
 
 
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 4 * 1024 * 1024) -> str:

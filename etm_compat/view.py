@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from etm_compat.checks.multimodal import check_multimodal
 from etm_compat.checks.run import family_of, merge_findings, run_checks
@@ -28,6 +28,7 @@ from etm_compat.formats.tokenizer.model import TokenizerInfo
 from etm_compat.infer import Inference, infer
 from etm_compat.infer.runner import RunnerTruth, runner_truth, tokenizer_ids
 from etm_compat.legacy.deployment import Deployment
+from etm_compat.prompt.bounds import RenderLimits, shared_budget
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,11 @@ class DeploymentView:
     dialects: DialectView
     runner: RunnerTruth
     findings: tuple[Finding, ...] = field(default=())
+
+
+#: The work all renderings of one deployment's template may do together in :func:`describe`:
+#: the steps of one rendering, a longer deadline (each rendering keeps its own limits inside it).
+DESCRIBE_LIMITS: Final = RenderLimits(max_seconds=4.0)
 
 
 def describe(
@@ -70,19 +76,22 @@ def describe(
     config = deployment.configs.get("tokenizer_config")
     tok = read_tokenizer(deployment.tokenizer, config_path=config, check_runner=check_runner)
     weights = tuple(read_ptd(p) for p in deployment.weights)
-    inference = infer(
-        deployment,
-        pte=pte,
-        tokenizer=tok,
-        family_override=family,
-        chat_template_override=chat_template,
-    )
-    runner = runner_truth(pte.constant_methods, tok)
-    found = tuple(_with_runner_truth(f, runner, tok) for f in inference.findings)
-    view = DeploymentView(
-        deployment, pte, tok, weights, inference, read_dialects(pte.constant_methods), runner, found
-    )
-    checked = run_checks(subject_of_view(view), registered_backends=registered_backends)
+    # Inference and the checks render the template many times (probes, sample conversations):
+    # all of them share one budget, so a hostile template costs one budget, not one per render.
+    with shared_budget(DESCRIBE_LIMITS):
+        inference = infer(
+            deployment,
+            pte=pte,
+            tokenizer=tok,
+            family_override=family,
+            chat_template_override=chat_template,
+        )
+        runner = runner_truth(pte.constant_methods, tok)
+        found = tuple(_with_runner_truth(f, runner, tok) for f in inference.findings)
+        view = DeploymentView(
+            deployment, pte, tok, weights, inference, read_dialects(pte.constant_methods), runner, found
+        )
+        checked = run_checks(subject_of_view(view), registered_backends=registered_backends)
     checked += check_multimodal(deployment, tok)
     return replace(view, findings=merge_findings(found, checked))
 

@@ -150,12 +150,6 @@ def one_error_line(outcome: Outcome) -> str:
 
 #: What a failed run may leave by design: upgrade's resumable state and its lock files.
 BY_DESIGN = (".etm-upgrade", ".lock")
-UPGRADE_EXIT = (
-    "upgrade whose --out (or in-place tree) is full or read-only fails every deployment (exit 1) and "
-    "prints an unprefixed 'cannot write the upgrade state ...' line on stderr: etm_compat/bulk should "
-    "stop at the first OutputError of the output itself (the state file, the out folder, ENOSPC/EROFS "
-    "on an archive) with exit 4 and one error line"
-)
 #: writer -> (argv, a source folder copied onto the filesystem, the faults, an xfail reason)
 WRITERS: dict[str, tuple[list[str], str, tuple[str, ...], str]] = {
     "pack": (["pack", "{src}/dep", "-o", "{mnt}/m.etm"], "", ("enospc", "enospc-during", "erofs"), ""),
@@ -164,8 +158,8 @@ WRITERS: dict[str, tuple[list[str], str, tuple[str, ...], str]] = {
     "diagnose_html": (["diagnose", "{src}/dep", "-o", "{mnt}/r.html"], "", ("enospc", "erofs"), ""),
     "diagnose_json": (["diagnose", "{src}/dep", "-o", "{mnt}/r.json"], "", ("enospc", "erofs"), ""),
     "upgrade_report": (["upgrade", "{src}", "--out", "{tmp}/o", "--jobs", "1", "--report", "{mnt}/r.md"], "", ("enospc", "erofs"), ""),
-    "upgrade_out": (["upgrade", "{src}", "--out", "{mnt}/o", "--jobs", "1"], "", ("enospc", "enospc-during", "erofs"), UPGRADE_EXIT),
-    "upgrade_in_place": (["upgrade", "{mnt}/tree", "--in-place", "--jobs", "1"], str(ET), ("enospc-during", "erofs"), UPGRADE_EXIT),
+    "upgrade_out": (["upgrade", "{src}", "--out", "{mnt}/o", "--jobs", "1"], "", ("enospc", "enospc-during", "erofs"), ""),
+    "upgrade_in_place": (["upgrade", "{mnt}/tree", "--in-place", "--jobs", "1"], str(ET), ("enospc-during", "erofs"), ""),
 }  # fmt: skip
 # enospc: full before the run; enospc-during: 16 KiB free, less than the output (the small
 # reports would fit, so they are not run so); erofs: remounted read-only.
@@ -189,7 +183,8 @@ def test_an_output_on_a_full_or_read_only_filesystem_is_exit_4(
     assert ("No space left" if fault.startswith("enospc") else "Read-only") in line, line
     copied = {entry.split()[-1] for entry in outcome.before.splitlines()}
     left = [p for p in outcome.left if p not in copied and not any(d in p for d in BY_DESIGN)]
-    assert left in ([], ["./o"], ["./u"], ["./tree"]), f"left on the filesystem: {left}"
+    # at most the empty folders a writer made before the write failed (upgrade mirrors: o/dep)
+    assert left in ([], ["./o"], ["./o", "./o/dep"], ["./u"], ["./tree"]), f"left on the filesystem: {left}"
     kept = [entry for entry in outcome.after.splitlines() if entry.split()[-1] in copied]
     assert kept == outcome.before.splitlines(), "a source on the filesystem changed"
     assert digest_tree(sources) == before

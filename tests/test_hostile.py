@@ -636,12 +636,6 @@ def test_corpus_is_large_enough() -> None:
 # --- a refused template costs one render budget per command -------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a folder's hostile template is rendered about 25 times per command, each with a fresh budget "
-    "(infer: prompt_format derivation 12x, num_bos; checks: render_all 6x; then the render itself), "
-    "so refusing it costs 25 times the step limit (6 s of CPU for `render`): etm_compat/infer and "
-    "etm_compat/checks/template.py should render one deployment's template under one "
-    "prompt.bounds.shared_budget, or remember that a template text was refused"))  # fmt: skip
 def test_a_refused_template_costs_one_render_budget_per_command(
     guarded: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

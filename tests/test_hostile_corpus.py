@@ -116,9 +116,16 @@ def allowed(rel: str, patterns: tuple[str, ...]) -> bool:
 
 #: ``python -m etm_compat`` under an address-space limit (set here, not in a preexec_fn: the
 #: children are started from threads).
+#: The child reports its own peak RSS (VmHWM, reset at exec) at exit: wait4's ru_maxrss would
+#: include the parent's RSS at fork time, which grows over a long test session.
 CHILD = (
-    "import resource, runpy, sys\n"
+    "import atexit, resource, runpy, sys\n"
     "resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv.pop(1)),) * 2)\n"
+    "hwm_file = sys.argv.pop(1)\n"
+    "def _hwm():\n"
+    "    with open('/proc/self/status') as fh, open(hwm_file, 'w') as out:\n"
+    "        out.write(next(l for l in fh if l.startswith('VmHWM:')).split()[1])\n"
+    "atexit.register(_hwm)\n"
     "runpy.run_module('etm_compat', run_name='__main__', alter_sys=True)\n"
 )
 
@@ -134,12 +141,13 @@ class Outcome:
 
 
 def run_child(run: Run, cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str, str]:
-    """``python -m etm_compat ARGV`` in ``cwd``; its peak RSS (from wait4) stays under the bound."""
+    """``python -m etm_compat ARGV`` in ``cwd``; its peak RSS (VmHWM) stays under the bound."""
+    hwm_file = Path(tempfile.gettempdir()) / f"etm-corpus-hwm-{os.getpid()}-{time.monotonic_ns()}"
     with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         stdin.write(run.stdin)
         stdin.seek(0)
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(CHILD_ADDRESS_SPACE), *run.argv],
+            [sys.executable, "-c", CHILD, str(CHILD_ADDRESS_SPACE), str(hwm_file), *run.argv],
             stdin=stdin, stdout=out, stderr=err, cwd=cwd, env={**BASE_ENV, **env, **CHILD_ENV, **run.env},
         )  # fmt: skip
         deadline = time.monotonic() + timeout
@@ -158,7 +166,11 @@ def run_child(run: Run, cwd: Path, env: dict[str, str], timeout: float) -> tuple
         stdout, stderr = (f.read().decode("utf-8", "replace") for f in (out, err))
     if child.returncode < 0:
         pytest.fail(f"killed by {signal.Signals(-child.returncode).name}: {stderr[-2000:]!r}")
-    peak = usage.ru_maxrss * 1024
+    del usage
+    reported = hwm_file.read_text() if hwm_file.exists() else ""
+    hwm_file.unlink(missing_ok=True)
+    assert reported, "the child did not report its peak RSS (it did not exit normally)"
+    peak = int(reported) * 1024
     assert peak < MAX_CHILD_RSS, f"peak RSS {peak >> 20} MiB, over {MAX_CHILD_RSS >> 20} MiB"
     return child.returncode, stdout, stderr
 

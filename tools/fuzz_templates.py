@@ -14,10 +14,12 @@ limits. An execution passes when it finishes or raises an ``EtmError`` (a refusa
 - the output is within the output limit;
 - the budget's counted steps and built characters stayed within their maximums.
 
-With ``--compare`` (the default), a rendering that finished is also rendered by transformers'
-own ``render_jinja_template`` and must be byte-identical (skipped when the template prints an
-object address, uses randomness or the clock, or holds a number that makes transformers' unbounded
-environment fold huge constants while compiling).
+Unless ``--no-compare``, a rendering that finished is also rendered by transformers' own
+``render_jinja_template`` and must be byte-identical. Transformers' environment is unbounded and
+folds constants while compiling (``[0] * (1000 * 1000 * 1000)`` in a branch never taken is 24
+GB there), so it runs in a child process limited in memory and time; what it cannot finish is
+counted, not compared. Templates printing an object address or using randomness or the clock
+are not compared either.
 
 Anything else (an exception that is not an ``EtmError``, a late answer, a limit overrun, a
 different rendering) is a failure. The run prints a summary: runs, finished, refused by class and reason, the slowest
@@ -32,6 +34,7 @@ The exit status is 1 when there were failures.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import random
 import resource
 import sys
@@ -40,6 +43,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -334,7 +338,7 @@ class Summary:
     slowest_cpu: float = 0.0
     late_on_wall_clock_only: int = 0  # over deadline + grace in wall time, not in CPU time
     compared: int = 0
-    reference_failed: int = 0  # transformers could not compile a huge folded integer
+    reference_failed: int = 0  # transformers ran out of memory or time (folding huge constants)
     max_steps_seen: int = 0
     max_built_seen: int = 0
     max_output_seen: int = 0
@@ -359,9 +363,14 @@ def _reason(exc: EtmError) -> str:
     return "other"
 
 
-#: Templates holding these are not compared: transformers' environment would fold huge constants
-#: (``'x' * 10**9`` in a branch never taken) or give different text (randomness, the clock).
+#: Templates holding these are not compared: they give different text (randomness, the clock)
+#: or make transformers' unbounded environment fold a huge constant while compiling.
 NOT_COMPARED = ("99999", "1000000", "lipsum", "strftime_now", "random")
+#: The reference renderer runs in a child process with this much address space and time: it
+#: folds constants while compiling, so ``[0] * (1000 * 1000 * 1000)`` in a branch that never
+#: runs allocates 24 GB there (our sandbox leaves ``*`` to the rendering, which skips it).
+REFERENCE_BYTES = 4 * 2**30
+REFERENCE_SECONDS = 20.0
 
 
 def reference(source: str, conversation: Sequence[Mapping[str, Any]], tools: Any) -> str:
@@ -375,30 +384,84 @@ def reference(source: str, conversation: Sequence[Mapping[str, Any]], tools: Any
     return str(result[0][0])
 
 
-def _compare(source: str, conversation: Any, tools: Any, output: str, summary: Summary) -> None:
+def _reference_worker(conn: Connection) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (REFERENCE_BYTES, REFERENCE_BYTES))
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        try:
+            conn.send(("ok", reference(*request)))
+        except MemoryError:
+            conn.send(("resources", "MemoryError"))
+        except ValueError as exc:  # a folded integer too long to write into the code
+            huge = "integer string conversion" in str(exc)
+            conn.send(("resources" if huge else "error", f"ValueError: {exc}"[:300]))
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"[:300]))
+
+
+class Reference:
+    """transformers' renderer in a child process, bounded in memory and time, restarted after
+    it runs out of either."""
+
+    def __init__(self) -> None:
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+
+    def render(self, source: str, conversation: Any, tools: Any) -> tuple[str, str]:
+        """``("ok", text)``, ``("error", what)`` or ``("resources", what)``."""
+        if self._process is None or not self._process.is_alive() or self._conn is None:
+            self.close()
+            context = multiprocessing.get_context("fork")
+            self._conn, child = context.Pipe()
+            self._process = context.Process(target=_reference_worker, args=(child,), daemon=True)
+            self._process.start()
+            child.close()
+        try:
+            self._conn.send((source, [dict(m) for m in conversation], tools))
+            if self._conn.poll(REFERENCE_SECONDS):
+                status, text = self._conn.recv()
+                return str(status), str(text)
+        except (EOFError, OSError):
+            pass
+        self.close()
+        return "resources", "the reference ran out of time or memory"
+
+    def close(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._process = self._conn = None
+
+
+def _compare(
+    source: str, conversation: Any, tools: Any, output: str, summary: Summary, ref: Reference
+) -> None:
     if any(s in source for s in NOT_COMPARED) or " at 0x" in output:
         return
     if any(v is None for message in conversation for v in message.values()):
         return  # transformers' render_jinja_template keeps None values; apply_chat_template drops them
-    summary.compared += 1
-    try:
-        expected = reference(source, conversation, tools)
-    except Exception as exc:  # transformers refused what we rendered
-        if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
-            # transformers folds ``(1000 ** 1000) ** 2`` while compiling and cannot write the
-            # constant into its code; our sandbox leaves ``**`` to the renderer.
-            summary.reference_failed += 1
-            return
-        detail = f"transformers raised {type(exc).__name__}: {exc}"[:300]
-        summary.failures.append(Failure("differs", source, detail))
+    status, expected = ref.render(source, conversation, tools)
+    if status == "resources":
+        summary.reference_failed += 1
         return
-    if expected != output:
+    summary.compared += 1
+    if status != "ok":
+        detail = f"transformers raised {expected}"
+        summary.failures.append(Failure("differs", source, detail))
+    elif expected != output:
         detail = f"differs from transformers: {output[:200]!r} != {expected[:200]!r}"
         summary.failures.append(Failure("differs", source, detail))
 
 
 def execute(
-    source: str, limits: RenderLimits, rng: random.Random, summary: Summary, compare: bool = False
+    source: str,
+    limits: RenderLimits,
+    rng: random.Random,
+    summary: Summary,
+    ref: Reference | None = None,
 ) -> None:
     """Compile and render one template; record its outcome and any failure in ``summary``."""
     conversation = rng.choice(CONVERSATIONS)
@@ -418,6 +481,8 @@ def execute(
         finished = True
     except EtmError as exc:
         summary.refused[f"{type(exc).__name__}: {_reason(exc)}"] += 1
+        if "MemoryError" in exc.message:  # a bound that did not hold: Python ran out first
+            summary.failures.append(Failure("limit", source, exc.message))
     except Exception:  # a failure: anything that is not a refusal
         summary.failures.append(Failure("exception", source, traceback.format_exc(limit=-4)))
     finally:
@@ -452,8 +517,8 @@ def execute(
             detail = f"meter over its limits: {budget.meter.steps} steps, {budget.meter.built} built"
             problems.append(Failure("limit", source, detail))
     summary.failures += problems
-    if compare and finished and not problems:
-        _compare(source, conversation, tools, output, summary)
+    if ref is not None and finished and not problems:
+        _compare(source, conversation, tools, output, summary, ref)
 
 
 def fuzz(
@@ -467,11 +532,16 @@ def fuzz(
     rng = random.Random(seed)
     generator = TemplateGenerator(rng)
     summary = Summary()
+    ref = Reference() if compare else None
     started = time.perf_counter()
-    for i in range(runs):
-        execute(generator.template(), limits, rng, summary, compare)
-        if progress is not None and (i + 1) % 5000 == 0:
-            progress(summary)
+    try:
+        for i in range(runs):
+            execute(generator.template(), limits, rng, summary, ref)
+            if progress is not None and (i + 1) % 5000 == 0:
+                progress(summary)
+    finally:
+        if ref is not None:
+            ref.close()
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -481,7 +551,7 @@ def report(summary: Summary, limits: RenderLimits, show: int = 5) -> str:
         f"runs: {summary.runs}  finished: {summary.finished}  "
         f"refused: {sum(summary.refused.values())}  failures: {len(summary.failures)}  "
         f"compared with transformers: {summary.compared} "
-        f"(transformers failed on a folded huge integer: {summary.reference_failed})",
+        f"(not compared, transformers ran out of memory or time: {summary.reference_failed})",
         f"limits: {limits.max_seconds} s, {limits.max_output_chars} characters, "
         f"{limits.max_steps} steps, {limits.built_limit} built",
         f"wall time: {summary.seconds:.0f} s  peak RSS: {summary.peak_rss_mib():.0f} MiB",

@@ -10,6 +10,7 @@ an archive already up to date).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -17,7 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Final, Literal, TypedDict
 
 from etm_compat.archive import open_archive
 from etm_compat.bulk.lock import archive_lock, remove_stale_temporaries
@@ -161,6 +162,12 @@ class TaskOutcome(_TaskOutcomeRequired, total=False):
     #: What the report pages show about the deployment (None when it failed or was locked;
     #: absent from outcomes made elsewhere, e.g. for a worker that died).
     details: dict[str, Any] | None
+    #: Set when the output itself is unusable (full, read-only, over quota): the run stops.
+    output_unusable: bool
+
+
+#: errno values that make the whole output unusable, not one archive.
+OUTPUT_UNUSABLE: Final = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT})
 
 
 def upgrade_task(task: Task) -> TaskOutcome:
@@ -211,9 +218,15 @@ def upgrade_task(task: Task) -> TaskOutcome:
             view = describe(dep)
             result = pack_view(view, archive, force=True)
     except EtmError as exc:
-        return done("failed", str(exc))
+        failed = done("failed", str(exc))
+        if isinstance(exc, OSError) and exc.errno in OUTPUT_UNUSABLE:
+            failed["output_unusable"] = True
+        return failed
     except OSError as exc:
-        return done("failed", f"{exc.filename or archive}: {exc.strerror or exc}")
+        failed = done("failed", f"{exc.filename or archive}: {exc.strerror or exc}")
+        if exc.errno in OUTPUT_UNUSABLE:
+            failed["output_unusable"] = True
+        return failed
     except Exception as exc:  # one deployment's bug must not stop the tree; it is reported
         log.exception("internal error while upgrading %s", dep.program)
         return done("failed", f"internal error (a bug in etm-compat): {type(exc).__name__}: {exc}")

@@ -26,6 +26,7 @@ from etm_compat.bulk.executor import default_jobs, open_executor
 from etm_compat.bulk.plan import PlanItem, PlanWork, UpgradePlan, paused_gc, plan_upgrade
 from etm_compat.bulk.state import check_and_record, save_state
 from etm_compat.bulk.task import Outcome, Task, TaskOutcome, upgrade_task
+from etm_compat.errors import OutputError
 from etm_compat.findings import Finding
 from etm_compat.legacy.deployment import Adapter, Deployment, deployment_record
 
@@ -226,8 +227,12 @@ def execute(
     # Biggest first: the long tasks start early, so workers finish together.
     order.sort(key=lambda i: -plan.items[i].source_bytes)
 
+    unusable: list[str] = []  # the output itself failed (full, read-only): stop the run
+
     def finish(index: int, finished: Finished) -> None:
         outcome, record = finished
+        if outcome.get("output_unusable"):
+            unusable.append(outcome["reason"])
         results[index] = _item_result(plan, plan.items[index], outcome)
         if record is not None:
             records[str(plan.items[index].archive)] = record
@@ -240,6 +245,8 @@ def execute(
     if executor is None:
         for index in order:
             finish(index, run_task(*job(index)))
+            if unusable:
+                break
     else:
         batches = _batches(order, plan)
         futures = {executor.submit(run_tasks, [job(i) for i in batch]): batch for batch in batches}
@@ -252,9 +259,16 @@ def execute(
                     done = [(_failed(plan.items[i], exc), None) for i in batch]
                 for index, finished in zip(batch, done, strict=True):
                     finish(index, finished)
+                if unusable:
+                    break
         finally:
             for future in futures:
                 future.cancel()
+    if unusable:
+        raise OutputError(
+            f"the output cannot be written, the run stopped: {unusable[0]}",
+            hint="free space or choose a writable output folder, then run again (finished archives are kept)",
+        )
     if remember and plan.state is not None:
         with paused_gc():
             save_state(plan.state, plan.memo, records)
