@@ -282,11 +282,11 @@ class EtmArchive:
                 hint="extract into an empty folder",
             )
         existing = [str(t) for _, t in plan if t.exists() or t.is_symlink()]
-        for target in existing:  # never over the archive itself, even with force
-            if os.path.exists(target) and os.path.samefile(target, self.path):
+        for existing_path in existing:  # never over the archive itself, even with force
+            if os.path.exists(existing_path) and os.path.samefile(existing_path, self.path):
                 raise OutputError(
                     "is one of the files this run reads (the archive being unpacked); refusing to write over a source",
-                    path=target,
+                    path=existing_path,
                     hint="extract into another folder",
                 )
         if existing and not force:
