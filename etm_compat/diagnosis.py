@@ -345,6 +345,8 @@ def _skipped_report(skipped: Skipped, root: Path) -> DeploymentReport:
     name = display_path(skipped.path, root)
     if skipped.ignored:
         finding = Finding("file-not-packed", "info", skipped.reason, "nothing to do: it is no part of an ExecuTorch deployment", (name,))
+    elif skipped.unreadable:
+        finding = Finding("input-unreadable", "error", skipped.reason, skipped.hint, (name,))
     else:
         hint = "put the program's tokenizer next to it, or name it: pack --tokenizer PATH"
         finding = Finding("deployment-skipped", "warning", skipped.reason, hint, (name,))

@@ -939,11 +939,7 @@ CASES += [
          outputs=("a.etm",), needle="weights-missing-key"),  # the unreadable .ptd is left out: its keys are missing
     Case("pack_folder_tokenizer_truncated", "truncated", lambda k: ["pack", str(_dep_cut(k, "tokenizer.model")), "-o", k.s("a.etm")], 3),
     Case("diagnose_folder_program_truncated", "truncated", lambda k: ["diagnose", str(_dep_cut(k, "program.pte")), "--json"], 1,
-         needle="input-unreadable", bug=(
-             "diagnose reports a corrupt program in a folder as deployment-skipped, a warning (exit 0) whose hint is "
-             "about tokenizers; the docstring of etm_compat/diagnosis.py diagnose promises input-unreadable: "
-             "legacy/scan should mark a program it cannot read, and _skipped_report should emit input-unreadable "
-             "(error) with the reader's hint")),
+         needle="input-unreadable"),
     Case("upgrade_tree_program_truncated", "truncated", lambda k: ["upgrade", str(_dep_cut(k, "program.pte").parent), "--out", k.s("out"), "--jobs", "1"],
          1, outputs=("out", "out/*")),
     Case("inspect_pte_sparse_4_gib", "truncated", lambda k: ["inspect", str(k.sparse("m.pte", pte_bytes()[:64], 4 << 30))], 3),

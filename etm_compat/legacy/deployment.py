@@ -200,3 +200,6 @@ class Skipped:
     path: Path
     reason: str
     ignored: bool = False
+    #: a file of it could not be read (a corrupt or truncated program): an error, not a warning
+    unreadable: bool = False
+    hint: str = ""

@@ -152,8 +152,8 @@ def deployments_in_folder(
             if not adapter.detect(folder):
                 continue
             found = list(adapter.read(folder, root))
-        except InputError as exc:
-            return [], [Skipped(folder, exc.message)]
+        except InputError as exc:  # a file of the folder cannot be read
+            return [], [Skipped(folder, exc.message, unreadable=True, hint=exc.hint or "")]
         good = [d for d in found if d.tokenizer is not None]
         bad = [Skipped(d.program, d.problem or NO_TOKENIZER) for d in found if d.tokenizer is None]
         ignored = {path: why for d in found for path, why in d.left_out}
@@ -219,7 +219,7 @@ def _record(read: FolderRead, root: Path, newest_allowed: int) -> dict[str, Any]
         return {
             "deps": deps,
             "deployments": [deployment_record(d, rel) for d in read.deployments],
-            "skipped": [[rel(s.path), s.reason, s.ignored] for s in read.skipped],
+            "skipped": [[rel(s.path), s.reason, s.ignored, s.unreadable, s.hint] for s in read.skipped],
         }
     except ValueError:
         return None
@@ -250,8 +250,9 @@ def _reuse(
 
         deployments = tuple(deployment_from_record(d, path) for d in record["deployments"])
         skipped = tuple(
-            Skipped(path(p), why, ignored) for p, why, ignored in record["skipped"]
-            if isinstance(why, str) and isinstance(ignored, bool)
+            Skipped(path(p), why, ignored, unreadable, hint)
+            for p, why, ignored, unreadable, hint in record["skipped"]
+            if isinstance(why, str) and isinstance(ignored, bool) and isinstance(unreadable, bool) and isinstance(hint, str)
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
