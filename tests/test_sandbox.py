@@ -321,6 +321,25 @@ def test_a_shared_budget_bounds_several_renderings() -> None:
     assert 200_000 < shared.meter.steps <= 250_000
 
 
+def test_a_call_that_renders_twice_is_bounded_as_one_rendering() -> None:
+    # A null value makes render_chat try the messages without it, then as given: both
+    # renderings count against the call's one budget (steps here; the deadline alike).
+    chat = [{"role": "assistant", "content": None, "tool_calls": []}]
+    work_then_fail = "{% for i in range(99999) %}{% endfor %}{{ messages[0].content.upper() }}"
+    limits = RenderLimits(max_seconds=120, max_steps=150_000)
+    budgets: list[Budget] = []
+    token = RECORD.set(budgets)
+    try:
+        with pytest.raises(TemplateError, match="has no attribute 'content'"):  # the first failure
+            render_chat(work_then_fail, chat, limits=limits)
+    finally:
+        RECORD.reset(token)
+    (meter,) = {id(budget.meter): budget.meter for budget in budgets}.values()
+    assert len({budget.deadline for budget in budgets}) == 1
+    # 100,000 steps each: the second rendering was stopped at the call's limit.
+    assert 100_000 < meter.steps <= 150_000
+
+
 def test_python_warnings_about_generated_code_are_not_printed(capfd: pytest.CaptureFixture[str]) -> None:
     # Jinja writes a slice as Python (``5[1:]``), which Python's compiler warns about; under
     # this suite's warnings-as-errors the template would not even compile.

@@ -163,8 +163,10 @@ def shared_budget(limits: RenderLimits) -> Iterator[Budget]:
         with shared_budget(RenderLimits(max_seconds=2.0)):
             for conversation in conversations:
                 render_chat(template, conversation)
+
+    Inside another shared budget it also counts against that one, and never outlasts it.
     """
-    budget = Budget.start(limits)
+    budget = Budget.start(limits, within=BUDGET.get())
     token = BUDGET.set(budget)
     try:
         yield budget
@@ -484,7 +486,9 @@ def check_format_spec(fmt: str, values: Any) -> None:
     for _, _, spec, _ in fields:
         numbers = re.findall(r"\d+", spec or "")
         if spec and "{" in spec:
-            numbers += [n for v in values if isinstance(v, _SCALARS) for n in re.findall(r"\d+", str(v))]
+            numbers += [
+                n for v in values if isinstance(v, _SCALARS) for n in re.findall(r"\d+", str(v))
+            ]
         if any(len(n) > 9 or int(n) > limit for n in numbers):
             over_limit("str.format with an oversized width or precision")
     check_texts(values, "str.format")

@@ -30,6 +30,7 @@ import jinja2.nodes
 import jinja2.parser
 
 from etm_compat.errors import TemplateError, UsageError
+from etm_compat.prompt.bounds import shared_budget
 from etm_compat.prompt.sandbox import (
     BUDGET,
     MAX_RANGE,
@@ -339,6 +340,20 @@ def render_chat(
     # transformers 5.x drops None-valued keys ("content": null) before rendering; where that
     # breaks the template (it reads message.content of a tool call), the messages as given
     # render it, as transformers' own renderer and 4.x apply_chat_template do.
+    if not _has_none(messages):
+        return _render_variants(compiled, messages, variables, continue_final_message, limits)
+    # Two renderings may run: both count against one budget, so the call is bounded as one.
+    with shared_budget(limits):
+        return _render_variants(compiled, messages, variables, continue_final_message, limits)
+
+
+def _render_variants(
+    compiled: CompiledTemplate,
+    messages: Sequence[Message],
+    variables: dict[str, Any],
+    continue_final_message: bool | str,
+    limits: RenderLimits,
+) -> str:
     failure: TemplateError | None = None
     for drop_none in (True, False) if _has_none(messages) else (True,):
         chat = _prepare_messages(messages, drop_none=drop_none)
