@@ -47,6 +47,11 @@ try:
         problems = etm.verify()
         print("problems", ";".join(sorted({p.code for p in problems})), flush=True)
         data = b""
+    elif op == "snapshot":  # diagnose's and verify's reads of the program head and .ptd keys
+        from etm_compat.checks.archive import snapshot_findings
+        snapshot = snapshot_findings(etm)
+        print("findings", ";".join(sorted({f"{f.code}:{f.paths}" for f in snapshot.findings})), flush=True)
+        data = b""
     elif op == "extract":
         etm.extract(tempfile.mkdtemp())
         data = b""
@@ -135,6 +140,14 @@ def test_verify_reports_the_truncation(tmp_path: Path, how: str) -> None:
     code, out = _run(_archive(tmp_path, PTE, filler=1 << 20), "verify", how)
     assert code == 0
     assert out.splitlines()[0] == "problems truncated", out
+
+
+@pytest.mark.parametrize("how", ["truncate", "cp-over"])
+def test_the_snapshot_reads_report_the_truncation(tmp_path: Path, how: str) -> None:
+    # The program head is read with pread: the archive truncated under it is a finding.
+    code, out = _run(_archive(tmp_path, PTE, filler=1 << 20), "snapshot", how)
+    assert code == 0, out
+    assert out.splitlines()[0] == "findings archive-unreadable:('model.pte',)", out
 
 
 @pytest.mark.runtime

@@ -2,9 +2,10 @@
 
 Shared by ``verify`` (integrity, and the tokenizer and snapshot checks of ``verify --runtime``)
 and ``diagnose`` (all of them). No runtime is needed: the archived ``model.pte`` head is read
-from the archive mapping with :func:`~etm_compat.formats.pte.read_pte_bytes`, each ``.ptd`` with
-:func:`~etm_compat.formats.ptd.read_ptd_bytes`, and the tokenizer (which the readers take by
-path) is copied to a scratch folder, read, and deleted. Then the mismatch checks run on what
+with :func:`~etm_compat.formats.pte.open_program_at`, each ``.ptd``'s FlatBuffer with
+:func:`~etm_compat.formats.ptd.read_ptd_at`, both through ``pread`` (never the mapping: an
+archive truncated meanwhile is an error, not SIGBUS), and the tokenizer (which the readers take
+by path) is copied to a scratch folder, read, and deleted. Then the mismatch checks run on what
 metadata.json records (template, stop set, num_bos) against those archived files.
 """
 
@@ -16,14 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from etm_compat.archive import EtmArchive, open_archive
+from etm_compat.archive.read import EtmArchive, open_archive
 from etm_compat.checks.run import family_of, run_checks
 from etm_compat.checks.subject import Subject, finding
 from etm_compat.constants import MEMBER_METADATA, MEMBER_PROGRAM, MEMBER_TOKENIZER_CONFIG
 from etm_compat.errors import EtmError
 from etm_compat.findings import Finding
-from etm_compat.formats.ptd import read_ptd_bytes
-from etm_compat.formats.pte import PteInfo, read_pte_bytes
+from etm_compat.formats.flatfile import Read
+from etm_compat.formats.ptd import read_ptd_at
+from etm_compat.formats.pte import PteInfo, describe_program, open_program_at
 from etm_compat.formats.tokenizer.detect import read_tokenizer
 from etm_compat.formats.tokenizer.model import TokenizerInfo
 
@@ -155,13 +157,11 @@ def read_archived_tokenizer(archive: EtmArchive, member: str) -> TokenizerInfo:
     the member, and tokenizer_config.json when present, go to a scratch folder for the read)."""
     with tempfile.TemporaryDirectory(prefix="etm-diagnose-") as tmp:
         target = Path(tmp) / Path(member).name
-        with archive.member_view(member) as view:
-            target.write_bytes(view)
+        target.write_bytes(archive.read_member(member))  # pread: a truncated archive is an error
         config = None
         if MEMBER_TOKENIZER_CONFIG in archive.members:
             config = Path(tmp) / MEMBER_TOKENIZER_CONFIG
-            with archive.member_view(MEMBER_TOKENIZER_CONFIG) as view:
-                config.write_bytes(view)
+            config.write_bytes(archive.read_member(MEMBER_TOKENIZER_CONFIG))
         return read_tokenizer(target, config_path=config, check_runner=True)
 
 
@@ -195,6 +195,12 @@ class ArchiveSnapshot:
     weights: tuple[tuple[str, frozenset[str]], ...]  # (member, its keys)
 
 
+def _reader(archive: EtmArchive, member: str) -> tuple[Read, int]:
+    """A member read with ``pread`` (never through the mapping, which a truncation turns into
+    SIGBUS), and its size: what the FlatBuffer readers take."""
+    return (lambda at, n: archive.read_member(member, at, n)), archive.member_range(member)[1]
+
+
 def snapshot_findings(archive: EtmArchive, damaged: frozenset[str] = frozenset()) -> ArchiveSnapshot:
     """Read the program head, the tokenizer and each ``.ptd``'s keys (never the runtime) and
     compare them with what metadata.json claims: constant methods, tokenizer format and vocab,
@@ -205,8 +211,7 @@ def snapshot_findings(archive: EtmArchive, damaged: frozenset[str] = frozenset()
     # A damaged member is reported once, as damaged, and not read further.
     if MEMBER_PROGRAM in archive.members and MEMBER_PROGRAM not in damaged:
         try:
-            with archive.member_view(MEMBER_PROGRAM) as view:
-                pte = read_pte_bytes(view, name=MEMBER_PROGRAM)
+            pte = describe_program(open_program_at(*_reader(archive, MEMBER_PROGRAM), name=MEMBER_PROGRAM))
         except EtmError as exc:
             findings.append(finding("archive-unreadable", "error", str(exc), exc.hint or "", MEMBER_PROGRAM))
     if pte is not None:
@@ -225,8 +230,7 @@ def snapshot_findings(archive: EtmArchive, damaged: frozenset[str] = frozenset()
     for name in sorted(archive.members):
         if name.startswith("weights/") and name.endswith(".ptd") and name not in damaged:
             try:
-                with archive.member_view(name) as view:
-                    weights.append((name, read_ptd_bytes(view, name=name).keys))
+                weights.append((name, read_ptd_at(*_reader(archive, name), name=name).keys))
             except EtmError as exc:
                 findings.append(finding("archive-unreadable", "error", str(exc), exc.hint or "", name))
     findings += _weights_snapshot(dict(weights), meta)

@@ -86,15 +86,29 @@ def read_flat_head(path: str | os.PathLike[str], fmt: FlatFileFormat[H]) -> Flat
     name = os.fspath(path)
     try:
         with open_regular(name) as f:
-            file_size = os.fstat(f.fileno()).st_size
-            head = f.read(fmt.head_bytes)
-            header = fmt.parse_header(head, file_size, name)
-            end = _checked_end(header, file_size, fmt, name)
-            data = head[:end]
-            if end > len(head):
-                data += f.read(end - len(head))
+
+            def read(at: int, size: int) -> bytes:
+                f.seek(at)
+                return f.read(size)
+
+            return fetch_flat_head(read, os.fstat(f.fileno()).st_size, fmt, name)
     except OSError as exc:
         raise UnreadableError(f"cannot read {fmt.what}: {exc.strerror or exc}", path=name) from exc
+
+
+#: ``read(offset, size)``: at most ``size`` bytes from ``offset`` (fewer only at the end).
+Read = Callable[[int, int], bytes]
+
+
+def fetch_flat_head(read: Read, file_size: int, fmt: FlatFileFormat[H], name: str) -> FlatHead[H]:
+    """Like :func:`read_flat_head` for a file of ``file_size`` bytes served by ``read`` (an
+    archive member read with ``pread``): ``fmt.head_bytes``, then up to the FlatBuffer's end."""
+    head = read(0, fmt.head_bytes)
+    header = fmt.parse_header(head, file_size, name)
+    end = _checked_end(header, file_size, fmt, name)
+    data = head[:end]
+    while len(data) < end and (more := read(len(data), end - len(data))):
+        data += more
     if len(data) != end:
         raise fmt.error(
             f"file is truncated: expected {end} {fmt.extent} bytes, read {len(data)}",
@@ -131,6 +145,8 @@ __all__ = [
     "FlatFileFormat",
     "FlatHead",
     "FlatHeader",
+    "Read",
+    "fetch_flat_head",
     "has_identifier",
     "read_flat_head",
     "view_flat_head",

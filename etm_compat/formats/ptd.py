@@ -36,6 +36,8 @@ from etm_compat.formats.flatbuf import FlatBuffer, Table
 from etm_compat.formats.flatfile import (
     IDENTIFIER_AT,
     FlatFileFormat,
+    Read,
+    fetch_flat_head,
     has_identifier,
     read_flat_head,
     view_flat_head,
@@ -135,6 +137,12 @@ def read_ptd(path: str | os.PathLike[str]) -> PtdInfo:
 def read_ptd_bytes(data: bytes | memoryview, *, name: str = "<bytes>") -> PtdInfo:
     """Describe a ``.ptd`` held in memory (e.g. an archive member)."""
     head = view_flat_head(data, _PTD_FILE, name)
+    return _parse_table(head.data, head.file_size, head.header, name)
+
+
+def read_ptd_at(read: Read, file_size: int, *, name: str) -> PtdInfo:
+    """Describe a ``.ptd`` of ``file_size`` bytes served by ``read`` (an archive member)."""
+    head = fetch_flat_head(read, file_size, _PTD_FILE, name)
     return _parse_table(head.data, head.file_size, head.header, name)
 
 
@@ -368,5 +376,6 @@ __all__ = [
     "is_ptd_file",
     "ptd_content",
     "read_ptd",
+    "read_ptd_at",
     "read_ptd_bytes",
 ]

@@ -41,7 +41,13 @@ from etm_compat.constants import (
 from etm_compat.errors import PteFormatError, UnreadableError
 from etm_compat.fileio import open_regular
 from etm_compat.formats.flatbuf import SCALARS_PER_UNIT, FlatBuffer, Table
-from etm_compat.formats.flatfile import has_identifier, read_flat_head, view_flat_head
+from etm_compat.formats.flatfile import (
+    Read,
+    fetch_flat_head,
+    has_identifier,
+    read_flat_head,
+    view_flat_head,
+)
 from etm_compat.formats.pte_header import PTE_FILE, PteHeader
 from etm_compat.formats.treespec import ConstantValue, unflatten
 
@@ -173,6 +179,13 @@ def open_program_bytes(data: bytes | memoryview, *, name: str = "<bytes>") -> Pr
     head, whole = view_flat_head(data, PTE_FILE, name), memoryview(data).cast("B")
     fetch: Fetch = lambda at, size: bytes(whole[at : at + size])  # noqa: E731
     return _open_head(head.data, head.file_size, head.header, name, fetch)
+
+
+def open_program_at(read: Read, file_size: int, *, name: str) -> ProgramHead:
+    """Like :func:`open_program` for a ``.pte`` of ``file_size`` bytes served by ``read`` (an
+    archive member read with ``pread``, which reports a truncated file instead of faulting)."""
+    head = fetch_flat_head(read, file_size, PTE_FILE, name)
+    return _open_head(head.data, head.file_size, head.header, name, read)
 
 
 def _open_head(
@@ -398,6 +411,7 @@ __all__ = [
     "describe_program",
     "is_pte_file",
     "open_program",
+    "open_program_at",
     "open_program_bytes",
     "read_pte",
     "read_pte_bytes",
