@@ -319,3 +319,37 @@ def test_random_corruption_only_raises_ptd_format_error() -> None:
         json.dumps(info.to_json())
 
     check()
+
+
+def test_a_changed_identifier_is_always_refused() -> None:
+    good = bytes(_good())
+
+    @settings(max_examples=100, deadline=None, database=None)
+    @given(ident=st.binary(min_size=4, max_size=4).filter(lambda b: b != b"FT01"))
+    def check(ident: bytes) -> None:
+        with pytest.raises(PtdFormatError, match=r"at bytes 4\.\.8"):
+            read_ptd_bytes(good[:4] + ident + good[8:])
+
+    check()
+
+
+def test_flips_in_the_tensor_data_read_as_the_good_file() -> None:
+    # The tensor data is never read (only the FlatBuffer that describes it): any change to it
+    # leaves the keys, dtypes, shapes and sizes unchanged.
+    good = bytes(_good())
+    base = read_ptd_bytes(good).segment_base_offset
+    expected = read_ptd_bytes(good).to_json()
+
+    @settings(max_examples=100, deadline=None, database=None)
+    @given(
+        flips=st.lists(
+            st.tuples(st.integers(base, len(good) - 1), st.integers(0, 255)), min_size=1, max_size=8
+        )
+    )
+    def check(flips: list[tuple[int, int]]) -> None:
+        data = bytearray(good)
+        for pos, byte in flips:
+            data[pos] = byte
+        assert read_ptd_bytes(bytes(data)).to_json() == expected
+
+    check()

@@ -720,6 +720,41 @@ def test_random_corruption_only_raises_pte_format_error() -> None:
     check()
 
 
+def test_a_changed_identifier_is_always_refused() -> None:
+    good = bytes(_good())
+
+    @settings(max_examples=100, deadline=None, database=None)
+    @given(ident=st.binary(min_size=4, max_size=4).filter(lambda b: b != b"ET12"))
+    def check(ident: bytes) -> None:
+        data = good[:4] + ident + good[8:]
+        with pytest.raises(PteFormatError, match=r"at bytes 4\.\.8|identifier"):
+            read_pte_bytes(data)
+
+    check()
+
+
+def test_flips_in_the_weights_segment_read_as_the_good_file() -> None:
+    # The weights are never read: any change to them leaves what the reader says unchanged
+    # (and the property can fail: a reader that looked at segment data would see the flips).
+    good = fixture_file("llama/tiny_llama.pte").read_bytes()
+    base = struct.unpack_from("<Q", good, 24)[0]  # segment_base_offset
+    expected = read_pte_bytes(good).to_json()
+
+    @settings(max_examples=100, deadline=None, database=None)
+    @given(
+        flips=st.lists(
+            st.tuples(st.integers(base, len(good) - 1), st.integers(0, 255)), min_size=1, max_size=8
+        )
+    )
+    def check(flips: list[tuple[int, int]]) -> None:
+        data = bytearray(good)
+        for pos, byte in flips:
+            data[pos] = byte
+        assert read_pte_bytes(bytes(data)).to_json() == expected
+
+    check()
+
+
 # --- pytree specs: structure rebuilt from encoded_out_str -----------------------------------
 
 NESTED: dict[str, Any] = {
