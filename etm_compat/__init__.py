@@ -58,15 +58,15 @@ _EXPORTS: dict[str, str] = {
     "PtdInfo": "etm_compat.formats.ptd",
     "read_tokenizer": "etm_compat.formats.tokenizer.detect",
     "TokenizerInfo": "etm_compat.formats.tokenizer.model",
-    "open_archive": "etm_compat.archive",
-    "EtmArchive": "etm_compat.archive",
+    "open_archive": "etm_compat.archive.read",
+    "EtmArchive": "etm_compat.archive.read",
     # legacy deployments
     "Deployment": "etm_compat.legacy.deployment",
     "resolve_source": "etm_compat.legacy.resolve",
 }
 
 if TYPE_CHECKING:
-    from etm_compat.archive import EtmArchive, open_archive
+    from etm_compat.archive.read import EtmArchive, open_archive
     from etm_compat.bulk.upgrade import UpgradeResult, upgrade
     from etm_compat.compat.loader import Bundle, load, render
     from etm_compat.diagnosis import DiagnoseReport, diagnose

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from etm_compat.archive import is_archive, open_archive
+from etm_compat.archive.read import is_archive, open_archive
 from etm_compat.checks.app import AppTarget, check_app
 from etm_compat.checks.archive import check_archive
 from etm_compat.checks.folder import unused_ptd_files

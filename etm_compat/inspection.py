@@ -12,19 +12,18 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from etm_compat.archive import is_archive, open_archive
 from etm_compat.constants import MEMBER_METADATA, TOKENIZER_SUFFIXES
 from etm_compat.errors import EtmError, InputError, UnreadableError
 from etm_compat.formats.dialects import read_dialects
 from etm_compat.formats.ptd import PtdInfo, is_ptd_file, read_ptd
 from etm_compat.formats.pte import PteInfo, is_pte_file, read_pte
-from etm_compat.formats.tokenizer.detect import read_tokenizer, sniff_tokenizer_format
-from etm_compat.formats.tokenizer.model import TokenizerInfo
-from etm_compat.legacy.deployment import Adapter, Deployment, Skipped
-from etm_compat.legacy.scan import scan
-from etm_compat.view import DeploymentView, describe
+
+if TYPE_CHECKING:
+    from etm_compat.formats.tokenizer.model import TokenizerInfo
+    from etm_compat.legacy.deployment import Adapter, Deployment, Skipped
+    from etm_compat.view import DeploymentView
 
 
 @dataclass(frozen=True)
@@ -100,6 +99,9 @@ Inspection = FileInspection | ArchiveInspection | FolderInspection
 
 def inspect_archive(path: Path) -> ArchiveInspection:
     """Open an archive (structure and metadata checked, not member hashes) and describe it."""
+    # Lazy: only an archive needs the archive reader (a program or a tokenizer never does).
+    from etm_compat.archive.read import open_archive
+
     with open_archive(path) as archive:
         members = tuple(
             {"name": m.name, "offset": m.offset, "size": m.size, "crc32": m.crc32}
@@ -110,6 +112,11 @@ def inspect_archive(path: Path) -> ArchiveInspection:
 
 def inspect_folder(folder: Path, adapters: Sequence[Adapter]) -> FolderInspection:
     """Every deployment under ``folder``: its files, what the readers say, and the inference."""
+    # Lazy: scanning and describing deployments (inference, checks, templates) is a folder's
+    # work; inspecting one file never loads it.
+    from etm_compat.legacy.scan import scan
+    from etm_compat.view import describe
+
     result = scan(folder, adapters)
     deployments = []
     for dep in result.deployments:
@@ -140,8 +147,15 @@ def inspect(path: str | os.PathLike[str], adapters: Sequence[Adapter]) -> Inspec
         return FileInspection(p, read_pte(p))
     if is_ptd_file(p):
         return FileInspection(p, read_ptd(p))
+    # Lazy: each reader loads only when the file is not what the ones before read: inspecting
+    # a .pte stays as light as reading its head.
+    from etm_compat.archive.read import is_archive
+
     if is_archive(p):
         return inspect_archive(p)
+    # Lazy: as above, the tokenizer readers load only for what is not a program, weights or archive.
+    from etm_compat.formats.tokenizer.detect import read_tokenizer, sniff_tokenizer_format
+
     try:
         sniff_tokenizer_format(p)
     except InputError as tokenizer_error:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from etm_compat.archive import MemberSpec, open_archive, write_archive
 from etm_compat.archive.metadata import SHA256_PLACEHOLDER, new_metadata
 from etm_compat.archive.names import (
     processor_member_names,
@@ -25,6 +24,9 @@ from etm_compat.archive.names import (
     program_name,
     weights_member_names,
 )
+from etm_compat.archive.plan import MemberSpec
+from etm_compat.archive.read import open_archive
+from etm_compat.archive.write import write_archive
 from etm_compat.constants import (
     MEMBER_PROGRAM,
     MEMBER_SPECIAL_TOKENS_MAP,

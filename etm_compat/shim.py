@@ -42,7 +42,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
 
-from etm_compat.archive import is_archive, open_archive
+from etm_compat.archive.read import is_archive, open_archive
 from etm_compat.compat.cache import LegacyPaths, legacy_paths_of
 from etm_compat.compat.runtime import load_program_from_archive
 from etm_compat.constants import ETM_SUFFIX, MEMBER_PROGRAM

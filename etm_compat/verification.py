@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from etm_compat import isolation
-from etm_compat.archive import EtmArchive, open_archive
 from etm_compat.archive.layout import ProgramRecord
 from etm_compat.archive.metadata import tokenizer_member
+from etm_compat.archive.read import EtmArchive, open_archive
 from etm_compat.checks.archive import (
     integrity_findings,
     read_archived_tokenizer,

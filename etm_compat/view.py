@@ -25,7 +25,7 @@ from etm_compat.formats.ptd import PtdInfo, read_ptd
 from etm_compat.formats.pte import PteInfo, read_pte
 from etm_compat.formats.tokenizer.detect import read_tokenizer
 from etm_compat.formats.tokenizer.model import TokenizerInfo
-from etm_compat.infer import Inference, infer
+from etm_compat.infer.inference import Inference, infer
 from etm_compat.infer.runner import RunnerTruth, runner_truth, tokenizer_ids
 from etm_compat.legacy.deployment import Deployment
 from etm_compat.prompt.bounds import RenderLimits, shared_budget

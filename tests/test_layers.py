@@ -2,7 +2,10 @@
 
 The contract lives in pyproject.toml (``[tool.importlinter]``); these tests run it on the real
 tree, show that it catches a lower layer importing a higher one, and check what import-linter
-cannot see: which imports sit inside functions (only the lazy runtime ones, each with a reason).
+cannot see: that every import inside a function says why it is there (``# Lazy: <reason>``: the
+runtime costs seconds, a verb loads only what it uses, rich only for terminals), and that the
+runtime is never imported at module level. Lazy imports still obey the layers (import-linter sees
+them).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-#: The only modules the library may import inside a function: they cost seconds or are optional.
+#: The modules the library imports only inside a function: they cost seconds or are optional.
 LAZY = ("torch", "executorch", "pytorch_tokenizers", "distributed", "dask")
+#: What the comment above a function-local import (or above the group of imports it is in) says.
+REASON = "# Lazy:"
 
 
 def _lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -86,16 +91,43 @@ def _top_name(node: ast.Import | ast.ImportFrom) -> list[str]:
     return [alias.name.split(".")[0] for alias in node.names]
 
 
-def test_function_local_imports_are_only_the_lazy_runtime_ones_with_a_reason():
+def _has_reason(lines: list[str], node: ast.Import | ast.ImportFrom, import_lines: set[int]) -> bool:
+    """Whether a ``# Lazy:`` comment stands above ``node``: directly, or above the comment lines
+    and imports of the group it belongs to (one reason may cover a few imports)."""
+    index = node.lineno - 2  # 0-based: the line before the import
+    while index >= 0:
+        line = lines[index].strip()
+        if line.startswith(REASON):
+            return True
+        if not (line.startswith("#") or index + 1 in import_lines):
+            return False
+        index -= 1
+    return False
+
+
+def test_every_function_local_import_gives_its_reason():
     offenders = []
     for path in _library_files():
         lines = path.read_text().splitlines()
-        for node in _function_imports(ast.parse("\n".join(lines))):
-            names = _top_name(node)
-            before = lines[node.lineno - 2].strip() if node.lineno > 1 else ""
-            if not all(n in LAZY for n in names) or not before.startswith("# Lazy:"):
-                offenders.append(f"{path}:{node.lineno}: {lines[node.lineno - 1].strip()}")
-    assert not offenders, "function-local imports (only lazy runtime imports with a '# Lazy:' reason):\n" + "\n".join(offenders)
+        local = _function_imports(ast.parse("\n".join(lines)))
+        import_lines = {n for node in local for n in range(node.lineno, (node.end_lineno or node.lineno) + 1)}
+        offenders += [
+            f"{path}:{node.lineno}: {lines[node.lineno - 1].strip()}"
+            for node in local
+            if not _has_reason(lines, node, import_lines)
+        ]
+    assert not offenders, f"function-local imports without a '{REASON} <reason>' comment above:\n" + "\n".join(offenders)
+
+
+def test_the_reason_rule_catches_a_bare_function_local_import():
+    source = "def f():\n    x = 1\n    import json\n    return json, x\n"
+    lines = source.splitlines()
+    (node,) = _function_imports(ast.parse(source))
+    assert not _has_reason(lines, node, {3})
+    fixed = source.replace("    import json", f"    {REASON} only f needs it\n    import json")
+    lines = fixed.splitlines()
+    (node,) = _function_imports(ast.parse(fixed))
+    assert _has_reason(lines, node, {4})
 
 
 def test_no_module_imports_the_runtime_at_module_level():

@@ -295,6 +295,25 @@ def test_any_executor_gives_the_same_bytes(tmp_path):
         assert item.archive.read_bytes() == twin.read_bytes()
 
 
+def test_started_runs_once_the_work_is_handed_over(tmp_path):
+    # The CLI shows the plan from `started`, while the workers pack.
+    events: list[str] = []
+    plan = plan_upgrade(LEGACY, default_adapters(), out=tmp_path / "serial")
+    execute(plan, None, progress=lambda item: events.append("done"), started=lambda: events.append("started"))
+    assert events == ["started"] + ["done"] * 7  # serial: before the first item
+    events.clear()
+    plan = plan_upgrade(LEGACY, default_adapters(), out=tmp_path / "threads")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        submitted: list[int] = []
+        real_submit = pool.submit
+        pool.submit = lambda *a, **k: submitted.append(1) or real_submit(*a, **k)  # type: ignore[method-assign]
+        execute(plan, pool, progress=lambda item: events.append("done"),
+                started=lambda: events.append(f"started after {len(submitted)} submissions"))  # fmt: skip
+    assert events.count("done") == 7
+    assert [e for e in events if e.startswith("started")] == [f"started after {len(submitted)} submissions"]
+    assert events.index(f"started after {len(submitted)} submissions") == 0  # before any result is taken
+
+
 # --- reports --------------------------------------------------------------------------------------
 
 

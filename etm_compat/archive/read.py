@@ -19,11 +19,10 @@ import mmap
 import os
 import tempfile
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from etm_compat.archive.layout import ArchiveLayout, check_members, read_layout
 from etm_compat.archive.metadata import parse_metadata
@@ -53,6 +52,9 @@ from etm_compat.errors import (
     UsageError,
 )
 from etm_compat.fileio import open_regular, output_error
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 __all__ = [
     "EtmArchive",
@@ -210,6 +212,9 @@ class EtmArchive:
     def verify(self) -> list[Problem]:
         """Stream every member; compare CRC32 and sha256 with the directory and metadata."""
         problems: list[Problem] = []
+        # Lazy: only hashing members needs a thread pool; opening and inspecting never do.
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max_workers=1) as pool:
             for info in self.members.values():
                 try:
@@ -296,6 +301,9 @@ class EtmArchive:
                 hint="extract into an empty folder or pass {force}",
             )
         temps: list[tuple[Path, Path]] = []
+        # Lazy: only hashing members needs a thread pool; opening and inspecting never do.
+        from concurrent.futures import ThreadPoolExecutor
+
         try:
             with ThreadPoolExecutor(max_workers=1) as pool:
                 for info, target in plan:

@@ -20,16 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, TypedDict
 
-from etm_compat.archive import open_archive
+from etm_compat.archive.read import open_archive
 from etm_compat.bulk.lock import archive_lock, remove_stale_temporaries
 from etm_compat.constants import ETM_FORMAT_VERSION, ETM_LATEST_FORMAT_VERSION
-from etm_compat.diagnosis import metadata_details, view_details
 from etm_compat.errors import EtmError
 from etm_compat.fileio import metadata_path
 from etm_compat.findings import Finding
 from etm_compat.legacy.deployment import Deployment, deployment_from_record
-from etm_compat.packing import pack_view
-from etm_compat.view import describe
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +115,10 @@ def archive_status(archive: Path, deployment: Deployment, *, deep: bool = False)
             if _sha256(files[rel]) != recorded[rel]["sha256"]:
                 return ArchiveCheck("stale", f"{rel} has different bytes than the packed copy")
     what = "paths, sizes, mtimes" + (", hashes" if deep else "")
+    # Lazy: the details render the archive's sample conversation (the template machinery),
+    # needed only once an archive is up to date; a parent that only plans never loads them.
+    from etm_compat.diagnosis import metadata_details
+
     return ArchiveCheck(
         "up_to_date",
         f"archive matches its sources ({what})",
@@ -215,6 +216,12 @@ def upgrade_task(task: Task) -> TaskOutcome:
                     findings=check.findings,
                     details=check.details,
                 )
+            # Lazy: describing and packing (inference, checks, templates, the archive writer)
+            # load where the tasks run, not in the parent process that plans them.
+            from etm_compat.diagnosis import view_details
+            from etm_compat.packing import pack_view
+            from etm_compat.view import describe
+
             view = describe(dep)
             result = pack_view(view, archive, force=True)
     except EtmError as exc:

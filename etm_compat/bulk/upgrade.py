@@ -191,11 +191,14 @@ def execute(
     *,
     progress: Progress | None = None,
     remember: bool = True,
+    started: Callable[[], object] | None = None,
 ) -> UpgradeResult:
     """Run the plan's pending items on ``executor`` (None: one after another in this process).
 
     Items already up to date are not sent anywhere. ``progress`` is called once per finished item,
-    in completion order, from the calling thread. With ``remember`` (the default), what this run
+    in completion order, from the calling thread. ``started`` is called once the work is handed
+    to the executor, before waiting on it: what the caller does there (showing the plan) runs
+    while the workers pack. With ``remember`` (the default), what this run
     learnt is written to ``<out>/.etm-upgrade/state.json`` for the next one.
 
     >>> from concurrent.futures import ProcessPoolExecutor
@@ -243,6 +246,8 @@ def execute(
         return make_task(plan, plan.items[index]), plan.items[index].deployment
 
     if executor is None:
+        if started is not None:
+            started()
         for index in order:
             finish(index, run_task(*job(index)))
             if unusable:
@@ -251,6 +256,8 @@ def execute(
         batches = _batches(order, plan)
         futures = {executor.submit(run_tasks, [job(i) for i in batch]): batch for batch in batches}
         try:
+            if started is not None:
+                started()
             for future in concurrent.futures.as_completed(futures):
                 batch = futures[future]
                 try:

@@ -1,7 +1,8 @@
 """Rendering for people: rich tables from the JSON-ready dicts the library returns.
 
 Everything printed here that came from a file goes through :func:`safe` first: control
-characters are escaped and rich markup is neutralised.
+characters are escaped and rich markup is neutralised. Only terminal output imports this module
+(and so rich): the verbs import it where they print for people, never for ``--json``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from rich.table import Table
 from etm_compat.errors import escape_control
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def console() -> Console:
+    """The terminal every verb prints to (rich honours NO_COLOR itself; JSON never goes here)."""
+    return Console(highlight=False, soft_wrap=False)
 
 
 def safe(value: object) -> str:

@@ -1,27 +1,21 @@
 """The command line: a thin layer over the library, the same verbs, one error boundary.
 
-Exit codes are in :mod:`etm_compat.cli.exit_codes` (and the README).
+Each verb lives in its own module (:data:`VERBS`), imported only when that verb runs: parsing
+the arguments (and ``--help``) loads no verb, and a verb loads only what it uses (rich only for
+terminal output, never for ``--json``). Exit codes are in :mod:`etm_compat.cli.exit_codes`
+(and the README).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import sys
 from collections.abc import Sequence
+from typing import Final
 
-from etm_compat.cli.commands import (
-    cmd_cache,
-    cmd_diagnose,
-    cmd_families,
-    cmd_inspect,
-    cmd_pack,
-    cmd_render,
-    cmd_unpack,
-    cmd_upgrade,
-    cmd_verify,
-)
 from etm_compat.cli.exit_codes import (
     CLI_OPTIONS,
     EXIT_INTERNAL,
@@ -32,7 +26,25 @@ from etm_compat.cli.exit_codes import (
 )
 from etm_compat.constants import VERSION
 from etm_compat.errors import EtmError
-from etm_compat.prompt.apps import APP_IDS
+
+#: Each verb's module, which runs it with ``run(args) -> int`` (imported when the verb runs).
+VERBS: Final = {
+    "inspect": "etm_compat.cli.cmd_inspect",
+    "pack": "etm_compat.cli.cmd_pack",
+    "unpack": "etm_compat.cli.cmd_unpack",
+    "verify": "etm_compat.cli.cmd_verify",
+    "diagnose": "etm_compat.cli.cmd_diagnose",
+    "render": "etm_compat.cli.cmd_render",
+    "families": "etm_compat.cli.cmd_families",
+    "upgrade": "etm_compat.cli.cmd_upgrade",
+    "cache": "etm_compat.cli.cmd_cache",
+}
+
+#: The ExecuTorch demo apps ``unpack --for`` and ``diagnose --app`` name: the ids of
+#: :data:`etm_compat.prompt.apps.APP_IDS` (tests/test_startup.py checks they are the same),
+#: spelled here so that parsing the arguments loads none of the apps' registry.
+APP_CHOICES: Final = ("android", "ios")
+
 
 # --- parser -----------------------------------------------------------------------------------
 
@@ -92,7 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="describe a .pte, .ptd, tokenizer, .etm archive or folder")
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
-    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("pack", help="pack a legacy folder or a .pte with its siblings into one .etm")
     p.add_argument("source", help="a legacy deployment folder, or a .pte whose siblings are discovered")
@@ -108,7 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not wait for the archive to reach the disk (still atomic against crashes, not power loss)",
     )
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("unpack", help="restore the multi-file layout from an archive")
     p.add_argument("archive")
@@ -117,17 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--for",
         dest="app",
-        choices=APP_IDS,
+        choices=APP_CHOICES,
         help="name the program so this ExecuTorch demo app picks the model type of the archive's family",
     )
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_unpack)
 
     p = sub.add_parser("verify", help="check an archive's structure and hashes (and, with --runtime, load it)")
     p.add_argument("archive")
     p.add_argument("--runtime", action="store_true", help="load the program in executorch and the tokenizer in pytorch_tokenizers")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("diagnose", help="report mismatches between programs, tokenizers, templates and weights")
     p.add_argument("path", help="a legacy folder, a .pte, an .etm archive, or a tree of them")
@@ -136,9 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE (.json, .md or .html)")
     p.add_argument("--fail-on", choices=("error", "warning", "info"), default="error", help="exit 1 when a finding is at or above this level (default: error)")
     p.add_argument("--runtime", action="store_true", help="also check delegate backends against the installed ExecuTorch runtime (imports torch)")
-    p.add_argument("--app", choices=APP_IDS, help="also check each program as this ExecuTorch demo app would take it: model type from the file name, hard-coded prompt format")
+    p.add_argument("--app", choices=APP_CHOICES, help="also check each program as this ExecuTorch demo app would take it: model type from the file name, hard-coded prompt format")
     p.add_argument("--force", action="store_true", help="replace an existing --output file (never one of the scanned files)")
-    p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser(
         "render", help="render a conversation with a deployment's chat template, as apply_chat_template does"
@@ -175,7 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-bos", type=non_negative_int, metavar="N", help="with --tokens: BOS tokens to add (default: the deployment's)")
     p.add_argument("--num-eos", type=non_negative_int, metavar="N", help="with --tokens: EOS tokens to add (default: the deployment's)")
     p.add_argument("--json", action="store_true", help='print {"prompt": ...} (with --tokens, also ids, pieces and special marks)')
-    p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("families", help="list the model families the registry knows (the ids --family takes)")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
@@ -184,7 +190,6 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("id", help="a family id (see etm-compat families)")
     f.add_argument("--variant", default="default", help="a named template variant of the family")
     f.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for machines")
-    p.set_defaults(func=cmd_families)
 
     p = sub.add_parser("upgrade", help="pack every deployment under a folder into .etm archives (resumable)")
     p.add_argument("root", help="the folder to scan for legacy deployments")
@@ -212,7 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--verify-existing", action="store_true", help="hash archives and sources to decide what is up to date")
     p.add_argument("--json", action="store_true", help="print the result (or, with --dry-run, the plan) as JSON")
-    p.set_defaults(func=cmd_upgrade)
 
     p = sub.add_parser("cache", help="list or prune the cache of archives materialized for path-only runners")
     csub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
@@ -223,7 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--older-than", type=non_negative_days, metavar="DAYS", help="remove entries unused for DAYS")
     c.add_argument("--max-size", metavar="SIZE", help="then remove least recently used entries down to SIZE (500M, 2G)")
     c.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_cache)
     return parser
 
 
@@ -238,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
     try:
-        result: int = args.func(args)
+        verb = importlib.import_module(VERBS[args.command])
+        result: int = verb.run(args)
         return result
     except EtmError as exc:
         if args.traceback or os.environ.get("ETM_TRACEBACK"):
@@ -261,4 +265,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-__all__ = ["build_parser", "main", "non_negative_days", "non_negative_int", "positive_int", "positive_seconds"]
+__all__ = ["APP_CHOICES", "VERBS", "build_parser", "main", "non_negative_days", "non_negative_int", "positive_int", "positive_seconds"]

@@ -22,19 +22,42 @@ PosixPath('diagnose.html')
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
-from etm_compat.cli.report_html import html_page, svg_bar_chart, to_html
-from etm_compat.cli.report_md import to_markdown
 from etm_compat.cli.report_model import ReportLike, as_dict
 from etm_compat.cli.report_text import esc, md_text
 from etm_compat.errors import OutputError, UsageError, escape_json_text
 from etm_compat.fileio import check_output, output_error
+
+if TYPE_CHECKING:
+    from etm_compat.cli.report_html import html_page, svg_bar_chart, to_html
+    from etm_compat.cli.report_md import to_markdown
+
+#: The page renderers, re-exported here, load on first use (PEP 562): a JSON report, and a run
+#: that writes none, never load them (the HTML page's sample conversations come from the
+#: template machinery).
+_RENDERERS: Final = {
+    "html_page": "etm_compat.cli.report_html",
+    "svg_bar_chart": "etm_compat.cli.report_html",
+    "to_html": "etm_compat.cli.report_html",
+    "to_markdown": "etm_compat.cli.report_md",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _RENDERERS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 #: The report formats, and the one table of the file extensions that name them.
 KINDS: Final = ("json", "md", "html")
@@ -84,7 +107,15 @@ def render(report: ReportLike, fmt: str) -> str:
     kind = check_format(fmt)
     if kind == "json":
         return to_json_text(as_dict(report, details=False))
-    return to_markdown(report) if kind == "md" else to_html(report)
+    if kind == "md":
+        # Lazy: a page renderer loads only when its page is written (see _RENDERERS).
+        from etm_compat.cli.report_md import to_markdown
+
+        return to_markdown(report)
+    # Lazy: as above; the HTML page also loads the template machinery for its conversations.
+    from etm_compat.cli.report_html import to_html
+
+    return to_html(report)
 
 
 def _new_temp(folder: Path, name: str) -> tuple[int, Path]:

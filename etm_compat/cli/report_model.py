@@ -20,12 +20,13 @@ import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
-from etm_compat.bulk.upgrade import UpgradeResult
 from etm_compat.constants import VERSION
-from etm_compat.diagnosis import DiagnoseReport
 from etm_compat.findings import SEVERITIES
+
+if TYPE_CHECKING:
+    from etm_compat.bulk.upgrade import UpgradeResult
 
 UPGRADE_TITLE: Final = "etm-compat upgrade report"
 DIAGNOSE_TITLE: Final = "etm-compat diagnose report"
@@ -60,10 +61,17 @@ def as_dict(report: ReportLike, *, details: bool = True) -> Mapping[str, Any]:
     deployments carry their details unless ``details=False`` (its JSON report, schema 1)."""
     if isinstance(report, Mapping):
         return report
-    if isinstance(report, UpgradeResult):
-        return upgrade_json(report)
+    # Lazy: ``diagnose`` has loaded this module already, and ``upgrade`` passes its report as
+    # a dict (:func:`upgrade_json`): an upgrade never loads the checks and templates here.
+    from etm_compat.diagnosis import DiagnoseReport
+
     if isinstance(report, DiagnoseReport):
         return report.to_json(details=details)
+    # Lazy: as above; a diagnose report has returned already, so a diagnose never loads it.
+    from etm_compat.bulk.upgrade import UpgradeResult
+
+    if isinstance(report, UpgradeResult):
+        return upgrade_json(report)
     return report.to_json()
 
 

@@ -1,12 +1,8 @@
-"""Showing an upgrade: the plan and the summary for people (rich), and the upgrade report's content.
+"""Showing an upgrade to people (rich): the plan, the progress bar and the summary.
 
-``write_report(path, result)`` writes the report as JSON, Markdown or one self-contained HTML
-page, chosen by the extension; the format table, the escaping, the page shell and the atomic
-write are :mod:`etm_compat.cli.report_files`' (validate a path early with
-``report_files.format_for(path)``). Everything that came from the scanned tree (file names,
-messages quoting file contents) is escaped for the medium: :func:`etm_compat.cli.console.safe`
-for the terminal, :func:`~etm_compat.cli.report_files.md_text` for Markdown and
-:func:`~etm_compat.cli.report_files.esc` for HTML.
+Everything that came from the scanned tree (file names, messages quoting file contents) goes
+through :func:`etm_compat.cli.console.safe`. The report's content and files are
+:mod:`etm_compat.cli.upgrade_report`'s (re-exported here); ``upgrade --json`` loads only that.
 """
 
 from __future__ import annotations
@@ -16,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -29,16 +25,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from etm_compat.bulk.upgrade import ItemResult, UpgradePlan, UpgradeResult
-from etm_compat.cli import report_files
 from etm_compat.cli.console import SEVERITY_STYLE, safe
-from etm_compat.cli.report_files import (
-    check_format,
-    format_for,
-    to_json_text,
-    write_text_atomic,
+from etm_compat.cli.upgrade_report import (
+    OVERWRITE_REPORTS,
+    plan_files,
+    render,
+    to_json,
+    write_report,
 )
-from etm_compat.constants import VERSION
+
+if TYPE_CHECKING:
+    from etm_compat.bulk.upgrade import ItemResult, UpgradePlan, UpgradeResult
 
 TITLE = "etm-compat upgrade report"
 OUTCOME_STYLE = {"written": "green", "up_to_date": "cyan", "locked": "yellow", "failed": "bold red"}
@@ -180,54 +177,6 @@ def render_summary(console: Console, result: UpgradeResult) -> None:
         f"{counts['locked']} locked by another run, {counts['failed']} failed, "
         f"{counts['skipped']} skipped in {result.seconds:.1f}s"
         + (f"; [yellow]{flagged} archive(s) carry error-level findings[/yellow]" if flagged else "")
-    )
-
-
-# --- report files ---------------------------------------------------------------------------------
-
-
-def to_json(result: UpgradeResult) -> dict[str, Any]:
-    """The JSON report (also what ``upgrade --json`` prints)."""
-    return {"report": "etm-compat upgrade", "tool_version": VERSION, **result.to_json()}
-
-
-def render(result: UpgradeResult, fmt: str) -> str:
-    """The report as text in ``fmt`` (``json``, ``md`` or ``html``, as :func:`format_for` names)."""
-    fmt = check_format(fmt)
-    if fmt == "json":
-        return to_json_text(to_json(result))
-    return report_files.render(result, fmt)  # the page and the Markdown shared with diagnose
-
-
-#: The option that lets ``upgrade`` replace an existing report (``--force`` means "repack").
-OVERWRITE_REPORTS: Final = "--overwrite-reports"
-
-
-def plan_files(plan: UpgradePlan) -> list[Path]:
-    """Every file an upgrade reads or writes (sources and archives): no report may replace one."""
-    files: list[Path] = []
-    for item in plan.items:
-        files.extend(item.deployment.sources)
-        files.append(item.archive)
-    return files
-
-
-def write_report(
-    path: str | os.PathLike[str], result: UpgradeResult, *, fmt: str | None = None, force: bool = False
-) -> Path:
-    """Write the report in the format the extension names (or ``fmt``), atomically.
-
-    An existing file is refused unless ``force``; a source or archive of the run always is.
-
-    >>> write_report("upgrade.html", result)  # doctest: +SKIP
-    PosixPath('upgrade.html')
-    """
-    return write_text_atomic(
-        path,
-        render(result, format_for(path, fmt)),
-        force=force,
-        sources=plan_files(result.plan),
-        force_option=OVERWRITE_REPORTS,
     )
 
 

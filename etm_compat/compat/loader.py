@@ -23,9 +23,9 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Literal
 
 from etm_compat.adapters import default_adapters
-from etm_compat.archive import EtmArchive, is_archive, open_archive
 from etm_compat.archive.metadata import tokenizer_member
 from etm_compat.archive.names import weights_member_names
+from etm_compat.archive.read import EtmArchive, is_archive, open_archive
 from etm_compat.compat.cache import LegacyPaths, legacy_paths_of
 from etm_compat.compat.generation import generation_config, max_new_tokens
 from etm_compat.constants import MAIN_PROGRAM_NAME, MEMBER_TOKENIZER_CONFIG

@@ -1,0 +1,270 @@
+"""Start-up: each command imports only what it uses.
+
+Every check runs the real command line in a child process (``python -c`` running
+``etm_compat.cli.main.main([...])``, or ``python -X importtime -m etm_compat``) and looks at the
+modules it imported: counted, never timed (the machine is shared). Parsing the arguments loads no
+verb; ``inspect --json`` of a program, a tokenizer or an archive loads no template machinery, no
+rich, no deployment scanning and no archive writer; only terminal output loads rich; the
+``upgrade`` parent leaves describing and packing to the processes that run the tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from etm_compat.cli.exit_codes import EXIT_OK
+from etm_compat.cli.main import APP_CHOICES, VERBS, build_parser, main
+from etm_compat.prompt.apps import APP_IDS
+from tests.conftest import FIXTURES, fixture_file
+
+#: Runs ``main(argv)`` and writes its exit code and every imported module's name to a file.
+PROBE = """
+import json, sys
+from etm_compat.cli.main import main
+code = main(sys.argv[2:])
+with open(sys.argv[1], "w") as fh:
+    json.dump({"code": code, "modules": sorted(sys.modules)}, fh)
+"""
+
+#: What no ``inspect --json`` of a single file may import: the template machinery, terminal
+#: output, configs in YAML, the runtime, process pools, and every layer above the file readers.
+HEAVY: tuple[str, ...] = (
+    "jinja2",
+    "rich",
+    "yaml",
+    "torch",
+    "executorch",
+    "pytorch_tokenizers",
+    "multiprocessing",
+    "concurrent",
+    "etm_compat.adapters",
+    "etm_compat.bulk",
+    "etm_compat.checks",
+    "etm_compat.compat",
+    "etm_compat.diagnosis",
+    "etm_compat.infer",
+    "etm_compat.legacy",
+    "etm_compat.packing",
+    "etm_compat.prompt",
+    "etm_compat.view",
+    "etm_compat.archive.write",
+)
+#: Imported today by the archive reader's zip module (``etm_compat.archive.zipfmt``), which
+#: names ``concurrent.futures.Executor`` and ``Future`` in annotations only; drop this allowance
+#: once it imports them under ``TYPE_CHECKING``.
+ZIPFMT_IMPORTS: tuple[str, ...] = ("concurrent",)
+#: The modules ``etm-compat --help`` may load: the parser, the exit codes and the leaves.
+PARSER_MODULES = frozenset(
+    {
+        "etm_compat",
+        "etm_compat.__main__",
+        "etm_compat.cli",
+        "etm_compat.cli.main",
+        "etm_compat.cli.exit_codes",
+        "etm_compat.constants",
+        "etm_compat.errors",
+        "etm_compat.findings",
+        "etm_compat.fileio",
+        "etm_compat.jsonlimits",
+    }
+)
+
+
+def _within(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def heavy(modules: set[str], allowed: tuple[str, ...] = ()) -> list[str]:
+    """The modules of :data:`HEAVY` (and below them) in ``modules``, but for ``allowed``."""
+    return sorted(m for m in modules if _within(m, HEAVY) and not _within(m, allowed))
+
+
+def run_cli(tmp_path: Path, *argv: str) -> tuple[int, set[str], str]:
+    """``etm-compat ARGV`` in a fresh interpreter: its exit code, imported modules and stdout."""
+    record = tmp_path / f"modules-{len(list(tmp_path.glob('modules-*')))}.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(record), *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0 and record.is_file(), proc.stderr[-2000:]
+    data = json.loads(record.read_text())
+    return int(data["code"]), set(data["modules"]), proc.stdout
+
+
+def inspect_json(tmp_path: Path, path: Path) -> tuple[dict[str, Any], set[str]]:
+    code, modules, out = run_cli(tmp_path, "inspect", "--json", str(path))
+    assert code == EXIT_OK
+    return json.loads(out), modules
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+def _imported_by(argv: list[str]) -> set[str]:
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {
+        line.rsplit("|", 1)[-1].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["-m", "etm_compat", "--help"], ["-m", "etm_compat", "inspect", "--help"], ["-c", "import etm_compat.cli.main"]],
+    ids=["help", "verb-help", "import"],
+)
+def test_parsing_the_arguments_loads_no_verb(argv: list[str]) -> None:
+    modules = _imported_by(argv)
+    assert "etm_compat.cli.main" in modules
+    ours = {m for m in modules if m.startswith("etm_compat")}
+    assert ours <= PARSER_MODULES, sorted(ours - PARSER_MODULES)
+    assert heavy(modules) == []
+    assert "argparse" in modules and "importlib.resources" not in modules
+
+
+def test_every_verb_of_the_parser_has_a_module_that_runs_it() -> None:
+    parser = build_parser()
+    (verbs,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(verbs.choices) == set(VERBS)
+    for name, module in VERBS.items():
+        assert callable(importlib.import_module(module).run), name
+
+
+def test_the_app_choices_are_the_registry_apps() -> None:
+    assert tuple(APP_CHOICES) == tuple(APP_IDS)
+
+
+# --- inspect of one file ------------------------------------------------------------------------
+
+
+def test_inspect_json_of_a_program_loads_only_the_program_readers(tmp_path: Path) -> None:
+    info, modules = inspect_json(tmp_path, fixture_file("llama/tiny_llama.pte"))
+    assert info["kind"] == "pte" and info["constant_methods"]
+    assert heavy(modules) == []
+    assert not any(m.startswith(("etm_compat.archive", "etm_compat.formats.tokenizer")) for m in modules)
+
+
+@pytest.mark.parametrize(
+    "relative",
+    ["tokenizers/hf_bpe/tokenizer.json", "tokenizers/sp.model", "tokenizers/tiktoken.model", "tokenizers/tokenizer.bin"],
+)
+def test_inspect_json_of_a_tokenizer_loads_no_heavy_module(tmp_path: Path, relative: str) -> None:
+    info, modules = inspect_json(tmp_path, fixture_file(relative))
+    assert info["kind"] == "tokenizer" and info["vocab_size"] > 0
+    # The archive reader decides that the file is no archive (is_archive): its zip module's
+    # imports come with it.
+    assert heavy(modules, allowed=ZIPFMT_IMPORTS) == []
+
+
+def test_inspect_json_of_an_archive_loads_the_reader_not_the_writer(tmp_path: Path) -> None:
+    archive = tmp_path / "model.etm"
+    assert main(["pack", str(FIXTURES / "legacy" / "et_example"), "-o", str(archive), "--no-fsync", "--json"]) == EXIT_OK
+    info, modules = inspect_json(tmp_path, archive)
+    assert info["kind"] == "etm" and info["metadata"]["format"]
+    assert "etm_compat.archive.read" in modules
+    assert heavy(modules, allowed=ZIPFMT_IMPORTS) == []
+    assert not any(m.startswith("etm_compat.formats.tokenizer") for m in modules)
+
+
+def test_only_terminal_output_loads_rich(tmp_path: Path) -> None:
+    pte = fixture_file("llama/tiny_llama.pte")
+    code, modules, out = run_cli(tmp_path, "inspect", str(pte))
+    assert code == EXIT_OK and "get_max_seq_len" in out
+    assert "rich" in modules and "etm_compat.cli.console" in modules
+    assert heavy(modules, allowed=("rich",)) == []
+
+
+def test_inspect_of_a_folder_still_describes_its_deployments(tmp_path: Path) -> None:
+    info, modules = inspect_json(tmp_path, FIXTURES / "legacy")
+    assert info["kind"] == "folder"
+    described = [d for d in info["deployments"] if "inference" in d]
+    assert len(described) >= 6, [d.get("error") for d in info["deployments"]]
+    assert "rich" not in modules  # a folder describes its deployments (templates included), --json still no rich
+    assert "etm_compat.view" in modules and "jinja2" in modules
+
+
+# --- upgrade ------------------------------------------------------------------------------------
+
+#: What the parent of ``upgrade --jobs 2`` leaves to the processes that run the tasks.
+TASK_MODULES: tuple[str, ...] = (
+    "jinja2",
+    "rich",
+    "etm_compat.view",
+    "etm_compat.packing",
+    "etm_compat.diagnosis",
+    "etm_compat.checks",
+    "etm_compat.infer",
+    "etm_compat.prompt",
+    "etm_compat.archive.write",
+    "etm_compat.cli.console",
+    "etm_compat.cli.upgrade_view",
+    "etm_compat.cli.report_html",
+)
+
+
+def test_the_upgrade_parent_imports_what_planning_the_pool_and_its_output_need(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    shutil.copytree(FIXTURES / "legacy", tree)
+    out = tmp_path / "out"
+    argv = ("upgrade", str(tree), "--out", str(out), "--jobs", "2", "--json")
+    for run in ("first", "re-run"):
+        code, modules, stdout = run_cli(tmp_path, *argv, "--report", str(tmp_path / f"{run}.md"))
+        result = json.loads(stdout)
+        outcomes = {item["outcome"] for item in result["items"]}
+        assert code == EXIT_OK and outcomes == ({"written"} if run == "first" else {"up_to_date"}), outcomes
+        assert "etm_compat.bulk.executor" in modules and "multiprocessing" in modules
+        assert sorted(m for m in modules if _within(m, TASK_MODULES)) == [], run
+    assert len(list(out.rglob("*.etm"))) == len(result["items"])
+    assert "etm-compat upgrade report" in (tmp_path / "re-run.md").read_text()
+
+
+# --- the packages' names resolve on first use ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("package", "name", "defined_in", "not_loaded"),
+    [
+        ("etm_compat.formats", "read_pte", "etm_compat.formats.pte", "etm_compat.formats.tokenizer"),
+        ("etm_compat.formats", "TokenizerInfo", "etm_compat.formats.tokenizer.model", "etm_compat.formats.pte"),
+        ("etm_compat.archive", "open_archive", "etm_compat.archive.read", "etm_compat.archive.write"),
+        ("etm_compat.archive", "write_archive", "etm_compat.archive.write", "etm_compat.formats"),
+        ("etm_compat.infer", "infer", "etm_compat.infer.inference", "etm_compat.cli"),
+    ],
+)
+def test_a_package_export_stays_reachable_and_loads_only_its_module(
+    package: str, name: str, defined_in: str, not_loaded: str
+) -> None:
+    code = (
+        "import importlib, json, sys;"
+        f"value = getattr(importlib.import_module({package!r}), {name!r});"
+        "print(json.dumps([value.__module__, sorted(m for m in sys.modules if m.startswith('etm_compat'))]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    module, loaded = json.loads(proc.stdout)
+    assert module == defined_in and defined_in in loaded
+    # The package's __init__ loads no sibling of the name's module (as an eager one did).
+    assert not any(_within(m, (not_loaded,)) for m in loaded), loaded
+
+
+def test_an_unknown_package_name_is_an_attribute_error() -> None:
+    formats = importlib.import_module("etm_compat.formats")
+    with pytest.raises(AttributeError, match="no attribute 'read_gguf'"):
+        _ = formats.read_gguf
+    assert os.path.basename(formats.__file__ or "") == "__init__.py"
