@@ -149,7 +149,7 @@ def inspect(path: str | os.PathLike[str], adapters: Sequence[Adapter]) -> Inspec
         return FileInspection(p, read_ptd(p))
     # Lazy: each reader loads only when the file is not what the ones before read: inspecting
     # a .pte stays as light as reading its head.
-    from etm_compat.archive.read import is_archive
+    from etm_compat.archive.names import is_archive
 
     if is_archive(p):
         return inspect_archive(p)

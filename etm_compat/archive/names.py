@@ -11,6 +11,7 @@ Shared by the writer (refuse to pack a bad name) and the reader (refuse to open 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Final, Literal
 
 from etm_compat.constants import (
     ETM_PROGRAM_ROLES,
+    ETM_SUFFIX,
     ETM_WEIGHTS_ROLES,
     MAIN_PROGRAM_NAME,
     MEMBER_METADATA,
@@ -28,7 +30,10 @@ from etm_compat.constants import (
     MEMBER_TOKENIZER_CONFIG,
     MEMBER_TOKENIZER_NAMES,
     MEMBER_WEIGHTS_DIR,
+    ZIP_LOCAL_MAGIC,
 )
+from etm_compat.errors import UnreadableError
+from etm_compat.fileio import open_regular
 
 __all__ = [
     "ROLES",
@@ -39,6 +44,7 @@ __all__ = [
     "check_program_name",
     "check_program_role",
     "check_weights_role",
+    "is_archive",
     "member_rank",
     "member_version",
     "processor_member",
@@ -239,3 +245,23 @@ def processor_member_names(paths: Sequence[Path]) -> list[str]:
     ['processors/preprocessor_config.json', 'processors/tokenizer_config_2.json']
     """
     return [processor_member(n) for n in _safe_names(paths, "processor", _RESERVED_PROCESSORS)]
+
+
+def is_archive(path: str | os.PathLike[str]) -> bool:
+    """Whether a path is meant as an archive: the ``.etm`` suffix, or a zip local header first.
+
+    The one rule every command uses to choose between the archive reader and the legacy path. A
+    ``.etm`` that is not a valid zip still counts, so that the archive reader says what is wrong.
+    Only regular files are opened (a FIFO would block).
+
+    >>> is_archive("fixtures/programs/xnnpack.pte")
+    False
+    """
+    p = Path(path)
+    if p.suffix == ETM_SUFFIX:
+        return True
+    try:
+        with open_regular(p) as fh:
+            return fh.read(len(ZIP_LOCAL_MAGIC)) == ZIP_LOCAL_MAGIC
+    except (OSError, UnreadableError):
+        return False

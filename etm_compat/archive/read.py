@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from etm_compat.archive.layout import ArchiveLayout, check_members, read_layout
 from etm_compat.archive.metadata import parse_metadata
-from etm_compat.archive.names import check_member_name, role_of
+from etm_compat.archive.names import check_member_name, is_archive, role_of
 from etm_compat.archive.zipfmt import (
     HINT_REPACK,
     MemberInfo,
@@ -37,9 +37,7 @@ from etm_compat.archive.zipfmt import (
 )
 from etm_compat.constants import (
     ETM_MAX_METADATA_BYTES,
-    ETM_SUFFIX,
     MEMBER_METADATA,
-    ZIP_LOCAL_MAGIC,
 )
 from etm_compat.errors import (
     ArchiveError,
@@ -335,26 +333,6 @@ class EtmArchive:
 def _plain_file_name(name: str) -> bool:
     """A name that stays one file inside the destination folder (no folder part, no NUL)."""
     return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
-
-
-def is_archive(path: str | os.PathLike[str]) -> bool:
-    """Whether a path is meant as an archive: the ``.etm`` suffix, or a zip local header first.
-
-    The one rule every command uses to choose between the archive reader and the legacy path. A
-    ``.etm`` that is not a valid zip still counts, so that the archive reader says what is wrong.
-    Only regular files are opened (a FIFO would block).
-
-    >>> is_archive("fixtures/programs/xnnpack.pte")
-    False
-    """
-    p = Path(path)
-    if p.suffix == ETM_SUFFIX:
-        return True
-    try:
-        with open_regular(p) as fh:
-            return fh.read(len(ZIP_LOCAL_MAGIC)) == ZIP_LOCAL_MAGIC
-    except (OSError, UnreadableError):
-        return False
 
 
 def open_archive(path: str | os.PathLike[str]) -> EtmArchive:

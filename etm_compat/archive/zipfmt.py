@@ -19,14 +19,16 @@ import stat
 import struct
 import zlib
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from etm_compat.archive.names import check_member_name
 from etm_compat.constants import ETM_MAX_MEMBERS, MEMBER_METADATA
 from etm_compat.errors import ArchiveError
+
+if TYPE_CHECKING:  # annotations only: importing the reader starts no thread machinery
+    from concurrent.futures import Executor, Future
 
 try:
     from isal.isal_zlib import crc32 as _fast_crc32

@@ -67,9 +67,10 @@ _T = TypeVar("_T")
 class LazyProcessPool(concurrent.futures.Executor):
     """A process pool of ``workers`` processes, made at its first task.
 
-    The fork-or-spawn choice is made then (:func:`_pool_context`): workers forked from a
-    process that has imported everything start at once and pay no import again. ``started``
-    says whether there were any.
+    The fork-or-spawn choice is made then (:func:`_pool_context`): forked workers start at
+    once with what the parent imported (planning and the task runner); each loads what packing
+    needs beyond that (inference, checks, templates, the writer) at its first task, so the parent
+    never pays for it. ``started`` says whether there were any.
     """
 
     def __init__(self, workers: int) -> None:
@@ -96,9 +97,9 @@ class LazyProcessPool(concurrent.futures.Executor):
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
-    """fork where it is safe (Linux, one thread): workers inherit the imported modules (the
-    caller, :mod:`etm_compat.bulk.upgrade`, has imported the task and all it needs), so none pays
-    the start-up and import cost again; spawn everywhere else."""
+    """fork where it is safe (Linux, one thread): workers inherit the interpreter and the
+    modules the parent imported (:mod:`etm_compat.bulk.upgrade` and the task runner) and start at
+    once; spawn everywhere else."""
     if sys.platform == "linux" and threading.active_count() == 1:
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("spawn")

@@ -7,9 +7,11 @@ a deployment (inference, checks, templates, the archive writer) load where the t
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Callable
 
 from etm_compat.bulk.executor import default_jobs, open_executor
-from etm_compat.bulk.upgrade import execute, plan_upgrade
+from etm_compat.bulk.upgrade import ItemResult, execute, plan_upgrade
 from etm_compat.cli.common import adapters, emit_json
 from etm_compat.cli.exit_codes import EXIT_FINDINGS, EXIT_OK
 from etm_compat.cli.report_files import format_for
@@ -50,9 +52,14 @@ def run(args: argparse.Namespace) -> int:
             if args.dry_run:
                 render_plan(out, plan)
                 return EXIT_OK
-            render_plan(out, plan, full=False)
-            with upgrade_progress(out, plan) as progress:
-                result = execute(plan, executor, progress=progress)
+            with contextlib.ExitStack() as stack:
+                bar: list[Callable[[ItemResult], None]] = []
+
+                def started() -> None:  # the plan is shown while the workers pack (not before)
+                    render_plan(out, plan, full=False)
+                    bar.append(stack.enter_context(upgrade_progress(out, plan)))
+
+                result = execute(plan, executor, progress=lambda item: bar[0](item), started=started)
     for report in args.report or ():
         write_report(report, result, force=args.overwrite_reports)
     if args.json:
