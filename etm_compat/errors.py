@@ -10,6 +10,7 @@ callers that only know the builtin still catch them.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -37,17 +38,40 @@ _BIDI_AND_INVISIBLE: Final = frozenset(
     "\u061c\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
     "\u2060\u2066\u2067\u2068\u2069\ufeff"
 )
+#: Every character :func:`escape_control` escapes, as inclusive code point ranges: the one
+#: definition both escapers are compiled from.
+_ESCAPED_RANGES: Final = (
+    (0x00, 0x1F),  # C0 controls
+    (0x7F, 0x9F),  # DEL and C1 controls
+    (0xD800, 0xDFFF),  # a lone surrogate: a file name byte that is not UTF-8
+    (0x2028, 0x2029),  # line and paragraph separators
+    *sorted((ord(ch), ord(ch)) for ch in _BIDI_AND_INVISIBLE),
+)
 
 
-def _needs_escape(ch: str) -> bool:
-    code = ord(ch)
-    return (
-        code < 0x20
-        or 0x7F <= code < 0xA0
-        or 0xD800 <= code < 0xE000  # a lone surrogate: a file name byte that is not UTF-8
-        or ch in "\u2028\u2029"
-        or ch in _BIDI_AND_INVISIBLE
-    )
+@functools.cache
+def _escaped(in_json: bool) -> re.Pattern[str]:
+    """One character to escape, as a compiled regex: C-level scans that leave every other
+    character alone. ``in_json`` leaves C0 controls out: ``json.dumps`` escaped those inside
+    strings, so any left in its output are its own indentation. Compiled on first use (a
+    millisecond every command's start-up would pay), touching ranges merged."""
+    merged: list[list[int]] = []
+    for lo, hi in sorted(_ESCAPED_RANGES):
+        if in_json and lo < 0x20:
+            continue
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return re.compile("[" + "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in merged) + "]")
+
+
+def _python_escape(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 def escape_control(text: str) -> str:
@@ -58,9 +82,7 @@ def escape_control(text: str) -> str:
     >>> print(escape_control("a\x1b[31mb \u202egnp.exe n\udcff"))
     a\x1b[31mb \u202egnp.exe n\udcff
     """
-    return "".join(
-        ch.encode("unicode_escape").decode("ascii") if _needs_escape(ch) else ch for ch in text
-    )
+    return _escaped(False).sub(_python_escape, text)
 
 
 def escape_json_text(text: str) -> str:
@@ -71,8 +93,7 @@ def escape_json_text(text: str) -> str:
     >>> escape_json_text('"a\u202eb\udcff"')
     '"a\\u202eb\\udcff"'
     """
-    # json.dumps already escaped C0 controls inside strings: any left are its indentation
-    return "".join(f"\\u{ord(ch):04x}" if ord(ch) >= 0x20 and _needs_escape(ch) else ch for ch in text)
+    return _escaped(True).sub(_json_escape, text)
 
 
 def spell_options(hint: str, options: Mapping[str, str]) -> str:

@@ -113,6 +113,13 @@ def test_invalid_json_is_measured_at_least_as_deep_as_a_parser_goes(data, parser
 def test_hostile_shapes_are_measured_in_linear_work(data):
     """The work is a fixed number of passes whatever the shape: counted as Python-level steps of
     the escape scan and the peeling passes, never per byte."""
+    counted, calls = _counting_finds(data)
+    assert json_nesting(counted) == _old_json_nesting(data)
+    assert calls["find"] <= 2 * jsonlimits._ESCAPE_BATCH + 1
+
+
+def _counting_finds(data: bytes) -> tuple[bytes, dict[str, int]]:
+    """``data`` as bytes that count the ``find`` calls made on them (the escape scan's steps)."""
     calls = {"find": 0}
     real_find = bytes.find
 
@@ -121,5 +128,84 @@ def test_hostile_shapes_are_measured_in_linear_work(data):
             calls["find"] += 1
             return real_find(self, *args)
 
-    assert json_nesting(Counting(data)) == _old_json_nesting(data)
-    assert calls["find"] <= 2 * jsonlimits._ESCAPE_BATCH + 1
+    return Counting(data), calls
+
+
+def _pairing_reference(data: bytes, delete: bytes) -> bytes:
+    """Escaped backslashes and quotes dropped by pairing backslashes left to right, one byte at a
+    time: the definition the C-level passes implement."""
+    out = bytearray()
+    i = 0
+    while i < len(data):
+        if data[i : i + 1] == b"\\" and data[i + 1 : i + 2] in (b"\\", b'"'):
+            i += 2
+            continue
+        out += data[i : i + 1]
+        i += 1
+    return bytes(out).translate(None, delete)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.binary(max_size=200).map(lambda b: b.translate(bytes(b'\\"[]n a'[i % 7] for i in range(256)))),
+       st.sampled_from([0, 1, 3, 50]))
+def test_quoting_escapes_are_paired_left_to_right_in_sparse_and_dense_modes(data, batch):
+    """Any bytes (valid JSON or not, from any start), in the sparse scan and in bulk windows."""
+    delete = jsonlimits._deletion(b'"[]{},:')
+    expected = _pairing_reference(data, delete)
+    assert jsonlimits._without_quoting_escapes(data, delete, 0, len(data)) == expected
+    if batch:  # bulk windows of a few bytes, then one at a time again, many times over
+        saved = (jsonlimits._ESCAPE_BATCH, jsonlimits._SPARSE_ESCAPE_GAP, jsonlimits._DENSE_WINDOW)
+        jsonlimits._ESCAPE_BATCH, jsonlimits._SPARSE_ESCAPE_GAP, jsonlimits._DENSE_WINDOW = batch, 2, 5
+        try:
+            assert jsonlimits._without_quoting_escapes(data, delete, 0, len(data)) == expected
+            cut = len(data) // 3
+            assert (jsonlimits._without_quoting_escapes(data, delete, cut, len(data))
+                    == _pairing_reference(data[cut:], delete))
+        finally:
+            jsonlimits._ESCAPE_BATCH, jsonlimits._SPARSE_ESCAPE_GAP, jsonlimits._DENSE_WINDOW = saved
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON, st.booleans())
+def test_outside_strings_keeps_every_number_and_no_string_content(value, indent):
+    text = json.dumps(value, indent=2 if indent else None).encode()
+    keep = b'"[]{},:0123456789-+.eE'
+    compact = json.dumps(value, separators=(",", ":")).encode()
+    strings_removed = re.sub(rb'"(?:[^"\\]|\\.)*"', b"", compact)
+    expected = strings_removed.translate(None, jsonlimits._deletion(keep))
+    assert jsonlimits.json_outside_strings(text, keep) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_JSON, min_size=1, max_size=4), st.booleans())
+def test_the_outside_of_consecutive_parts_is_the_outside_of_the_whole(values, indent):
+    """Parts that begin and end outside strings (here: the elements of a list) can be read with
+    different kept bytes, and their nesting still adds up to the whole's."""
+    items = [json.dumps(v, indent=2 if indent else None).encode() for v in values]
+    whole = b"[" + b",".join(items) + b"]"
+    keep, numbers = jsonlimits.STRUCTURE, jsonlimits.STRUCTURE_AND_NUMBERS
+    cuts, pos = [], 1
+    for item in items:
+        cuts.append((pos, pos + len(item)))
+        pos += len(item) + 1
+    start, end = cuts[len(cuts) // 2]
+    pieces = (jsonlimits.json_outside_strings(whole, keep, 0, start)
+              + jsonlimits.json_outside_strings(whole, numbers, start, end)
+              + jsonlimits.json_outside_strings(whole, keep, end))
+    assert pieces.translate(None, jsonlimits._deletion(keep)) == jsonlimits.json_outside_strings(whole, keep)
+    assert jsonlimits.outside_nesting(pieces) == json_nesting(whole) == 1 + max(map(depth, values))
+    part = jsonlimits.json_outside_strings(whole, numbers, start, end)
+    assert part == jsonlimits.json_outside_strings(whole[start:end], numbers)
+
+
+def test_a_cluster_of_escapes_sends_one_window_not_the_rest_through_the_bulk_passes():
+    """Gemma 3's merges open with thousands of newline escapes: past that cluster, escapes are
+    found one at a time again (counted in finds), and the measure stays exact."""
+    cluster = b'["' + b"\\n\\\\" * 20_000 + b'", '
+    tail_items = [b'"a\\"[' + b"x" * 3000 + b'"' for _ in range(2000)]
+    data = b"[" + cluster + b", ".join(tail_items) + b"]]"
+    counted, calls = _counting_finds(data)
+    assert json_nesting(counted) == 2 == _old_json_nesting(data)
+    assert len(data) > 2 * jsonlimits._DENSE_WINDOW
+    # the cluster: at most two batches one at a time; the tail past the window: one per escape
+    assert jsonlimits._ESCAPE_BATCH + 1000 <= calls["find"] <= 2 * jsonlimits._ESCAPE_BATCH + 2000 + 2

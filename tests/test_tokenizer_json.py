@@ -4,7 +4,9 @@ input (nesting, UTF-8, numbers, duplicates), none of which may be skipped with t
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -14,11 +16,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etm_compat.constants import TOKENIZER_JSON_MAX_DEPTH, TOKENIZER_MAX_VOCAB
+from etm_compat.constants import (
+    TOKENIZER_JSON_MAX_DEPTH,
+    TOKENIZER_MAX_VOCAB,
+    TOKENIZER_VOCAB_LOOKUP_MAX,
+)
 from etm_compat.errors import TokenizerFormatError
-from etm_compat.formats.tokenizer import hf_json
+from etm_compat.formats.tokenizer import detect, hf_json
 from etm_compat.formats.tokenizer.detect import read_tokenizer
 from etm_compat.formats.tokenizer.json_document import decode_document, decode_value
+from etm_compat.jsonlimits import STRUCTURE_AND_NUMBERS, json_outside_strings
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures" / "tokenizers"
@@ -215,13 +222,8 @@ def test_enormous_strings_in_skipped_parts_are_read_past(tmp_path: Path) -> None
     assert read_tokenizer(path, check_runner=False).vocab_size == 1
 
 
-def test_a_tokenizer_seen_before_is_not_decoded_again_but_takes_its_own_config(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Parses are kept by content (a tree of variants shares one tokenizer); the configs beside
-    each copy still decide its bos/eos. Counted in decodes, never in time."""
-    import etm_compat.formats.tokenizer.detect as detect
-
+def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How many JSON tokenizer documents are decoded from now on (the dear part of a read)."""
     decodes = {"n": 0}
     real = detect.json_document.decode_document
 
@@ -230,6 +232,15 @@ def test_a_tokenizer_seen_before_is_not_decoded_again_but_takes_its_own_config(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(detect.json_document, "decode_document", counting)
+    return decodes
+
+
+def test_a_tokenizer_seen_before_is_not_decoded_again_but_takes_its_own_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parses are kept by content (a tree of variants shares one tokenizer); the configs beside
+    each copy still decide its bos/eos. Counted in decodes, never in time."""
+    decodes = _count_decodes(monkeypatch)
     doc = json.loads((FIXTURES / "hf_bpe" / "tokenizer.json").read_text())
     doc["model"]["vocab"]["a-token-only-this-test-has"] = len(doc["model"]["vocab"]) + 1000
     copies = []
@@ -256,3 +267,193 @@ def test_a_vocabulary_past_the_entry_limit_is_refused_on_the_typed_path_too(
     assert hf_json._typed_vocab(raw) is None
     with pytest.raises(TokenizerFormatError, match="4 entries, too many"):
         hf_json._vocab("t", raw)
+
+
+# --- the vocabulary read from its ids, built only when a lookup asks ---------------------------
+
+
+def test_inspecting_a_tokenizer_never_builds_its_vocabulary(tmp_path: Path) -> None:
+    """Describing a tokenizer.json needs the size, not the text -> id dict (a quarter of a million
+    entries for Gemma 3): counted in dicts built, never in time."""
+    path = tmp_path / "tokenizer.json"
+    vocab = {f"t{i}\u2581\"{i % 7}": i for i in range(5000)}
+    path.write_text(json.dumps({"added_tokens": [{"id": 5000, "content": "<eos>"}],
+                                "model": {"type": "BPE", "vocab": vocab, "merges": []}}))
+    before = hf_json.vocabularies_built
+    info = read_tokenizer(path, check_runner=False)
+    assert (info.vocab_size, info.eos_id) == (5001, 5000)
+    assert info.to_json()["vocab_size"] == 5001
+    assert hf_json.vocabularies_built == before
+    assert info.token_id('t42\u2581"0') == 42 and info.token_id("absent") is None
+    assert hf_json.vocabularies_built == before + 1
+    assert info.vocab is not None and len(info.vocab) == 5000 and dict(info.vocab) == vocab
+    assert hf_json.vocabularies_built == before + 1  # built once
+
+
+def test_a_vocabulary_built_on_demand_is_a_plain_mapping_everywhere() -> None:
+    import pickle
+
+    lazy = hf_json.Vocabulary(b'{"a": 0, "b": 1, "a": 2}')
+    assert pickle.loads(pickle.dumps(lazy)) == {"a": 2, "b": 1}
+    assert ("a" in lazy, "c" in lazy, lazy.get("b"), lazy.get("c", -1)) == (True, False, 1, -1)
+    assert (sorted(lazy), len(lazy), lazy == {"b": 1, "a": 2}) == (["a", "b"], 2, True)
+
+
+_VALUES = st.sampled_from(["0", "1", "2", "7", "-1", "-0", "1.0", "1e2", "1E2", "1e+2", "2e-1", "true",
+                           "false", "null", '"3"', "[1]", '{"a": 1}', str(TOKENIZER_MAX_VOCAB - 1),
+                           str(TOKENIZER_MAX_VOCAB), str(2**64), "1" * 30])
+_RAW_KEYS = _KEYS.map(lambda k: json.dumps(k, ensure_ascii=False))
+_SPACES = st.sampled_from(["", " ", "\n  ", "\t"])
+
+
+@st.composite
+def _vocab_objects(draw: Any) -> bytes:
+    """A vocabulary object as text: ids in order or not, odd values, repeated keys, escapes."""
+    n = draw(st.integers(0, 8))
+    entries = []
+    for index in range(n):
+        value = draw(st.one_of(st.just(str(index)), st.integers(0, 9).map(str), _VALUES))
+        entries.append(draw(_SPACES) + draw(_RAW_KEYS) + draw(_SPACES) + ":" + draw(_SPACES) + value)
+    if entries and draw(st.booleans()):  # a key repeated with another id
+        entries.insert(draw(st.integers(0, len(entries))),
+                       entries[draw(st.integers(0, len(entries) - 1))].split(":")[0] + ": " + draw(_VALUES))
+    return ("{" + ",".join(entries) + draw(_SPACES) + "}").encode()
+
+
+@settings(max_examples=800, deadline=None)
+@given(_vocab_objects())
+def test_the_vocabulary_read_from_its_ids_is_exactly_the_decoded_one(span: bytes) -> None:
+    """When the outline answers, it is the size the whole decode gives (a repeated key can hide
+    no larger id) and the same mapping; otherwise the decode decides, as before."""
+    try:
+        reference = json.loads(span)
+    except ValueError:
+        return  # not JSON: the document decode refuses it before any vocabulary is read
+    outline = hf_json._vocab_outline(json_outside_strings(span, STRUCTURE_AND_NUMBERS))
+    try:
+        expected: dict[str, int] | None = hf_json._vocab("t", msgspec.Raw(span))
+    except TokenizerFormatError:
+        expected = None
+    if outline is None:
+        return
+    assert expected is not None and expected == reference
+    entries, largest = outline
+    assert largest == max(reference.values(), default=-1)
+    assert len(reference) <= entries <= TOKENIZER_VOCAB_LOOKUP_MAX
+    assert dict(hf_json.Vocabulary(span)) == reference
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.fixed_dictionaries({"id": st.integers(-2, 9), "content": _KEYS}, optional={"special": st.booleans()}),
+    st.sampled_from([{"id": True, "content": "a"}, {"content": "b"}, {"id": 1.0, "content": "c"},
+                     {"id": 2, "content": None}, {"id": TOKENIZER_MAX_VOCAB, "content": "d"}, "str", 3])),
+    max_size=5))
+def test_typed_added_tokens_equal_the_checked_ones(entries: list[Any]) -> None:
+    raw = msgspec.Raw(json.dumps(entries).encode())
+    typed = hf_json._typed_added(raw)
+    try:
+        checked: dict[str, int] | None = hf_json._added("t", raw)
+    except TokenizerFormatError:
+        checked = None
+    assert typed is None or typed == checked
+
+
+def test_repeated_keys_in_added_tokens_read_as_json_loads_reads_them() -> None:
+    raw = msgspec.Raw(b'[{"id": 3, "id": 4, "content": "a", "content": "b"}]')
+    assert hf_json._typed_added(raw) == {"b": 4} == hf_json._added("t", raw)
+
+
+# --- UTF-8, checked in small chunks --------------------------------------------------------------
+
+_UTF8_PIECES = st.sampled_from([b"a", b"\xc3\xa9", b"\xe2\x96\x81", b"\xf0\x9f\x98\x80", b"\xff", b"\xc3",
+                                b"\xe2\x96", b"\xed\xa0\x80", b"\xef\xbb\xbf", b"\x80", b"\xf4\x90\x80\x80"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_UTF8_PIECES, max_size=40).map(b"".join), st.integers(4, 9))
+def test_utf8_is_checked_across_chunk_boundaries_as_one_decode(data: bytes, chunk: int) -> None:
+    """Every chunk starts where the last one's characters ended: the verdict and the byte named
+    are those of one decode of the whole."""
+    from etm_compat.formats.tokenizer import json_document
+
+    saved = json_document._UTF8_CHUNK
+    json_document._UTF8_CHUNK = chunk
+    try:
+        try:
+            data.decode("utf-8")
+            expected = None
+        except UnicodeDecodeError as exc:
+            expected = f"near byte {exc.start})"
+        try:
+            json_document._check_utf8(data, "t", "x")
+            found = None
+        except TokenizerFormatError as exc:
+            found = str(exc).split("UTF-8 text (")[1]
+        assert found == expected
+    finally:
+        json_document._UTF8_CHUNK = saved
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        b'{"model": {"vocab": {"a": 0, "b": 1}}}',
+        b'{"added_tokens": [{"id": 2, "content": "\\"vocab\\": {\\"a\\": 0, \\"b\\": 1}"}], '
+        b'"x": {"vocab": "no"}, "model" : {"vocab"\n\t:\r {"a": 0, "b": 1}}}',
+        b'{"model": {"vocab": {"a": 0, "b": 1}, "vocab": {"c": 0}}, "y": {"vocab": {"c": 0}}}',
+        b'{"a": {"vocab": [1]}, "model": {"vocab": {"z\\\\": 0, "\\"vocab\\"": 1}}}',
+    ],
+)
+def test_the_vocabulary_is_read_once_with_the_nesting_check(doc: bytes) -> None:
+    """The nesting check reads the vocabulary's part keeping its numbers, for hf_json: what it
+    hands over is that object's outside, whatever "vocab" texts come before it."""
+    document = decode_document(doc, "t")
+    assert document.model is not None
+    expected = json_outside_strings(bytes(document.model.vocab), STRUCTURE_AND_NUMBERS)
+    assert document.vocab_outside == expected
+
+
+@pytest.mark.parametrize(
+    ("levels", "words"),
+    [(TOKENIZER_JSON_MAX_DEPTH - 3, "not text -> id"), (TOKENIZER_JSON_MAX_DEPTH - 2, "nested more than")],
+)
+def test_nesting_inside_the_vocabulary_counts_too(tmp_path: Path, levels: int, words: str) -> None:
+    """The vocabulary's part is read apart (numbers kept) and still counts for the limit: the
+    document, "model" and "vocab" take three levels above the value."""
+    value = b"[" * levels + b"]" * levels
+    path = tmp_path / "tokenizer.json"
+    path.write_bytes(b'{"model": {"vocab": {"a": 0, "b": ' + value + b"}}}")
+    with pytest.raises(TokenizerFormatError, match=words):
+        read_tokenizer(path, check_runner=False)
+
+
+def test_the_content_hash_runs_beside_the_parse_and_still_keys_both_caches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large file is hashed in a thread while it is parsed; a remembered parse of the same
+    format and size makes the hash decide first. Counted in decodes, never in time."""
+    monkeypatch.setattr(detect, "_BACKGROUND_HASH_MIN", 0)
+    data = (FIXTURES / "hf_bpe" / "tokenizer.json").read_bytes()
+    digest = detect._Sha256(data, background=True)
+    assert digest._thread is not None
+    assert digest.hexdigest() == hashlib.sha256(data).hexdigest() and digest._thread is None
+
+    decodes = _count_decodes(monkeypatch)
+    doc = json.loads(data)
+    doc["model"]["vocab"]["zz-first"] = 100_000
+    first = json.dumps(doc).encode()
+    second = first.replace(b'"zz-first": 100000', b'"zz-other": 100001')
+    assert len(first) == len(second)
+    paths = []
+    for name, content in (("a", first), ("b", first), ("c", second)):
+        path = tmp_path / name / "tokenizer.json"
+        path.parent.mkdir()
+        path.write_bytes(content)
+        paths.append(path)
+    infos = [read_tokenizer(p, check_runner=False) for p in paths]
+    assert decodes["n"] == 2  # the copy is served from the first parse; same size, other bytes is not
+    assert [i.vocab_size for i in infos] == [100_001, 100_001, 100_002]
+    assert infos[2].token_id("zz-other") == 100_001 and infos[2].token_id("zz-first") is None
+    assert ("hf_json", hashlib.sha256(second).hexdigest()) in detect._PARSED
+    assert not [t for t in threading.enumerate() if t.name == "etm-tokenizer-sha256"]

@@ -509,3 +509,11 @@ def test_parsed_results_are_shared_by_content_but_keep_their_own_path(tmp_path):
     # A different file with the same name is parsed afresh, not served from the cache.
     shutil.copy(fixture("tiktoken.model"), a)
     assert read_tokenizer(a, check_runner=False).format == "tiktoken"
+
+
+def test_a_read_is_logged_at_debug_level_once_logging_is_in_use(caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="etm_compat.formats.tokenizer.detect")
+    read_tokenizer(fixture("sp.model"), check_runner=False)
+    assert any("sentencepiece, vocab 512" in r.getMessage() for r in caplog.records)

@@ -13,10 +13,11 @@ The per-format readers live in :mod:`etm_compat.formats.tokenizer`; this module 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
-import logging
 import os
+import sys
 import threading
 
 from etm_compat.constants import TOKENIZER_FORMATS, TOKENIZER_MAX_BYTES, TOKENIZER_SNIFF_BYTES
@@ -33,7 +34,14 @@ from etm_compat.formats.tokenizer import runner as _runner
 from etm_compat.formats.tokenizer.bounded import StrPath, load_json, read_bounded, read_head
 from etm_compat.formats.tokenizer.model import TokenizerFormat, TokenizerInfo
 
-logger = logging.getLogger(__name__)
+
+def _debug(message: str, *args: object) -> None:
+    """A debug record, without importing ``logging`` for it (a tenth of a tokenizer inspect's
+    imports): a program that has not imported logging has configured none, and so would see
+    no debug record anyway."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger(__name__).debug(message, *args)
 
 
 def sniff_tokenizer_bytes(head: bytes) -> TokenizerFormat | None:
@@ -128,18 +136,24 @@ def read_tokenizer(
     """
     fmt = sniff_tokenizer_format(path)
     data = read_bounded(path, TOKENIZER_MAX_BYTES)
-    digest = hashlib.sha256(data).hexdigest()  # the key of both caches: parses and runner checks
+    # The key of both caches (parses and runner checks). Hashed while the file is parsed, unless
+    # a parse of the same size is remembered: then the key decides whether to parse at all.
+    background = len(data) >= _BACKGROUND_HASH_MIN and not _may_be_parsed(fmt, len(data))
+    digest = _Sha256(data, background=background)
     info: TokenizerInfo
-    if fmt in ("hf_json", "tekken"):
-        info = _read_json(path, fmt, data, digest, config_path, special_tokens_map_path)
-    else:
-        info = _parse_binary(path, fmt, data, digest)
-    logger.debug("tokenizer %s: %s, vocab %d", path, info.format, info.vocab_size)
+    try:
+        if fmt in ("hf_json", "tekken"):
+            info = _read_json(path, fmt, data, digest, config_path, special_tokens_map_path)
+        else:
+            info = _parse_binary(path, fmt, data, digest)
+    finally:
+        content = digest.hexdigest()  # never leaves the hashing thread behind
+    _debug("tokenizer %s: %s, vocab %d", path, info.format, info.vocab_size)
     if check_runner:
         check = _runner.check_runner_once(
             path,
             info.format,
-            digest,
+            content,
             config_path=config_path,
             special_tokens_map_path=special_tokens_map_path,
         )
@@ -147,27 +161,82 @@ def read_tokenizer(
     return info
 
 
+#: From this size on, a tokenizer's sha256 is computed in a thread while it is parsed (hashlib
+#: releases the GIL): with a core to spare, the 30 ms of Gemma 3's 33 MB overlap the decode.
+_BACKGROUND_HASH_MIN = 1 << 20
+
+
+class _Sha256:
+    """The sha256 of ``data``, computed now or (``background``) in a thread, read by
+    :meth:`hexdigest`, which waits for it."""
+
+    def __init__(self, data: bytes, *, background: bool) -> None:
+        self._data: bytes | None = data
+        self._hex: str | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(
+                target=self._hash_quietly, name="etm-tokenizer-sha256", daemon=True
+            )
+            self._thread.start()
+        else:
+            self._hash()
+
+    def _hash(self) -> None:
+        assert self._data is not None
+        self._hex = hashlib.sha256(self._data).hexdigest()
+
+    def _hash_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # hexdigest() hashes again, and raises, in the caller
+            self._hash()
+
+    def hexdigest(self) -> str:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._hex is None:  # the thread died (out of memory): hash here, raising what it raises
+            self._hash()
+        self._data = None
+        assert self._hex is not None
+        return self._hex
+
+
 #: Parsed tokenizers by content: a bulk upgrade meets the same tokenizer in many folders
 #: (variants, quantizations), and a parse costs milliseconds (SentencePiece in Python) to a
 #: quarter of a second (Gemma 3's 33 MB tokenizer.json). HF files are kept before their configs
-#: are applied (:class:`~.hf_json.HFTokens`), every other format as its TokenizerInfo.
-_PARSED: collections.OrderedDict[tuple[str, str], TokenizerInfo | hf_json.HFTokens] = (
+#: are applied (:class:`~.hf_json.HFTokens`), every other format as its TokenizerInfo; each with
+#: the size of its file, so that a file of another size is parsed without waiting for its hash.
+_PARSED: collections.OrderedDict[tuple[str, str], tuple[int, TokenizerInfo | hf_json.HFTokens]] = (
     collections.OrderedDict()
 )
 _PARSED_MAX = 8
 
 
-def _recall(key: tuple[str, str]) -> TokenizerInfo | hf_json.HFTokens | None:
+def _may_be_parsed(fmt: TokenizerFormat, size: int) -> bool:
+    """Whether a remembered parse could be this file's: one of the same format and size."""
+    with _PARSED_LOCK:
+        return any(key[0] == fmt and entry[0] == size for key, entry in _PARSED.items())
+
+
+def _recall(
+    fmt: TokenizerFormat, data: bytes, digest: _Sha256
+) -> TokenizerInfo | hf_json.HFTokens | None:
+    if not _may_be_parsed(fmt, len(data)):
+        return None
+    key = (fmt, digest.hexdigest())
     with _PARSED_LOCK:
         cached = _PARSED.get(key)
         if cached is not None:
             _PARSED.move_to_end(key)
-    return cached
+    return cached[1] if cached is not None else None
 
 
-def _remember(key: tuple[str, str], parsed: TokenizerInfo | hf_json.HFTokens) -> None:
+def _remember(
+    fmt: TokenizerFormat, data: bytes, digest: _Sha256, parsed: TokenizerInfo | hf_json.HFTokens
+) -> None:
+    key = (fmt, digest.hexdigest())
     with _PARSED_LOCK:
-        _PARSED[key] = parsed
+        _PARSED[key] = (len(data), parsed)
         while len(_PARSED) > _PARSED_MAX:
             _PARSED.popitem(last=False)
 
@@ -176,12 +245,11 @@ def _read_json(
     path: StrPath,
     fmt: TokenizerFormat,
     data: bytes,
-    digest: str,
+    digest: _Sha256,
     config_path: StrPath | None,
     special_tokens_map_path: StrPath | None,
 ) -> TokenizerInfo:
-    key = (fmt, digest)
-    cached = _recall(key)
+    cached = _recall(fmt, data, digest)
     if isinstance(cached, TokenizerInfo):  # a tekken.json seen before
         return dataclasses.replace(cached, path=os.fspath(path))
     document = None
@@ -189,7 +257,7 @@ def _read_json(
         document = json_document.decode_document(data, path)
         if document.kind == "tekken":
             info = json_formats.parse_tekken(path, load_json(data, path))
-            _remember(key, info)
+            _remember(fmt, data, digest, info)
             return info
         if document.kind != "hf_json":
             raise TokenizerFormatError(
@@ -203,14 +271,15 @@ def _read_json(
     ]
     if document is not None:
         cached = hf_json.read_tokens(path, document)
-        _remember(key, cached)
+        _remember(fmt, data, digest, cached)
     assert isinstance(cached, hf_json.HFTokens)
     return hf_json.tokenizer_info(path, cached, configs)
 
 
-def _parse_binary(path: StrPath, fmt: TokenizerFormat, data: bytes, digest: str) -> TokenizerInfo:
-    key = (fmt, digest)
-    cached = _recall(key)
+def _parse_binary(
+    path: StrPath, fmt: TokenizerFormat, data: bytes, digest: _Sha256
+) -> TokenizerInfo:
+    cached = _recall(fmt, data, digest)
     if isinstance(cached, TokenizerInfo):
         return dataclasses.replace(cached, path=os.fspath(path))
     if fmt == "sentencepiece":
@@ -219,7 +288,7 @@ def _parse_binary(path: StrPath, fmt: TokenizerFormat, data: bytes, digest: str)
         info = tiktoken_file.parse(path, data)
     else:
         info = llama2c.parse(path, data)
-    _remember(key, info)
+    _remember(fmt, data, digest, info)
     return info
 
 

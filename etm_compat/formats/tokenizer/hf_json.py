@@ -1,9 +1,13 @@
 """HF ``tokenizer.json``: vocabulary size, added tokens and bos/eos, from a decoded outline.
 
 :mod:`.json_document` has checked the file and left ``model.vocab`` and ``added_tokens`` as raw
-spans; here the vocabulary is decoded straight into ``dict[str, int]`` (msgspec, typed: no
-intermediate objects), and only an entry of an unusual shape sends it down the checking path,
-which names the entry at fault. ``merges`` is never built.
+spans. A ``{text: id}`` vocabulary is first read from its ids alone (the bytes outside its
+strings, C-level passes): when every id is plain and the last is the largest, that gives the
+size exactly, and the ``dict[str, int]`` itself (a quarter of a million texts for Gemma 3, the
+dearest part of reading the file) is built only when a lookup asks for it (:class:`Vocabulary`).
+Otherwise it is decoded straight into ``dict[str, int]`` (msgspec, typed: no intermediate
+objects), and only an entry of an unusual shape sends it down the checking path, which names
+the entry at fault. ``merges`` is never built.
 
 bos/eos follow pytorch_tokenizers' ``HFTokenizer`` (``src/hf_tokenizer.cpp``,
 ``setup_special_token_ids``; checked against the installed 1.5.0): the configured
@@ -15,7 +19,8 @@ if only one of the two is found it is used for both.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +31,16 @@ from etm_compat.errors import TokenizerFormatError
 from etm_compat.formats.tokenizer.bounded import StrPath, is_token_id
 from etm_compat.formats.tokenizer.json_document import JsonTokenizerDocument, decode_value
 from etm_compat.formats.tokenizer.model import TokenizerInfo
+from etm_compat.jsonlimits import STRUCTURE_AND_NUMBERS, json_outside_strings
 
 _VOCAB_OBJECT = msgspec.json.Decoder(dict[str, int])
 #: Unigram vocabularies: ``[[piece, score], ...]``, the id of a piece is its position.
 _VOCAB_PIECES = msgspec.json.Decoder(list[tuple[str, float]])
+_IDS = msgspec.json.Decoder(list[int])
+_COLONS_TO_SPACES = bytes.maketrans(b":", b" ")
+#: How many vocabularies were built as dicts by :class:`Vocabulary` (work counted for tests).
+vocabularies_built = 0
+_COUNT_LOCK = threading.Lock()
 
 
 def _bad(path: StrPath, message: str) -> TokenizerFormatError:
@@ -85,7 +96,102 @@ def _vocab(path: StrPath, raw: msgspec.Raw) -> dict[str, int]:
     return typed if typed is not None else _checked_vocab(path, decode_value(raw, path))
 
 
+def _vocab_outline(outside: bytes) -> tuple[int, int] | None:
+    r"""(entries, largest id) of a ``{text: id}`` vocabulary read from its ids alone
+    (``outside``: what lies outside the strings of the checked object, numbers kept), or None
+    when that would not be exact.
+
+    Exact when every value is a plain id (an int in range) and the last entry's id is the
+    largest: a repeated key, of which the last one wins, can then hide no larger id, and
+    ``entries`` bounds the distinct texts (at most ``TOKENIZER_VOCAB_LOOKUP_MAX`` here, so the
+    vocabulary is always kept for lookups). Real files list their vocabulary in id order.
+
+    >>> _vocab_outline(b"{:0,:1,:2}"), _vocab_outline(b"{:1,:0}"), _vocab_outline(b"{:,:1.5}")
+    ((3, 2), None, None)
+    """
+    if not outside.startswith(b"{"):
+        return None
+    try:
+        ids = _IDS.decode(b"[" + outside[1:-1].translate(_COLONS_TO_SPACES) + b"]")
+    except msgspec.MsgspecError:  # a value that is no integer: 1.5, a list, or "," left by a string
+        return None
+    if len(ids) != outside.count(b":"):  # b"{:}": a lone string or null value left nothing
+        return None
+    if len(ids) > min(TOKENIZER_VOCAB_LOOKUP_MAX, TOKENIZER_MAX_VOCAB):
+        return None
+    if not ids:
+        return 0, -1
+    if min(ids) < 0 or ids[-1] != max(ids) or ids[-1] >= TOKENIZER_MAX_VOCAB:
+        return None
+    return len(ids), ids[-1]
+
+
+class Vocabulary(Mapping[str, int]):
+    """A checked ``{text: id}`` vocabulary, built as a dict on first use (a lookup, its length):
+    describing a tokenizer needs only its size. The same mapping as ``json.loads`` gives."""
+
+    def __init__(self, span: bytes) -> None:
+        self._span = span
+        self._built: dict[str, int] | None = None
+        self._lock = threading.Lock()
+
+    def _vocab(self) -> dict[str, int]:
+        global vocabularies_built
+        built = self._built
+        if built is None:
+            with self._lock:
+                if self._built is None:
+                    self._built = _VOCAB_OBJECT.decode(self._span)  # checked: cannot fail
+                    self._span = b""
+                    with _COUNT_LOCK:
+                        vocabularies_built += 1
+                built = self._built
+        return built
+
+    def __getitem__(self, text: str) -> int:
+        return self._vocab()[text]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._vocab())
+
+    def __len__(self) -> int:
+        return len(self._vocab())
+
+    def __contains__(self, text: object) -> bool:
+        return text in self._vocab()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (self._vocab(),))
+
+
+class _AddedToken(msgspec.Struct):
+    """An ``added_tokens`` entry: what is read of it (its flags are skipped)."""
+
+    id: int
+    content: str
+
+
+_ADDED = msgspec.json.Decoder(list[_AddedToken])
+
+
+def _typed_added(raw: msgspec.Raw) -> dict[str, int] | None:
+    """The added tokens when every entry has the usual shape and range; None to check them one
+    by one (for the message). A repeated key in an entry: the last one wins, as in json.loads."""
+    try:
+        entries = _ADDED.decode(raw)
+    except msgspec.MsgspecError:
+        return None
+    if len(entries) > TOKENIZER_MAX_VOCAB:
+        return None
+    if not all(0 <= entry.id < TOKENIZER_MAX_VOCAB for entry in entries):
+        return None
+    return {entry.content: entry.id for entry in entries}
+
+
 def _added(path: StrPath, raw: msgspec.Raw) -> dict[str, int]:
+    typed = _typed_added(raw) if raw else None
+    if typed is not None:
+        return typed
     added = decode_value(raw, path) if raw else []
     if added is None:
         added = []
@@ -156,13 +262,13 @@ class HFTokens:
     every copy of the same bytes: :mod:`.detect` keeps it by content).
 
     ``largest_id`` is -1 for a file without tokens; ``lookup`` is the vocabulary when it is
-    small enough to keep (``TOKENIZER_VOCAB_LOOKUP_MAX``); ``unk_token``: whether ``model`` has
-    an ``unk_token`` key, and its value.
+    small enough to keep (``TOKENIZER_VOCAB_LOOKUP_MAX``), a dict or a :class:`Vocabulary`
+    built on first use; ``unk_token``: whether ``model`` has an ``unk_token`` key, and its value.
     """
 
     largest_id: int
     added: dict[str, int]
-    lookup: dict[str, int] | None
+    lookup: Mapping[str, int] | None
     unk_token: tuple[bool, object]
 
 
@@ -171,13 +277,26 @@ def read_tokens(path: StrPath, document: JsonTokenizerDocument) -> HFTokens:
     model = document.model
     if model is None:
         raise _bad(path, 'tokenizer.json has no "model" object')
-    vocab = _vocab(path, model.vocab)
+    outline = None
+    if bytes(memoryview(model.vocab)[:1]) == b"{":
+        outside = document.vocab_outside
+        if outside is None:
+            outside = json_outside_strings(bytes(model.vocab), STRUCTURE_AND_NUMBERS)
+        outline = _vocab_outline(outside)
+    lookup: Mapping[str, int] | None
+    if outline is not None:
+        entries, vocab_largest = outline
+        lookup = Vocabulary(bytes(model.vocab))
+    else:
+        vocab = _vocab(path, model.vocab)
+        entries, vocab_largest = len(vocab), max(vocab.values(), default=-1)
+        lookup = vocab if len(vocab) <= TOKENIZER_VOCAB_LOOKUP_MAX else None
     added = _added(path, document.added_tokens)
-    if not vocab and not added:
+    if not entries and not added:
         raise _bad(path, "tokenizer.json defines no tokens")
-    largest = max(max(vocab.values(), default=-1), max(added.values(), default=-1))
+    largest = max(vocab_largest, max(added.values(), default=-1))
     unk = (bool(model.unk_token), decode_value(model.unk_token, path) if model.unk_token else None)
-    return HFTokens(largest, added, vocab if len(vocab) <= TOKENIZER_VOCAB_LOOKUP_MAX else None, unk)
+    return HFTokens(largest, added, lookup, unk)
 
 
 def tokenizer_info(
@@ -211,4 +330,4 @@ def tokenizer_info(
     )
 
 
-__all__ = ["HFTokens", "read_tokens", "tokenizer_info"]
+__all__ = ["HFTokens", "Vocabulary", "read_tokens", "tokenizer_info"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Final
 
@@ -208,6 +207,9 @@ def convert_llama2c_original(
     if dest_path.exists() and os.path.samefile(src, dest_path):
         raise UsageError("destination is the source file; choose another path", path=dest)
     header = _HEADER.pack(len(records), bos_id, eos_id, max_len)
+    # Lazy: tempfile (random, shutil...) is for writing a conversion; reading a tokenizer never needs it.
+    import tempfile
+
     tmp_name: str | None = None
     try:
         with tempfile.NamedTemporaryFile(

@@ -22,19 +22,22 @@ import collections
 import dataclasses
 import functools
 import hashlib
-import importlib.metadata
 import json
 import os
 import threading
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from etm_compat import cachedir, isolation
+from etm_compat import cachedir
 from etm_compat.constants import TOKENIZER_MAX_BYTES
 from etm_compat.errors import EtmError, RuntimeUnavailableError, TokenizerFormatError, UsageError
 from etm_compat.fileio import sha256_file
 from etm_compat.formats.tokenizer.bounded import StrPath
+from etm_compat.formats.tokenizer.installed import installed_version
 from etm_compat.formats.tokenizer.model import RunnerCheck, TokenizerFormat
+
+if TYPE_CHECKING:
+    from etm_compat import isolation
 
 #: The runner's loader order, with the pytorch_tokenizers class of each format.
 RUNNER_ORDER: tuple[tuple[TokenizerFormat, str], ...] = (
@@ -94,6 +97,10 @@ def _run_order(
 ) -> tuple[RunnerCheck, bool]:
     """The runner's loader loop, each loader in the worker: (the check, whether it depends only
     on the bytes, so may be remembered on disk)."""
+    # Lazy: the worker machinery (processes, signals, resource limits) is only for a check that
+    # runs; the check recorded in the cache folder, as on every run after the first, never needs it.
+    from etm_compat import isolation
+
     errors: list[str] = []
     base = _args(path, config_path, special)
     for fmt, class_name in RUNNER_ORDER:
@@ -168,10 +175,7 @@ def _digest(path: StrPath | None) -> str:
 @functools.cache
 def _library_version() -> str | None:
     """pytorch_tokenizers' installed version (part of the record key), read without importing it."""
-    try:
-        return importlib.metadata.version("pytorch-tokenizers")
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    return installed_version("pytorch-tokenizers")
 
 
 def _record_key(key: tuple[str, ...]) -> str | None:
@@ -319,6 +323,9 @@ def encode_with_runner(
     if not check.loadable or check.loader is None:
         raise TokenizerFormatError(f"pytorch_tokenizers cannot load it: {check.error}", path=path)
     args = {**_args(path, config_path, None), "class": check.loader, "text": text, "bos": bos, "eos": eos}
+    # Lazy: as in _run_order, the worker machinery loads only for work done in the worker.
+    from etm_compat import isolation
+
     outcome = isolation.run_task("tokenizer.encode", args)
     value = outcome.value if outcome.ok and isinstance(outcome.value, dict) else {}
     failure: str | None
