@@ -19,18 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from etm_compat.errors import EtmError
 from etm_compat.fileio import read_capped
-
-log = logging.getLogger(__name__)
 
 #: Prefix of the temp files and folders that become entries and records by one rename.
 TMP_PREFIX: Final = ".tmp-"
@@ -101,6 +97,10 @@ def write_record(
     data = json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8")
     if len(data) > RECORD_MAX_BYTES:
         return False
+    # Lazy: only a write needs them; a lookup (every inspect) stays light.
+    import logging
+    import tempfile
+
     folder = record_folder(kind, root)
     tmp: str | None = None
     try:
@@ -110,7 +110,7 @@ def write_record(
             fh.write(data)
         os.replace(tmp, folder / f"{key}{RECORD_SUFFIX}")
     except OSError as exc:
-        log.debug("cache record %s/%s not written: %s", kind, key, exc)
+        logging.getLogger(__name__).debug("cache record %s/%s not written: %s", kind, key, exc)
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)

@@ -112,7 +112,11 @@ def read_capped(
             size = os.fstat(f.fileno()).st_size
             if size > limit:
                 raise too_large(f"{what} is {size} bytes, more than the {limit} bytes accepted", path=path, hint=hint)
-            data = f.read(limit + 1)
+            # Sized to the file (a read of limit + 1 would set aside the whole limit first);
+            # a file that grew meanwhile is read on, up to one byte past the limit.
+            data = f.read(size + 1)
+            if len(data) > size:
+                data += f.read(limit + 1 - len(data))
     except OSError as exc:
         raise UnreadableError(f"cannot read {what}: {exc.strerror or exc}", path=path) from exc
     if len(data) > limit:  # the file grew while it was read
