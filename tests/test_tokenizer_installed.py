@@ -4,13 +4,13 @@ dist-info, always the answer importlib.metadata gives, on real installs and made
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from etm_compat.formats.tokenizer import installed
 from etm_compat.formats.tokenizer.installed import installed_version
 
 
@@ -38,13 +38,43 @@ def _dist(folder: Path, dirname: str, metadata: str | None) -> Path:
     return info
 
 
+#: Runs in a fresh interpreter whose path is the made-up one: importlib.metadata's answer (the
+#: reference) cannot be skewed by what tests run before left in this process (finders, caches).
+PROBE = """
+import importlib.metadata, json, sys
+paths = json.loads(sys.argv[1])
+from etm_compat.formats.tokenizer import installed
+sys.path[:] = paths
+def outcome(function):
+    try:
+        return ["ok", function("fake-dist")]
+    except installed._Unsure:
+        return ["unsure", None]
+    except importlib.metadata.PackageNotFoundError:
+        return ["ok", None]
+    except Exception as exc:
+        return ["error", type(exc).__name__]
+print(json.dumps({"expected": outcome(importlib.metadata.version),
+                  "installed": outcome(installed.installed_version),
+                  "fast": outcome(installed._fast_version)}))
+"""
+
+
+def _probe(tmp_path: Path) -> dict[str, list[str | None]]:
+    paths = [str(tmp_path / "missing.zip"), str(tmp_path / "first"), str(tmp_path / "second")]
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(paths)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, list[str | None]] = json.loads(done.stdout)
+    return result
+
+
 @pytest.fixture()
-def fake_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+def fake_path(tmp_path: Path) -> tuple[Path, Path]:
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
     second.mkdir()
-    monkeypatch.setattr(sys, "path", [str(tmp_path / "missing.zip"), str(first), str(second)])
-    importlib.invalidate_caches()  # importlib.metadata keeps folder listings by mtime
     return first, second
 
 
@@ -70,21 +100,19 @@ def test_made_up_installs_give_importlib_metadatas_answer(
 ) -> None:
     for index, dirname, metadata in layout:
         _dist(fake_path[index - 1], dirname, metadata)
-    assert installed_version("fake-dist") == _expected("fake-dist")
-    if fast:  # read without importlib.metadata
-        assert installed._fast_version("fake-dist") == _expected("fake-dist")
-    else:
-        with pytest.raises(installed._Unsure):
-            installed._fast_version("fake-dist")
+    result = _probe(fake_path[0].parent)
+    assert result["installed"] == result["expected"]
+    # Read without importlib.metadata where the fast reading is sure, else left to it.
+    assert result["fast"] == (result["expected"] if fast else ["unsure", None])
 
 
 def test_metadata_that_is_not_utf8_is_left_to_importlib_metadata(fake_path: tuple[Path, Path]) -> None:
     info = _dist(fake_path[0], "fake_dist-1.dist-info", None)
     (info / "METADATA").write_bytes(b"Version: 1\nSummary: \xff\n")
-    with pytest.raises(installed._Unsure):
-        installed._fast_version("fake-dist")
-    with pytest.raises(UnicodeDecodeError):  # what importlib.metadata itself does with it
-        installed_version("fake-dist")
+    result = _probe(fake_path[0].parent)
+    assert result["fast"] == ["unsure", None]
+    # What importlib.metadata itself does with it.
+    assert result["installed"] == result["expected"] == ["error", "UnicodeDecodeError"]
 
 
 def test_reading_the_runner_librarys_version_imports_no_metadata_machinery() -> None:
