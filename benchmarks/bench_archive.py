@@ -198,6 +198,9 @@ def bench_pack(reps: int, size: int, env: dict[str, str], rows: list[dict[str, A
     cpu: dict[str, list[float]] = {"cp": [], "sha": [], "pack": []}
     for _ in range(reps):  # interleaved, so that the machine's load hits every side alike
         drop(cp_out)
+        # Every writer starts with no dirty pages pending: the kernel's writeback of what the
+        # previous command wrote would otherwise land on whoever writes next.
+        subprocess.run(["sync"], check=True)
         wall, _, _, used = timed_child(["cp", str(src), str(cp_out)])
         cp_t.append(wall)
         cpu["cp"].append(used)
@@ -205,6 +208,7 @@ def bench_pack(reps: int, size: int, env: dict[str, str], rows: list[dict[str, A
         sha_t.append(wall)
         cpu["sha"].append(used)
         drop(etm_out)
+        subprocess.run(["sync"], check=True)
         wall, rss, _, used = timed_child([PY, "-c", PACK, str(etm_out), str(src), "nofsync"], env)
         pack_t.append(wall)
         pack_mem.append(rss)
@@ -257,7 +261,7 @@ def bench_pack(reps: int, size: int, env: dict[str, str], rows: list[dict[str, A
         "pack copies each member in the kernel (copy_file_range, a reflink where the file system "
         "shares blocks) while a worker thread feeds sha256 and the main thread reads the next chunk "
         f"with preadv into a reused buffer and computes its CRC-32 with {fast_crc32.__module__}; "
-        "cp, zip -0 and pack --no-fsync do not fsync; the durable pack is compared with cp && sync -f."
+        "cp, zip -0 and pack --no-fsync do not fsync (a sync before cp and before pack starts each with no dirty pages pending); the durable pack is compared with cp && sync -f."
     )
     return src
 

@@ -428,6 +428,27 @@ def test_mutations_only_raise_format_errors(name: str, fmt: str, variant: str | 
     check()
 
 
+@pytest.mark.parametrize("name", ["hf_bpe/tokenizer.json", "tokenizer.bin"])
+def test_a_truncated_tokenizer_is_always_refused(name: str) -> None:
+    # Detection, not only "no crash": these formats say how much follows (JSON's closing
+    # brackets, the pytorch_tokenizers llama2c header's vocab_size), so no cut short of the end
+    # may read as a tokenizer. (Karpathy's original llama2c layout has no count: a cut between
+    # records is a smaller valid vocabulary; tiktoken and SentencePiece files alike.)
+    data = fixture(name).read_bytes()
+    end = len(data.rstrip()) if name.endswith(".json") else len(data)
+
+    @settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.integers(1, end - 1))
+    def check(cut: int) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, Path(name).name)
+            path.write_bytes(data[:cut])
+            with pytest.raises(TokenizerFormatError):
+                read_tokenizer(path, check_runner=False)
+
+    check()
+
+
 # --- conversion ------------------------------------------------------------------------------
 
 

@@ -14,10 +14,8 @@ order, processors, modalities).
 
 from __future__ import annotations
 
-import logging
 import mmap
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +62,6 @@ __all__ = [
     "role_of",
 ]
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -122,7 +119,12 @@ class EtmArchive:
         try:
             self._map.close()
         except BufferError:
-            log.warning("%s: member views still in use; the mapping stays until they are freed", self.path)
+            # Lazy: a warning only a misuse reaches; opening an archive stays light.
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "%s: member views still in use; the mapping stays until they are freed", self.path
+            )
         self._file.close()
 
     def _info(self, name: str) -> MemberInfo:
@@ -299,7 +301,9 @@ class EtmArchive:
                 hint="extract into an empty folder or pass {force}",
             )
         temps: list[tuple[Path, Path]] = []
-        # Lazy: only hashing members needs a thread pool; opening and inspecting never do.
+        # Lazy: only hashing members needs a thread pool (and extraction temp files); opening
+        # and inspecting never do.
+        import tempfile
         from concurrent.futures import ThreadPoolExecutor
 
         try:
