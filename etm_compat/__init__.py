@@ -17,11 +17,11 @@ itself loads only the error hierarchy.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from etm_compat.constants import VERSION
 from etm_compat.errors import EtmError
+from etm_compat.lazy import lazy_exports
 
 __version__ = VERSION
 
@@ -90,13 +90,7 @@ if TYPE_CHECKING:
     from etm_compat.view import DeploymentView, describe
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'etm_compat' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 def __dir__() -> list[str]:

@@ -72,6 +72,7 @@ PARSER_MODULES = frozenset(
         "etm_compat.findings",
         "etm_compat.fileio",
         "etm_compat.jsonlimits",
+        "etm_compat.lazy",  # the package's names resolve on first use
     }
 )
 

@@ -22,18 +22,18 @@ PosixPath('diagnose.html')
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from etm_compat.cli.report_model import ReportLike, as_dict
 from etm_compat.cli.report_text import esc, md_text
 from etm_compat.errors import OutputError, UsageError, escape_json_text
 from etm_compat.fileio import check_output, output_error
+from etm_compat.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from etm_compat.cli.report_html import html_page, svg_bar_chart, to_html
@@ -50,13 +50,7 @@ _RENDERERS: Final = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _RENDERERS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _RENDERERS, globals())
 
 
 #: The report formats, and the one table of the file extensions that name them.

@@ -7,8 +7,9 @@ loads only that reader, not every format's.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from etm_compat.lazy import lazy_exports
 
 #: public name -> module that defines it
 _EXPORTS: dict[str, str] = {
@@ -27,13 +28,7 @@ if TYPE_CHECKING:
     from etm_compat.formats.tokenizer.model import TokenizerInfo
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'etm_compat.formats' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 __all__ = ["PtdInfo", "PteInfo", "TokenizerInfo", "read_ptd", "read_pte", "read_tokenizer"]
