@@ -11,10 +11,8 @@ opened again, so a re-run of a finished tree costs a walk and a few stats per de
 from __future__ import annotations
 
 import concurrent.futures
-import gc
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -33,7 +31,7 @@ from etm_compat.constants import ETM_SUFFIX
 from etm_compat.errors import UsageError
 from etm_compat.fileio import check_output_folder
 from etm_compat.legacy.deployment import Adapter, Deployment, Skipped
-from etm_compat.legacy.scan import ScanMemo, scan
+from etm_compat.legacy.scan import ScanMemo, paused_gc, scan
 
 #: Archives checked per executor call (see :data:`etm_compat.legacy.scan.MAX_BATCH`).
 MAX_CHECK_BATCH = 64
@@ -115,21 +113,6 @@ class UpgradePlan:
             ],
             "skipped": [{"path": str(s.path), "reason": s.reason} for s in self.skipped],
         }
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """No cyclic garbage collection inside (reference counting still frees everything): a plan
-    builds hundreds of thousands of small objects that all stay alive, and each full
-    collection would walk all of them again. Pool workers turn it back on
-    (:class:`etm_compat.bulk.executor.LazyProcessPool`)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _inside(path: Path, folder: Path) -> bool:

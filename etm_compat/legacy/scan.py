@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import gc
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -300,6 +301,22 @@ def _read_all(
     return [read for future in futures for read in future.result()]
 
 
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection inside (reference counting still frees everything): a scan
+    or a plan builds hundreds of thousands of small objects that all stay alive, and each full
+    collection would walk all of them again (a cost that grows with the tree: quadratic). Pool
+    workers turn it back on (:class:`etm_compat.bulk.executor.LazyProcessPool`)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@paused_gc()
 def scan(
     root: str | os.PathLike[str],
     adapters: Sequence[Adapter],
@@ -372,6 +389,7 @@ __all__ = [
     "ScanMemo",
     "ScanResult",
     "deployments_in_folder",
+    "paused_gc",
     "read_folder",
     "read_folders",
     "relative_below",
