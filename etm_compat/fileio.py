@@ -8,7 +8,6 @@ opens its input through :func:`open_regular`.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import stat
 from collections.abc import Iterable
@@ -247,6 +246,9 @@ def output_error(exc: OSError, path: str | os.PathLike[str], what: str = "the ou
 
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 4 * 1024 * 1024) -> str:
     """The sha256 hex digest of a regular file, read in chunks (constant memory)."""
+    # Lazy: OpenSSL's hashes load only where something is hashed (opening an archive is not).
+    import hashlib
+
     digest = hashlib.sha256()
     with open_regular(path) as fh:
         while data := fh.read(chunk):

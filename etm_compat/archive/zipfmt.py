@@ -12,7 +12,6 @@ of one member are collected, not raised one at a time.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import stat
@@ -141,6 +140,9 @@ def digest_range(
     two cores the cost is about sha256's alone. ``sink`` gets every chunk, in order (extraction
     writes it out).
     """
+    # Lazy: OpenSSL's hashes load only where something is hashed (opening an archive is not).
+    import hashlib
+
     sha = hashlib.sha256()
     crc = 0
     bufs = (bytearray(max(1, min(size, DIGEST_CHUNK))), bytearray(max(1, min(size, DIGEST_CHUNK))))
