@@ -53,8 +53,13 @@ def _hf_folder(tmp: str, path: StrPath, config_path: StrPath | None,
     return tmp
 
 
-def _load(cpp: Any, args: Mapping[str, Any]) -> tuple[Any, str | None]:
-    """(the tokenizer, None) once ``args["class"]`` loaded ``args["path"]``, else (None, why)."""
+def _load(args: Mapping[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+    """(the tokenizer, None) once ``args["class"]`` loaded ``args["path"]``, else (None, the
+    task's answer: the bindings are not importable, or the load failed and why)."""
+    try:
+        cpp = _bindings()
+    except ImportError as exc:
+        return None, {"unavailable": f"pytorch_tokenizers not importable: {exc}"}
     class_name = args.get("class")
     if class_name not in CLASSES:
         raise ValueError(f"not a runner tokenizer class: {class_name!r}")
@@ -69,21 +74,17 @@ def _load(cpp: Any, args: Mapping[str, Any]) -> tuple[Any, str | None]:
     except MemoryError:  # std::bad_alloc: the worker reports the memory limit
         raise
     except Exception as exc:  # any other failure of the foreign loader is a finding
-        return None, str(exc) or type(exc).__name__
+        return None, {"loaded": False, "error": str(exc) or type(exc).__name__}
     if not tokenizer.is_loaded():
-        return None, "not loaded"
+        return None, {"loaded": False, "error": "not loaded"}
     return tokenizer, None
 
 
 def load_task(args: Mapping[str, Any]) -> dict[str, Any]:
     """Task ``tokenizer.load``: load with one class, as one turn of the runner's loop does."""
-    try:
-        cpp = _bindings()
-    except ImportError as exc:
-        return {"unavailable": f"pytorch_tokenizers not importable: {exc}"}
-    tokenizer, failure = _load(cpp, args)
-    if tokenizer is None:
-        return {"loaded": False, "error": failure}
+    tokenizer, answer = _load(args)
+    if answer is not None:
+        return answer
     return {
         "loaded": True,
         "vocab_size": int(tokenizer.vocab_size()),
@@ -108,13 +109,9 @@ def _piece(tokenizer: Any, token: int) -> str:
 def encode_task(args: Mapping[str, Any]) -> dict[str, Any]:
     """Task ``tokenizer.encode``: load with one class, then ``encode(text, bos, eos)`` as
     the ExecuTorch TextLLMRunner calls it, and each id's piece."""
-    try:
-        cpp = _bindings()
-    except ImportError as exc:
-        return {"unavailable": f"pytorch_tokenizers not importable: {exc}"}
-    tokenizer, failure = _load(cpp, args)
-    if tokenizer is None:
-        return {"loaded": False, "error": failure}
+    tokenizer, answer = _load(args)
+    if answer is not None:
+        return answer
     try:
         ids = [int(i) for i in tokenizer.encode(str(args["text"]), int(args["bos"]), int(args["eos"]))]
     except MemoryError:
