@@ -16,6 +16,7 @@ HTML escaping, ``raise_exception``, ``strftime_now``, a restricted ``dict`` and 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -340,32 +341,23 @@ def render_chat(
     # transformers 5.x drops None-valued keys ("content": null) before rendering; where that
     # breaks the template (it reads message.content of a tool call), the messages as given
     # render it, as transformers' own renderer and 4.x apply_chat_template do.
-    if not _has_none(messages):
-        return _render_variants(compiled, messages, variables, continue_final_message, limits)
-    # Two renderings may run: both count against one budget, so the call is bounded as one.
-    with shared_budget(limits):
-        return _render_variants(compiled, messages, variables, continue_final_message, limits)
-
-
-def _render_variants(
-    compiled: CompiledTemplate,
-    messages: Sequence[Message],
-    variables: dict[str, Any],
-    continue_final_message: bool | str,
-    limits: RenderLimits,
-) -> str:
+    variants = (True, False) if _has_none(messages) else (True,)
     failure: TemplateError | None = None
-    for drop_none in (True, False) if _has_none(messages) else (True,):
-        chat = _prepare_messages(messages, drop_none=drop_none)
-        final = None
-        if continue_final_message:
-            field = continue_final_message if isinstance(continue_final_message, str) else "content"
-            final = _tag_final_message(chat, field, compiled.source)
-        try:
-            rendered = _generate(compiled, {**variables, "messages": chat}, limits)
-            return _cut_at_tag(rendered, final) if final is not None else rendered
-        except TemplateError as exc:
-            failure = failure or exc
+    # Two renderings may run: both count against one budget, so the call is bounded as one.
+    with shared_budget(limits) if len(variants) > 1 else contextlib.nullcontext():
+        for drop_none in variants:
+            chat = _prepare_messages(messages, drop_none=drop_none)
+            final = None
+            if continue_final_message:
+                field = (
+                    continue_final_message if isinstance(continue_final_message, str) else "content"
+                )
+                final = _tag_final_message(chat, field, compiled.source)
+            try:
+                rendered = _generate(compiled, {**variables, "messages": chat}, limits)
+                return _cut_at_tag(rendered, final) if final is not None else rendered
+            except TemplateError as exc:
+                failure = failure or exc
     assert failure is not None
     raise failure
 
