@@ -1,10 +1,15 @@
 """Where an upgrade runs: the executor the command line opens for planning
 (:func:`etm_compat.bulk.plan.plan_upgrade`) and executing (:func:`etm_compat.bulk.upgrade.execute`).
 
-:func:`open_executor` yields None (run in this process), a process pool that starts its workers
-at its first task (forked on Linux while the process has one thread, spawned elsewhere), or a
-Dask cluster's executor. :func:`default_jobs` is the ``--jobs`` default. Both are re-exported
-from :mod:`etm_compat.bulk.upgrade`.
+:func:`open_executor` yields None (run in this process), a :class:`LazyProcessPool` of ``--jobs``
+worker processes (forked on Linux while the process has one thread, spawned elsewhere, at its
+first task) or a Dask cluster's executor. The calling process does not sit idle while the pool
+works: whenever it waits on a call, it runs a queued call itself (:meth:`LazyProcessPool.help`,
+the helping join of a fork/join pool). Packing waits on the disk now and then (temporary files,
+renames, the fsync of each archive), so the workers leave a core idle at times, and the caller
+fills it; when they do not, the caller is one more process on the cores, doing work that is
+then not left for the workers. :func:`default_jobs` is the ``--jobs`` default. Both are
+re-exported from :mod:`etm_compat.bulk.upgrade`.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ import concurrent.futures
 import gc
 import multiprocessing
 import os
+import queue
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from etm_compat.errors import UsageError
 
@@ -64,18 +70,82 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-class LazyProcessPool(concurrent.futures.Executor):
-    """A process pool of ``workers`` processes, made at its first task.
+class _Call(Generic[_T]):
+    """One submitted call: the future its submitter holds (``mine``), the process pool's future
+    for the same call (``theirs``), and the call itself, for the caller to run instead."""
 
-    The fork-or-spawn choice is made then (:func:`_pool_context`): forked workers start at
-    once with what the parent imported (planning and the task runner); each loads what packing
-    needs beyond that (inference, checks, templates, the writer) at its first task, so the parent
-    never pays for it. ``started`` says whether there were any.
+    def __init__(self, theirs: concurrent.futures.Future[_T], fn: Callable[..., _T], args: Any, kwargs: Any) -> None:
+        self.mine: _SharedFuture[_T] = _SharedFuture(self)
+        self.theirs = theirs
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        theirs.add_done_callback(self._relay)
+
+    def _relay(self, theirs: concurrent.futures.Future[_T]) -> None:
+        """A worker finished the call (or the pool broke): its outcome is ``mine``'s."""
+        if theirs.cancelled():  # taken by the caller (help), or cancelled with mine
+            return
+        error = theirs.exception()
+        if error is not None:
+            self.mine.set_exception(error)
+        else:
+            self.mine.set_result(theirs.result())
+        self.fn = self.args = self.kwargs = None  # type: ignore[assignment]
+
+    def run_here(self) -> None:
+        """Run the call in this process; its outcome is ``mine``'s."""
+        try:
+            result = self.fn(*self.args, **self.kwargs)
+        except BaseException as exc:
+            self.mine.set_exception(exc)
+            if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: not a task's failure
+                raise
+        else:
+            self.mine.set_result(result)
+        finally:
+            self.fn = self.args = self.kwargs = None  # type: ignore[assignment]
+
+
+class _SharedFuture(concurrent.futures.Future[_T]):
+    """The future :meth:`LazyProcessPool.submit` returns. Waiting on its result first runs the
+    pool's queued calls in the waiting thread (newest first) until this one is done or none is
+    left unstarted; cancelling it cancels the pool's copy, and succeeds only when that does."""
+
+    def __init__(self, call: _Call[_T]) -> None:
+        super().__init__()
+        self._call = call
+        self._pool: LazyProcessPool | None = None
+
+    def cancel(self) -> bool:
+        return self._call.theirs.cancel() and super().cancel()
+
+    def result(self, timeout: float | None = None) -> _T:
+        if self._pool is not None:
+            while not self.done() and self._pool.help():
+                pass
+        return super().result(timeout)
+
+
+class LazyProcessPool(concurrent.futures.Executor):
+    """A pool of ``workers`` processes, made at its first task, that the calling process helps.
+
+    Every call goes to the process pool, and the pool takes them in order (the oldest first); the
+    caller takes them from the other end whenever it waits (:meth:`help`, and the ``result()`` of
+    any future this pool returned): a call is the caller's only if the pool has not started it
+    (its future could be cancelled), so none runs twice. Callers that submit the biggest work first
+    (:func:`etm_compat.bulk.upgrade.execute` does) leave the caller the smallest calls, so it stays
+    free to collect results and draw progress.
+
+    The fork-or-spawn choice is made at the first task (:func:`_pool_context`): forked workers
+    start at once with what the parent imported (planning and the task runner); each loads what
+    packing needs beyond that (inference, checks, templates, the writer) at its first task.
+    ``started`` says whether there were any. ``helped`` counts the calls the caller ran.
     """
 
     def __init__(self, workers: int) -> None:
-        self.workers = workers
+        self.workers = max(1, workers)
+        self.helped = 0
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._unstarted: list[_Call[Any]] = []  # newest last; the caller takes from the end
 
     @property
     def started(self) -> bool:
@@ -89,11 +159,56 @@ class LazyProcessPool(concurrent.futures.Executor):
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 self.workers, mp_context=_pool_context(), initializer=gc.enable
             )
-        return self._pool.submit(fn, *args, **kwargs)
+        call = _Call(self._pool.submit(fn, *args, **kwargs), fn, args, kwargs)
+        call.mine._pool = self
+        self._unstarted.append(call)
+        return call.mine
+
+    def help(self) -> bool:
+        """Run the newest call no worker has started, here; False when every call has started.
+
+        The pool starts calls oldest first, so once the newest cannot be taken none can: the
+        calls passed over are dropped from the list, and each is looked at once.
+        """
+        while self._unstarted:
+            call = self._unstarted.pop()
+            if not call.theirs.cancel():  # a worker has it (or had it): so has it every older one
+                self._unstarted.clear()
+                return False
+            if not call.mine.set_running_or_notify_cancel():  # its submitter cancelled it
+                continue
+            self.helped += 1
+            call.run_here()
+            return True
+        return False
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+        if cancel_futures:
+            for call in self._unstarted:  # the pool cancelled its copies: nobody will run these
+                call.mine.cancel()
+        self._unstarted.clear()
+
+
+def completed(
+    executor: concurrent.futures.Executor, futures: Iterable[concurrent.futures.Future[_T]]
+) -> Iterator[concurrent.futures.Future[_T]]:
+    """:func:`concurrent.futures.as_completed`, with the caller running a :class:`LazyProcessPool`'s
+    queued calls while nothing is finished (another executor: waiting only)."""
+    if not isinstance(executor, LazyProcessPool):
+        yield from concurrent.futures.as_completed(futures)
+        return
+    finished: queue.SimpleQueue[concurrent.futures.Future[_T]] = queue.SimpleQueue()
+    waiting = 0
+    for future in futures:
+        future.add_done_callback(finished.put)  # runs at once for a future already done
+        waiting += 1
+    while waiting:
+        while finished.empty() and executor.help():
+            pass
+        yield finished.get()
+        waiting -= 1
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -128,4 +243,4 @@ def _dask_executor(address: str, timeout: float) -> Iterator[concurrent.futures.
         client.close()
 
 
-__all__ = ["LazyProcessPool", "default_jobs", "open_executor"]
+__all__ = ["LazyProcessPool", "completed", "default_jobs", "open_executor"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from etm_compat.bulk.executor import default_jobs, open_executor
+from etm_compat.bulk.executor import completed, default_jobs, open_executor
 from etm_compat.bulk.plan import PlanItem, PlanWork, UpgradePlan, paused_gc, plan_upgrade
 from etm_compat.bulk.state import check_and_record, save_state
 from etm_compat.bulk.task import Outcome, Task, TaskOutcome, upgrade_task
@@ -258,7 +258,7 @@ def execute(
         try:
             if started is not None:
                 started()
-            for future in concurrent.futures.as_completed(futures):
+            for future in completed(executor, futures):
                 batch = futures[future]
                 try:
                     done = future.result()
