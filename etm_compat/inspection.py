@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from etm_compat.constants import MEMBER_METADATA, TOKENIZER_SUFFIXES
+from etm_compat.constants import MEMBER_METADATA, PTD_IDENTIFIER, PTE_IDENTIFIER, TOKENIZER_SUFFIXES
 from etm_compat.errors import EtmError, InputError, UnreadableError
-from etm_compat.formats.dialects import read_dialects
-from etm_compat.formats.ptd import PtdInfo, is_ptd_file, read_ptd
-from etm_compat.formats.pte import PteInfo, is_pte_file, read_pte
+from etm_compat.formats.flatfile import file_identifier
 
 if TYPE_CHECKING:
+    from etm_compat.formats.ptd import PtdInfo
+    from etm_compat.formats.pte import PteInfo
     from etm_compat.formats.tokenizer.model import TokenizerInfo
     from etm_compat.legacy.deployment import Adapter, Deployment, Skipped
     from etm_compat.view import DeploymentView
@@ -36,8 +36,14 @@ class FileInspection:
 
     def to_json(self) -> dict[str, Any]:
         out = {"path": str(self.path), **self.info.to_json()}
-        if isinstance(self.info, PteInfo):
-            out["dialects"] = read_dialects(self.info.constant_methods).to_json()
+        if out.get("kind") == "pte":
+            # Lazy: only a program has constant methods to normalize (a tokenizer never loads
+            # the program readers).
+            from etm_compat.formats.dialects import read_dialects
+            from etm_compat.formats.pte import PteInfo
+
+            if isinstance(self.info, PteInfo):
+                out["dialects"] = read_dialects(self.info.constant_methods).to_json()
         return out
 
 
@@ -143,12 +149,21 @@ def inspect(path: str | os.PathLike[str], adapters: Sequence[Adapter]) -> Inspec
         raise UnreadableError("not a regular file (a FIFO, socket or device)", path=p)
     if not os.access(p, os.R_OK):
         raise UnreadableError("permission denied", path=p)
-    if is_pte_file(p):
+    # Each reader loads only for what its format's identifier, or the readers before it, tell:
+    # inspecting a .pte stays as light as reading its head, and a tokenizer loads neither the
+    # program nor the weights reader.
+    identifier = file_identifier(p)
+    if identifier == PTE_IDENTIFIER:
+        # Lazy: only a program needs the program reader.
+        from etm_compat.formats.pte import read_pte
+
         return FileInspection(p, read_pte(p))
-    if is_ptd_file(p):
+    if identifier == PTD_IDENTIFIER:
+        # Lazy: only weights need the weights reader.
+        from etm_compat.formats.ptd import read_ptd
+
         return FileInspection(p, read_ptd(p))
-    # Lazy: each reader loads only when the file is not what the ones before read: inspecting
-    # a .pte stays as light as reading its head.
+    # Lazy: only what is neither a program nor weights may be an archive.
     from etm_compat.archive.names import is_archive
 
     if is_archive(p):
@@ -162,8 +177,14 @@ def inspect(path: str | os.PathLike[str], adapters: Sequence[Adapter]) -> Inspec
         if p.suffix in TOKENIZER_SUFFIXES or "tokenizer" in p.name.lower():
             raise tokenizer_error from None
         if p.suffix == ".pte":
-            read_pte(p)  # let the format's own reader say precisely what is wrong
+            # Lazy: only to let the format's own reader say precisely what is wrong.
+            from etm_compat.formats.pte import read_pte
+
+            read_pte(p)
         elif p.suffix == ".ptd":
+            # Lazy: as above.
+            from etm_compat.formats.ptd import read_ptd
+
             read_ptd(p)
         raise InputError(
             "not a .pte, .ptd, .etm archive or tokenizer file (unrecognised content)",

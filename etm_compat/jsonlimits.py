@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import re
+from collections.abc import Iterator
 
 #: Escapes are found one ``bytes.find`` at a time while they are sparse (real files: one per
 #: kilobyte or so); once they come closer than this on average, two ``bytes.replace`` passes (in
@@ -24,36 +25,69 @@ _ESCAPE_BATCH = 4096
 #: What one switch to the bulk passes covers before escapes are looked at one at a time again.
 _DENSE_WINDOW = 1 << 20
 _NOT_BACKSLASH = re.compile(rb"[^\\]")
-#: What structure is made of: quotes (to tell strings apart), brackets, and the separators that
-#: keep two strings from touching (``"a","b"`` and ``"k":"v"``: adjacent quotes open and close
-#: one string with nothing structural inside).
+#: What structure is made of: quotes (to tell strings apart), brackets and separators.
 STRUCTURE = b'"[]{},:'
 #: What JSON text is made of outside its strings: structure, and every byte of a number (the
 #: literals true/false/null leave an ``e`` or nothing, so they never pass for a number).
 STRUCTURE_AND_NUMBERS = STRUCTURE + b"0123456789-+.eE"
 _STEP = [0] * 256
-_STEP[ord("[")] = _STEP[ord("{")] = 1
-_STEP[ord("]")] = _STEP[ord("}")] = -1
+_STEP[ord("[")] = 1
+_STEP[ord("]")] = -1
+#: Braces as brackets: the depth of a sequence of both kinds is that of its running sum.
+_ONE_KIND = bytes.maketrans(b"{}", b"[]")
 _CHUNK = 1 << 16
+#: The most input one segment of the outside-strings pass covers (translated, a few tens of
+#: kilobytes), and about how much kept text one piece joins: the passes over a piece stay in
+#: the CPU cache, and its strings are split out in bounded memory.
+_PIECE = 1 << 18
+_PIECE_TEXT = 1 << 15
+#: What the nesting alone needs kept: quotes (to tell strings apart) and brackets.
+QUOTES_AND_BRACKETS = b'"[]{}'
 
 
 def _without_quoting_escapes(data: bytes, delete: bytes, begin: int, end: int) -> bytes:
     r"""``data[begin:end]`` with the bytes of ``delete`` dropped and the escapes that can hide
+    structure left out (:func:`_segments_without_quoting_escapes`, joined)."""
+    return b"".join(_segments_without_quoting_escapes(data, delete, begin, end))
+
+
+def _pieces_without_quoting_escapes(data: bytes, delete: bytes, begin: int, end: int) -> Iterator[bytes]:
+    """The segments of :func:`_segments_without_quoting_escapes` joined into pieces of about
+    ``_PIECE_TEXT`` bytes: what follows takes a few calls per piece, not per escape, on text
+    that stays in the CPU cache."""
+    parts: list[bytes] = []
+    size = 0
+    for segment in _segments_without_quoting_escapes(data, delete, begin, end):
+        parts.append(segment)
+        size += len(segment)
+        if size >= _PIECE_TEXT:
+            yield b"".join(parts)
+            parts, size = [], 0
+    if parts:
+        yield b"".join(parts)
+
+
+def _segments_without_quoting_escapes(data: bytes, delete: bytes, begin: int, end: int) -> Iterator[bytes]:
+    r"""``data[begin:end]`` with the bytes of ``delete`` dropped and the escapes that can hide
     structure left out: ``\"`` (an escaped quote) and ``\\`` (an escaped backslash, which would
     make the quote after it look escaped); every other escape is a backslash and letters or
-    digits. ``begin`` must lie outside strings."""
+    digits. ``begin`` must lie outside strings. In segments cut at those escapes and every
+    ``_PIECE`` input bytes."""
     if data.find(b"\\", begin, end) < 0:
-        return data[begin:end].translate(None, delete)
-    parts: list[bytes] = []
+        yield from _translated(data, delete, begin, end)
+        return
     start = pos = phase = begin  # phase: where escapes were last found one at a time from
     seen = 0
     while True:
         found = data.find(b"\\", pos, end)  # one byte: memchr, where a two-byte find is 5x slower
         if found < 0:
-            parts.append(data[start:end].translate(None, delete))
-            return b"".join(parts)
+            yield from _translated(data, delete, start, end)
+            return
         if found + 1 < end and data[found + 1 : found + 2] in (b"\\", b'"'):
-            parts.append(data[start:found].translate(None, delete))
+            if found - start <= _PIECE:  # the usual case, without a generator of its own
+                yield data[start:found].translate(None, delete)
+            else:
+                yield from _translated(data, delete, start, found)
             start = found + 2
         pos = found + 2
         seen += 1
@@ -66,9 +100,16 @@ def _without_quoting_escapes(data: bytes, delete: bytes, begin: int, end: int) -
             # merges) does not send the whole rest of a file through two slower passes.
             stop = _window_end(data, start + _DENSE_WINDOW, end)
             rest = data[start:stop].replace(b"\\\\", b"").replace(b'\\"', b"")
-            parts.append(rest.translate(None, delete))
+            yield rest.translate(None, delete)
             start = pos = phase = stop
             seen = 0
+
+
+def _translated(data: bytes, delete: bytes, start: int, end: int) -> Iterator[bytes]:
+    """``data[start:end]`` with the bytes of ``delete`` dropped, ``_PIECE`` input bytes at a time
+    (translating is byte by byte: any cut gives the same bytes)."""
+    for at in range(start, end, _PIECE):
+        yield data[at : min(at + _PIECE, end)].translate(None, delete)
 
 
 def _window_end(data: bytes, target: int, end: int) -> int:
@@ -80,31 +121,18 @@ def _window_end(data: bytes, target: int, end: int) -> int:
     return end if plain is None else plain.start() + 1
 
 
-def _outside_strings(structure: bytes) -> bytes:
-    """What lies outside strings in text whose escaped quotes are gone: quotes alternate
-    opening and closing (a raw quote never sits inside a JSON string). Split in chunks, so that
-    memory stays bounded whatever the number of strings."""
-    if b'"' not in structure:
-        return structure
-    kept: list[bytes] = []
-    inside = False
-    for start in range(0, len(structure), _CHUNK):
-        parts = structure[start : start + _CHUNK].split(b'"')
-        kept += parts[inside::2]
-        inside ^= len(parts) % 2 == 0
-    return b"".join(kept)
-
-
 def _bracket_depth(brackets: bytes, limit: int | None) -> int:
-    """Deepest nesting of a sequence of ``[]{}``: innermost pairs peeled one level per pass while
-    that removes much, then a running sum in C over what is left (deep or unbalanced input)."""
+    """Deepest nesting of a sequence of ``[`` and ``]`` (a ``{}`` pair nests as a ``[]`` pair
+    does: :func:`outside_nesting` makes them one kind): innermost pairs peeled one level per
+    pass while that removes much, then a running sum in C over what is left (deep or unbalanced
+    input). One ``bytes.replace`` peels exactly one level: it never looks again at a pair that
+    its own removals made touch (``[[]]`` -> ``[]``)."""
     depth = 0
     while brackets:
-        # A pair becomes "." so that a pass peels exactly one level: "{[]}" -> "{.}", not "".
-        marked = brackets.replace(b"[]", b".").replace(b"{}", b".")
-        if (len(brackets) - len(marked)) * 8 < len(brackets):
+        peeled = brackets.replace(b"[]", b"")
+        if (len(brackets) - len(peeled)) * 4 < len(brackets):
             break
-        brackets = marked.replace(b".", b"")
+        brackets = peeled
         depth += 1
         if limit is not None and depth > limit:
             return depth
@@ -130,13 +158,13 @@ def json_nesting(text: bytes | str, limit: int | None = None) -> int:
     3
     """
     data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
-    return outside_nesting(json_outside_strings(data, STRUCTURE), limit)
+    return outside_nesting(json_outside_strings(data, QUOTES_AND_BRACKETS), limit)
 
 
 def outside_nesting(outside: bytes, limit: int | None = None) -> int:
     """:func:`json_nesting` of JSON text from what lies outside its strings
     (:func:`json_outside_strings`, whatever else was kept)."""
-    return _bracket_depth(outside.translate(None, _deletion(b"[]{}")), limit)
+    return _bracket_depth(outside.translate(_ONE_KIND, _deletion(b"[]{}")), limit)
 
 
 @functools.lru_cache(maxsize=8)
@@ -146,21 +174,35 @@ def _deletion(keep: bytes) -> bytes:
 
 def json_outside_strings(data: bytes, keep: bytes, start: int = 0, end: int | None = None) -> bytes:
     """The bytes of ``keep`` that lie outside the strings of JSON text, in order: the same C-level
-    passes as :func:`json_nesting`. ``keep`` must hold the structure (``"[]{},:``); add digits
-    to read numbers. Exact for valid JSON. ``data[start:end]`` (no copy made of it) must begin
-    and end outside strings: the outside of consecutive parts is the outside of the whole.
+    passes as :func:`json_nesting`. ``keep`` must hold the quote and the brackets
+    (:data:`QUOTES_AND_BRACKETS`, all the nesting needs); add ``,:`` (:data:`STRUCTURE`) to read
+    the separators, and digits to read numbers. Exact for valid JSON. ``data[start:end]`` (no
+    copy made of it) must begin and end outside strings: the outside of consecutive parts is the
+    outside of the whole.
 
     >>> json_outside_strings(b'{"a": 10, "b[": [-1.5e3, "7"]}', STRUCTURE_AND_NUMBERS)
     b'{:10,:[-1.5e3,]}'
     """
     end = len(data) if end is None else end
-    text = _without_quoting_escapes(data, _deletion(keep), start, end)
-    # Most strings hold no kept byte: their quotes now touch. Between two strings there is
-    # always a "," or ":", so touching quotes are always one string's.
-    return _outside_strings(text.replace(b'""', b""))
+    kept: list[bytes] = []
+    inside = False
+    for piece in _pieces_without_quoting_escapes(data, _deletion(keep), start, end):
+        # With escaped quotes gone, quotes alternate opening and closing (a raw quote never sits
+        # inside a JSON string). Most strings hold no kept byte, so their quotes now touch:
+        # dropping two touching quotes first leaves every other byte on its side of the strings.
+        piece = piece.replace(b'""', b"")
+        if b'"' not in piece:
+            if not inside:
+                kept.append(piece)
+            continue
+        parts = piece.split(b'"')
+        kept += parts[inside::2]
+        inside ^= len(parts) % 2 == 0
+    return b"".join(kept)
 
 
 __all__ = [
+    "QUOTES_AND_BRACKETS",
     "STRUCTURE",
     "STRUCTURE_AND_NUMBERS",
     "json_nesting",

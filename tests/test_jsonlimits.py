@@ -209,3 +209,78 @@ def test_a_cluster_of_escapes_sends_one_window_not_the_rest_through_the_bulk_pas
     assert len(data) > 2 * jsonlimits._DENSE_WINDOW
     # the cluster: at most two batches one at a time; the tail past the window: one per escape
     assert jsonlimits._ESCAPE_BATCH + 1000 <= calls["find"] <= 2 * jsonlimits._ESCAPE_BATCH + 2000 + 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON, st.booleans(), st.sampled_from([1, 2, 3, 7, 1 << 18]), st.sampled_from([1, 2, 5, 1 << 15]))
+def test_pieces_of_any_size_give_the_same_outside(value, indent, piece, text_piece):
+    """The pass works on pieces of the input (cut anywhere between escapes, possibly inside a
+    string): what lies outside strings, and the nesting from quotes and brackets alone, are the
+    same whatever the cut."""
+    text = json.dumps(value, indent=2 if indent else None, ensure_ascii=False).encode()
+    keep = jsonlimits.STRUCTURE_AND_NUMBERS
+    compact = json.dumps(value, separators=(",", ":")).encode()
+    expected = re.sub(rb'"(?:[^"\\]|\\.)*"', b"", compact).translate(None, jsonlimits._deletion(keep))
+    saved = jsonlimits._PIECE, jsonlimits._PIECE_TEXT
+    jsonlimits._PIECE, jsonlimits._PIECE_TEXT = piece, text_piece
+    try:
+        assert jsonlimits.json_outside_strings(text, keep) == expected
+        brackets = jsonlimits.json_outside_strings(text, jsonlimits.QUOTES_AND_BRACKETS)
+        assert brackets == expected.translate(None, jsonlimits._deletion(b"[]{}"))
+        assert json_nesting(text) == depth(value)
+    finally:
+        jsonlimits._PIECE, jsonlimits._PIECE_TEXT = saved
+
+
+def _running_depth(brackets: bytes) -> int:
+    level = deepest = 0
+    for b in brackets:
+        level += 1 if b in b"[{" else -1
+        deepest = max(deepest, level)
+    return deepest
+
+
+@st.composite
+def _balanced(draw: Any, budget: int = 60) -> bytes:
+    """A balanced sequence of both kinds of brackets, of any shape."""
+    out = b""
+    while budget > 0 and draw(st.booleans()):
+        open_, close = draw(st.sampled_from([b"[]", b"{}"]))
+        inner = draw(_balanced(budget // 2))
+        out += bytes([open_]) + inner + bytes([close])
+        budget -= 2 + len(inner)
+    return out
+
+
+@settings(max_examples=500, deadline=None)
+@given(_balanced(), st.sampled_from([None, 0, 1, 2, 5]))
+def test_one_replace_per_level_peels_exactly_one_level(brackets, limit):
+    """Braces nest as brackets do: one kind, one bytes.replace per level, the exact depth of
+    any balanced sequence (above the limit: some value above it)."""
+    measured = jsonlimits.outside_nesting(brackets * 3, limit)
+    if limit is None or _running_depth(brackets) <= limit:
+        assert measured == _running_depth(brackets)
+    else:
+        assert measured > limit
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=60).map(lambda b: b.translate(bytes(b"[]{}"[i % 4] for i in range(256)))))
+def test_unbalanced_brackets_are_never_measured_shallower(brackets):
+    """Invalid JSON: the measure is at least the running depth (what a parser reaches)."""
+    assert jsonlimits.outside_nesting(brackets) >= _running_depth(brackets)
+
+
+def test_the_peeling_takes_one_replace_per_level():
+    """Counted work: ``[[[...]]]`` repeated peels in one pass per level, not one per pair."""
+    calls = {"replace": 0}
+    real_replace = bytes.replace
+
+    class Counting(bytes):
+        def replace(self, *args: Any) -> bytes:  # type: ignore[override]
+            calls["replace"] += 1
+            return Counting(real_replace(self, *args))
+
+    nested = b"[" * 5 + b"{}" + b"]" * 5
+    assert jsonlimits._bracket_depth(Counting((nested * 10_000).translate(jsonlimits._ONE_KIND)), None) == 6
+    assert calls["replace"] <= 7

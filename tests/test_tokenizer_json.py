@@ -414,6 +414,39 @@ def test_the_vocabulary_is_read_once_with_the_nesting_check(doc: bytes) -> None:
     assert document.vocab_outside == expected
 
 
+@settings(max_examples=800, deadline=None)
+@given(_vocab_objects())
+def test_the_ids_read_with_the_nesting_check_are_those_every_number_byte_gives(span: bytes) -> None:
+    """The nesting check reads the vocabulary's ids without a lowercase e where no digit follows
+    one (token texts are full of it): the outline is the one read keeping every byte of every
+    number, exponents (1e2, 1e+2, 2e-1) and literals included."""
+    doc = b'{"model": {"vocab": ' + span + b"}}"
+    try:
+        json.loads(doc)
+    except ValueError:
+        return
+    document = decode_document(doc, "t")
+    assert document.vocab_outside is not None
+    every_byte = json_outside_strings(span, STRUCTURE_AND_NUMBERS)
+    assert hf_json._vocab_outline(document.vocab_outside) == hf_json._vocab_outline(every_byte)
+    if b"e" not in every_byte:  # no exponent and no literal: the same bytes
+        assert document.vocab_outside == every_byte
+
+
+def test_an_exponent_that_drops_to_an_id_is_read_keeping_its_e() -> None:
+    """``1e2`` without its e would read as the id 12: a vocabulary with an e before a digit
+    keeps every number byte, and is decoded (and refused) as before."""
+    doc = b'{"model": {"vocab": {"a": 0, "b": 1e2}}}'
+    document = decode_document(doc, "t")
+    assert document.vocab_outside == b"{:0,:1e2}"
+    assert hf_json._vocab_outline(document.vocab_outside) is None
+    with pytest.raises(TokenizerFormatError, match="not text -> id"):
+        hf_json.read_tokens("t", document)
+    signed = decode_document(b'{"model": {"vocab": {"a": 0, "b": 1e+2, "c": true}}}', "t")
+    assert signed.vocab_outside == b"{:0,:1+2,:}"  # no e before a digit: dropped, still no id
+    assert hf_json._vocab_outline(signed.vocab_outside) is None
+
+
 @pytest.mark.parametrize(
     ("levels", "words"),
     [(TOKENIZER_JSON_MAX_DEPTH - 3, "not text -> id"), (TOKENIZER_JSON_MAX_DEPTH - 2, "nested more than")],

@@ -67,14 +67,20 @@ class FlatHead(Generic[H]):
     header: H
 
 
-def has_identifier(path: str | os.PathLike[str], fmt: FlatFileFormat[H]) -> bool:
-    """True if ``path`` is a regular file with ``fmt.identifier`` at bytes 4..8. Never raises."""
+def file_identifier(path: str | os.PathLike[str]) -> bytes:
+    """Bytes 4..8 of the regular file at ``path`` (a FlatBuffer's file identifier: ``ET12`` for
+    a program, ``FT01`` for weights); empty when it is no regular file or is shorter. Never
+    raises. Telling the formats apart needs no reader of either."""
     try:
         with open_regular(path) as f:
-            head = f.read(IDENTIFIER_END)
+            return f.read(IDENTIFIER_END)[IDENTIFIER_AT:IDENTIFIER_END]
     except (OSError, ValueError):
-        return False
-    return head[IDENTIFIER_AT:IDENTIFIER_END] == fmt.identifier
+        return b""
+
+
+def has_identifier(path: str | os.PathLike[str], fmt: FlatFileFormat[H]) -> bool:
+    """True if ``path`` is a regular file with ``fmt.identifier`` at bytes 4..8. Never raises."""
+    return file_identifier(path) == fmt.identifier
 
 
 def read_flat_head(path: str | os.PathLike[str], fmt: FlatFileFormat[H]) -> FlatHead[H]:
@@ -147,6 +153,7 @@ __all__ = [
     "FlatHeader",
     "Read",
     "fetch_flat_head",
+    "file_identifier",
     "has_identifier",
     "read_flat_head",
     "view_flat_head",

@@ -22,14 +22,7 @@ import threading
 
 from etm_compat.constants import TOKENIZER_FORMATS, TOKENIZER_MAX_BYTES, TOKENIZER_SNIFF_BYTES
 from etm_compat.errors import EtmError, TokenizerFormatError
-from etm_compat.formats.tokenizer import (
-    hf_json,
-    json_document,
-    json_formats,
-    llama2c,
-    sentencepiece_model,
-    tiktoken_file,
-)
+from etm_compat.formats.tokenizer import hf_json, json_document, json_formats
 from etm_compat.formats.tokenizer import runner as _runner
 from etm_compat.formats.tokenizer.bounded import StrPath, load_json, read_bounded, read_head
 from etm_compat.formats.tokenizer.model import TokenizerFormat, TokenizerInfo
@@ -62,6 +55,10 @@ def sniff_tokenizer_bytes(head: bytes) -> TokenizerFormat | None:
         return json_kind
     if head.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{"):
         return None
+    # Lazy: the binary formats' readers load only for a file that is no JSON (a tokenizer.json,
+    # the largest to read, never pays for them).
+    from etm_compat.formats.tokenizer import llama2c, sentencepiece_model, tiktoken_file
+
     # The strictest structural check first: a consistent header and records.
     if llama2c.sniff(head, complete, original=False):
         return "llama2c"
@@ -89,6 +86,9 @@ def sniff_tokenizer_format(path: StrPath) -> TokenizerFormat:
     if not head:
         raise TokenizerFormatError("tokenizer file is empty", path=path)
     complete = len(head) < TOKENIZER_SNIFF_BYTES
+    # Lazy: as in sniff_tokenizer_bytes.
+    from etm_compat.formats.tokenizer import llama2c, sentencepiece_model, tiktoken_file
+
     for explain in (llama2c.explain, sentencepiece_model.explain, tiktoken_file.explain):
         reason = explain(head, complete)
         if reason is not None:
@@ -282,6 +282,9 @@ def _parse_binary(
     cached = _recall(fmt, data, digest)
     if isinstance(cached, TokenizerInfo):
         return dataclasses.replace(cached, path=os.fspath(path))
+    # Lazy: as in sniff_tokenizer_bytes.
+    from etm_compat.formats.tokenizer import llama2c, sentencepiece_model, tiktoken_file
+
     if fmt == "sentencepiece":
         info = sentencepiece_model.parse(path, data)
     elif fmt == "tiktoken":

@@ -22,7 +22,7 @@ import os
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -36,8 +36,11 @@ from etm_compat.jsonlimits import STRUCTURE_AND_NUMBERS, json_outside_strings
 _VOCAB_OBJECT = msgspec.json.Decoder(dict[str, int])
 #: Unigram vocabularies: ``[[piece, score], ...]``, the id of a piece is its position.
 _VOCAB_PIECES = msgspec.json.Decoder(list[tuple[str, float]])
-_IDS = msgspec.json.Decoder(list[int])
-_COLONS_TO_SPACES = bytes.maketrans(b":", b" ")
+#: Ids in range, checked as they are decoded (in C).
+_IDS = msgspec.json.Decoder(list[Annotated[int, msgspec.Meta(ge=0, lt=TOKENIZER_MAX_VOCAB)]])
+#: An object's outside as a list of its values: ``{:0,:1}`` -> ``[ 0, 1]`` (nested braces turn
+#: into brackets too, and fail as ids either way).
+_AS_LIST = bytes.maketrans(b"{}:", b"[] ")
 #: How many vocabularies were built as dicts by :class:`Vocabulary` (work counted for tests).
 vocabularies_built = 0
 _COUNT_LOCK = threading.Lock()
@@ -112,8 +115,8 @@ def _vocab_outline(outside: bytes) -> tuple[int, int] | None:
     if not outside.startswith(b"{"):
         return None
     try:
-        ids = _IDS.decode(b"[" + outside[1:-1].translate(_COLONS_TO_SPACES) + b"]")
-    except msgspec.MsgspecError:  # a value that is no integer: 1.5, a list, or "," left by a string
+        ids = _IDS.decode(outside.translate(_AS_LIST))
+    except msgspec.MsgspecError:  # a value that is no id: 1.5, -1, a list, or "," left by a string
         return None
     if len(ids) != outside.count(b":"):  # b"{:}": a lone string or null value left nothing
         return None
@@ -121,7 +124,7 @@ def _vocab_outline(outside: bytes) -> tuple[int, int] | None:
         return None
     if not ids:
         return 0, -1
-    if min(ids) < 0 or ids[-1] != max(ids) or ids[-1] >= TOKENIZER_MAX_VOCAB:
+    if ids[-1] != max(ids):
         return None
     return len(ids), ids[-1]
 
