@@ -22,7 +22,7 @@ from etm_compat.constants import (
     TOKENIZER_VOCAB_LOOKUP_MAX,
 )
 from etm_compat.errors import TokenizerFormatError
-from etm_compat.formats.tokenizer import detect, hf_json
+from etm_compat.formats.tokenizer import detect, hf_json, vocab_index
 from etm_compat.formats.tokenizer.detect import read_tokenizer
 from etm_compat.formats.tokenizer.json_document import decode_document, decode_value
 from etm_compat.jsonlimits import STRUCTURE_AND_NUMBERS, json_outside_strings
@@ -279,15 +279,17 @@ def test_inspecting_a_tokenizer_never_builds_its_vocabulary(tmp_path: Path) -> N
     vocab = {f"t{i}\u2581\"{i % 7}": i for i in range(5000)}
     path.write_text(json.dumps({"added_tokens": [{"id": 5000, "content": "<eos>"}],
                                 "model": {"type": "BPE", "vocab": vocab, "merges": []}}))
-    before = hf_json.vocabularies_built
+    before, buckets = vocab_index.vocabularies_built, vocab_index.buckets_read
     info = read_tokenizer(path, check_runner=False)
     assert (info.vocab_size, info.eos_id) == (5001, 5000)
     assert info.to_json()["vocab_size"] == 5001
-    assert hf_json.vocabularies_built == before
+    assert vocab_index.vocabularies_built == before
+    # A lookup reads the keys that start with the same byte (all of them here: "t"; none: "a").
     assert info.token_id('t42\u2581"0') == 42 and info.token_id("absent") is None
-    assert hf_json.vocabularies_built == before + 1
+    assert info.token_id("t4999\u2581\"1") == 4999
+    assert (vocab_index.vocabularies_built, vocab_index.buckets_read) == (before, buckets + 2)
     assert info.vocab is not None and len(info.vocab) == 5000 and dict(info.vocab) == vocab
-    assert hf_json.vocabularies_built == before + 1  # built once
+    assert vocab_index.vocabularies_built == before + 1  # built once
 
 
 def test_a_vocabulary_built_on_demand_is_a_plain_mapping_everywhere() -> None:

@@ -5,10 +5,8 @@
 worker processes (forked on Linux while the process has one thread, spawned elsewhere, at its
 first task) or a Dask cluster's executor. The calling process does not sit idle while the pool
 works: whenever it waits on a call, it runs a queued call itself (:meth:`LazyProcessPool.help`,
-the helping join of a fork/join pool). Packing waits on the disk now and then (temporary files,
-renames, the fsync of each archive), so the workers leave a core idle at times, and the caller
-fills it; when they do not, the caller is one more process on the cores, doing work that is
-then not left for the workers. :func:`default_jobs` is the ``--jobs`` default. Both are
+the helping join of a fork/join pool); with a few cores it takes a share of the packing that
+would otherwise wait for a worker. :func:`default_jobs` is the ``--jobs`` default. Both are
 re-exported from :mod:`etm_compat.bulk.upgrade`.
 """
 

@@ -12,13 +12,12 @@ Python values (dicts, lists, strings, numbers) otherwise.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
-
-import yaml
 
 from etm_compat.errors import InputError
 from etm_compat.fileio import read_capped
@@ -108,14 +107,21 @@ def read_json_config(
         ) from exc
 
 
-class _NoAliasLoader(yaml.SafeLoader):  # type: ignore[misc]
-    """``yaml.SafeLoader`` that refuses anchors and aliases."""
+@functools.cache
+def _no_alias_loader() -> Any:
+    """``yaml.SafeLoader`` that refuses anchors and aliases (made on first use: only a YAML
+    config needs PyYAML, and a tokenizer or a program never loads it)."""
+    # Lazy: PyYAML loads only where a YAML file is read.
+    import yaml
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.YAMLError(f"aliases are not accepted (line {event.start_mark.line + 1})")
-        return super().compose_node(parent, index)
+    class NoAliasLoader(yaml.SafeLoader):  # type: ignore[misc]
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.YAMLError(f"aliases are not accepted (line {event.start_mark.line + 1})")
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
 
 
 def read_yaml_config(
@@ -131,8 +137,12 @@ def read_yaml_config(
     export_llm configs never use them).
     """
     text = _decode(read_bytes(path, max_bytes, what=what), path, what)
+    loader = _no_alias_loader()
+    # Lazy: as in _no_alias_loader (loaded by now).
+    import yaml
+
     try:
-        value = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass: safe
+        value = yaml.load(text, Loader=loader)  # a SafeLoader subclass: safe
     except (yaml.YAMLError, RecursionError, ValueError) as exc:
         raise InputError(
             f"{what} is not valid YAML: {exc}", path=path, hint="fix or remove the file"

@@ -4,7 +4,8 @@
 spans. A ``{text: id}`` vocabulary is first read from its ids alone (the bytes outside its
 strings, C-level passes): when every id is plain and the last is the largest, that gives the
 size exactly, and the ``dict[str, int]`` itself (a quarter of a million texts for Gemma 3, the
-dearest part of reading the file) is built only when a lookup asks for it (:class:`Vocabulary`).
+dearest part of reading the file) is not built for lookups of a few texts
+(:class:`~etm_compat.formats.tokenizer.vocab_index.Vocabulary`).
 Otherwise it is decoded straight into ``dict[str, int]`` (msgspec, typed: no intermediate
 objects), and only an entry of an unusual shape sends it down the checking path, which names
 the entry at fault. ``merges`` is never built.
@@ -19,8 +20,7 @@ if only one of the two is found it is used for both.
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -31,6 +31,7 @@ from etm_compat.errors import TokenizerFormatError
 from etm_compat.formats.tokenizer.bounded import StrPath, is_token_id
 from etm_compat.formats.tokenizer.json_document import JsonTokenizerDocument, decode_value
 from etm_compat.formats.tokenizer.model import TokenizerInfo
+from etm_compat.formats.tokenizer.vocab_index import Vocabulary
 from etm_compat.jsonlimits import STRUCTURE_AND_NUMBERS, json_outside_strings
 
 _VOCAB_OBJECT = msgspec.json.Decoder(dict[str, int])
@@ -41,9 +42,6 @@ _IDS = msgspec.json.Decoder(list[Annotated[int, msgspec.Meta(ge=0, lt=TOKENIZER_
 #: An object's outside as a list of its values: ``{:0,:1}`` -> ``[ 0, 1]`` (nested braces turn
 #: into brackets too, and fail as ids either way).
 _AS_LIST = bytes.maketrans(b"{}:", b"[] ")
-#: How many vocabularies were built as dicts by :class:`Vocabulary` (work counted for tests).
-vocabularies_built = 0
-_COUNT_LOCK = threading.Lock()
 
 
 def _bad(path: StrPath, message: str) -> TokenizerFormatError:
@@ -127,44 +125,6 @@ def _vocab_outline(outside: bytes) -> tuple[int, int] | None:
     if ids[-1] != max(ids):
         return None
     return len(ids), ids[-1]
-
-
-class Vocabulary(Mapping[str, int]):
-    """A checked ``{text: id}`` vocabulary, built as a dict on first use (a lookup, its length):
-    describing a tokenizer needs only its size. The same mapping as ``json.loads`` gives."""
-
-    def __init__(self, span: bytes) -> None:
-        self._span = span
-        self._built: dict[str, int] | None = None
-        self._lock = threading.Lock()
-
-    def _vocab(self) -> dict[str, int]:
-        global vocabularies_built
-        built = self._built
-        if built is None:
-            with self._lock:
-                if self._built is None:
-                    self._built = _VOCAB_OBJECT.decode(self._span)  # checked: cannot fail
-                    self._span = b""
-                    with _COUNT_LOCK:
-                        vocabularies_built += 1
-                built = self._built
-        return built
-
-    def __getitem__(self, text: str) -> int:
-        return self._vocab()[text]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._vocab())
-
-    def __len__(self) -> int:
-        return len(self._vocab())
-
-    def __contains__(self, text: object) -> bool:
-        return text in self._vocab()
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (dict, (self._vocab(),))
 
 
 class _AddedToken(msgspec.Struct):
