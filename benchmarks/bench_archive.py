@@ -250,7 +250,7 @@ def bench_pack(reps: int, size: int, env: dict[str, str], rows: list[dict[str, A
     extra = statistics.median(cpu["pack"]) - statistics.median(cpu["sha"])
     notes.append(
         "The CPU row holds on a busy machine, where wall times do not: pack does the work of "
-        "sha256 and of cp, plus one read of the source into its buffer and the CRC-32, in three "
+        "sha256 and of cp, plus one read of the source into its buffer and the CRC-32, in two "
         f"threads. In this run its CPU beyond sha256 alone was {extra:.3f} s against "
         f"{statistics.median(cpu['sha']):.3f} s for sha256 alone: "
         + ("it fits beside sha256 on a second free core, so on two idle cores pack's wall time is "
@@ -258,9 +258,10 @@ def bench_pack(reps: int, size: int, env: dict[str, str], rows: list[dict[str, A
            "more than sha256 itself, so pack cannot reach the hash floor on two cores.")
     )  # fmt: skip
     notes.append(
-        "pack copies each member in the kernel (copy_file_range, a reflink where the file system "
-        "shares blocks) while a worker thread feeds sha256 and the main thread reads the next chunk "
-        f"with preadv into a reused buffer and computes its CRC-32 with {fast_crc32.__module__}; "
+        "pack streams each member in 8 MiB chunks: while a worker thread feeds sha256, the main "
+        "thread reads the next chunk with preadv into a reused buffer, computes its CRC-32 with "
+        f"{fast_crc32.__module__} and copies the same range in the kernel (copy_file_range, a "
+        "reflink where the file system shares blocks); "
         "cp, zip -0 and pack --no-fsync do not fsync (a sync before cp and before pack starts each with no dirty pages pending); the durable pack is compared with cp && sync -f."
     )
     return src

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -236,6 +237,39 @@ def test_archive_bytes_do_not_depend_on_the_copy_path(tmp_path: Path, monkeypatc
     assert other.read_bytes() == reference.read_bytes()
     with open_archive(other) as etm:
         assert etm.verify() == []
+
+
+def test_a_member_is_copied_chunk_by_chunk_as_it_is_hashed(tmp_path: Path, monkeypatch) -> None:
+    # Each chunk read for the digests is copied right after (one copy_file_range per chunk), and
+    # a copy that fails once it has begun (a full disk) fails the write: nothing is published.
+    from etm_compat.archive.write import CHUNK_BYTES
+
+    big = tmp_path / "big.pte"
+    big.write_bytes(PTE.read_bytes() + bytes(2 * CHUNK_BYTES))
+    real = os.copy_file_range
+    calls: list[int] = []
+
+    def counted(src: int, dst: int, count: int, *offsets: Any) -> int:
+        calls.append(count)
+        return real(src, dst, count, *offsets)
+
+    monkeypatch.setattr(os, "copy_file_range", counted)
+    packed = pack(tmp_path / "ok.etm", [MemberSpec("model.pte", big, "program")])
+    assert calls == [CHUNK_BYTES, CHUNK_BYTES, big.stat().st_size - 2 * CHUNK_BYTES]
+    with open_archive(packed) as etm:
+        assert etm.verify() == []
+
+    def full_after_one(src: int, dst: int, count: int, *offsets: Any) -> int:
+        if calls:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        calls.append(count)
+        return real(src, dst, count, *offsets)
+
+    calls.clear()
+    monkeypatch.setattr(os, "copy_file_range", full_after_one)
+    with pytest.raises(OutputError):
+        pack(tmp_path / "full.etm", [MemberSpec("model.pte", big, "program")])
+    assert not (tmp_path / "full.etm").exists() and not list(tmp_path.glob(".full.etm*"))
 
 
 def test_writer_fills_provenance_digests_and_refuses_a_bad_index(tmp_path: Path) -> None:

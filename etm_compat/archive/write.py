@@ -10,7 +10,7 @@ for sizes or offsets that do not fit 32 bits.
 
 Because a sha256 hex digest has a fixed length, the metadata is first written with placeholder
 digests; the members are then streamed once (CRC32 and sha256 in the same pass, the hash in a
-worker thread, the copy in the kernel), and finally the real metadata is written into the same
+worker thread, each chunk copied in the kernel right after it is read), and finally the real metadata is written into the same
 slot and the local headers' CRCs are patched. All of it goes to a temp file in the destination folder that replaces
 the destination only once complete and fsynced.
 """
@@ -24,7 +24,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -48,8 +48,6 @@ from etm_compat.fileio import check_output, output_error
 
 #: Bytes per read while streaming a member (constant memory whatever the member size).
 CHUNK_BYTES = DIGEST_CHUNK
-#: Bytes per copy_file_range call (the kernel may copy fewer).
-KERNEL_COPY_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -89,31 +87,45 @@ def _alignment(name: str) -> int:
     return ETM_ALIGN_MAPPED if name.endswith((".pte", ".ptd")) else ETM_ALIGN_DEFAULT
 
 
-def _kernel_copy(src_fd: int, dst_fd: int, size: int, src_off: int, dst_off: int) -> None:
-    """Copy ``size`` bytes inside the kernel (what ``cp`` does); raises OSError where unsupported."""
-    done = 0
-    while done < size:
-        n = os.copy_file_range(
-            src_fd, dst_fd, min(size - done, KERNEL_COPY_BYTES), src_off + done, dst_off + done
-        )
-        if n == 0:
-            raise OSError(errno.EIO, "copy_file_range stopped early")
-        done += n
+class _ChunkCopier:
+    """Copies each chunk that :func:`digest_range` has just read to the archive, in the reading
+    thread: inside the kernel (``copy_file_range``: no trip through user space, and a reflink
+    where the file system shares blocks) from the source's same range, or, where the kernel
+    cannot copy (another OS, a file system that refuses it), by writing the chunk just read."""
 
+    def __init__(self, src_fd: int, dst_fd: int, dst_start: int) -> None:
+        self.src_fd, self.dst_fd, self.dst_start = src_fd, dst_fd, dst_start
+        self.done = 0
+        self.kernel = hasattr(os, "copy_file_range")
 
-def _write_range(src_fd: int, dst_fd: int, size: int, dst_off: int) -> None:
-    """Copy the first ``size`` bytes of ``src_fd`` to ``dst_off`` of ``dst_fd`` with reads and
-    writes (where the kernel cannot copy)."""
-    buf = memoryview(bytearray(max(1, min(size, CHUNK_BYTES))))
-    done = 0
-    while done < size:
-        n = pread_into(src_fd, buf[: min(len(buf), size - done)], done)
-        if n == 0:
-            raise OSError(errno.EIO, "the source ended early")
+    def __call__(self, chunk: memoryview) -> None:
+        size = len(chunk)
+        if self.kernel:
+            try:
+                copied = 0
+                while copied < size:
+                    n = os.copy_file_range(
+                        self.src_fd, self.dst_fd, size - copied,
+                        self.done + copied, self.dst_start + self.done + copied,
+                    )
+                    if n == 0:
+                        raise OSError(errno.EIO, "copy_file_range stopped early")
+                    copied += n
+            except OSError as exc:
+                if self.done or exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                self.kernel = False  # refused from the start: write what was read instead
+            else:
+                self.done += size
+                return
         written = 0
-        while written < n:
-            written += os.pwrite(dst_fd, buf[written:n], dst_off + done + written)
-        done += n
+        while written < size:
+            written += os.pwrite(self.dst_fd, chunk[written:], self.dst_start + self.done + written)
+        self.done += size
+
+
+#: What copy_file_range answers where it cannot be used at all.
+_NO_KERNEL_COPY = frozenset({errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF})
 
 
 def _stream(
@@ -122,39 +134,26 @@ def _stream(
     """Copy ``expected`` bytes of ``src`` to ``dst``'s position; return (crc32, sha256 hex) of
     what was read.
 
-    Three things run at once: the kernel copies the bytes (``copy_file_range``: no trip through
-    Python, and a reflink where the file system shares blocks), a worker thread feeds sha256, and
-    this thread reads the next chunk into a reused buffer and computes its CRC-32 (ISA-L's,
-    :data:`~etm_compat.archive.zipfmt.crc32`). All of them release the GIL, so on two cores the
-    cost is about sha256's alone (:func:`~etm_compat.archive.zipfmt.digest_range`). Where the
-    kernel copy is unavailable (another OS, a file system that refuses it) the bytes are copied
-    with reads and writes once hashing is done.
+    Two threads, so that on two cores neither waits on a third: a worker thread feeds sha256
+    (:func:`~etm_compat.archive.zipfmt.digest_range`) while this one reads the next chunk into a
+    reused buffer, computes its CRC-32 (ISA-L's, :data:`~etm_compat.archive.zipfmt.crc32`) and
+    copies the same range to the archive (:class:`_ChunkCopier`). All of it releases the GIL, and
+    this thread's share (a read, a CRC, a kernel copy) takes less than hashing the chunk, so the
+    cost is about sha256's alone. The bytes copied are read right after the bytes hashed.
     """
     dst.flush()
     start = dst.tell()
-    src_fd, dst_fd = src.fileno(), dst.fileno()
-    copier: Future[None] | None = None
-    if hasattr(os, "copy_file_range") and expected > 0:
-        copier = pool.submit(_kernel_copy, src_fd, dst_fd, expected, 0, start)
-    crc, sha, total = digest_range(src_fd, 0, expected, pool)
-    if total == expected and pread_into(src_fd, memoryview(bytearray(1)), expected):
+    copier = _ChunkCopier(src.fileno(), dst.fileno(), start)
+    crc, sha, total = digest_range(src.fileno(), 0, expected, pool, sink=copier)
+    if total == expected and pread_into(src.fileno(), memoryview(bytearray(1)), expected):
         total += 1  # it grew: at least one byte more than measured
     if total != expected:
-        if copier is not None:
-            copier.exception()  # let the copy finish before the temp file is removed
         raise UnreadableError(
             f"changed while being packed ({expected} bytes expected, "
             f"{'more' if total > expected else total} read)",
             path=getattr(src, "name", None),
             hint="pack again once it is stable",
         )
-    try:
-        if copier is None:
-            raise OSError(errno.ENOSYS, "no kernel copy")
-        copier.result()
-    except OSError:
-        # No kernel copy here: copy what we hashed with reads and writes.
-        _write_range(src_fd, dst_fd, expected, start)
     dst.seek(start + expected)
     return crc, sha
 
@@ -233,7 +232,7 @@ def write_archive(
         raise output_error(exc, dest.parent, "the archive here") from None
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "w+b") as out, ThreadPoolExecutor(max_workers=2) as pool:
+        with os.fdopen(fd, "w+b") as out, ThreadPoolExecutor(max_workers=1) as pool:
             out.write(slots[0].local_header + placeholder)
             for slot in slots[1:]:
                 out.write(slot.local_header)
