@@ -16,6 +16,7 @@ from typing import Any
 import flatbuffers
 import pytest
 from conftest import fixture_file, fixture_glob
+from flips import assert_flips_from_read_the_same
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -338,18 +339,4 @@ def test_flips_in_the_tensor_data_read_as_the_good_file() -> None:
     # leaves the keys, dtypes, shapes and sizes unchanged.
     good = bytes(_good())
     base = read_ptd_bytes(good).segment_base_offset
-    expected = read_ptd_bytes(good).to_json()
-
-    @settings(max_examples=100, deadline=None, database=None)
-    @given(
-        flips=st.lists(
-            st.tuples(st.integers(base, len(good) - 1), st.integers(0, 255)), min_size=1, max_size=8
-        )
-    )
-    def check(flips: list[tuple[int, int]]) -> None:
-        data = bytearray(good)
-        for pos, byte in flips:
-            data[pos] = byte
-        assert read_ptd_bytes(bytes(data)).to_json() == expected
-
-    check()
+    assert_flips_from_read_the_same(good, base, lambda data: read_ptd_bytes(data).to_json())
