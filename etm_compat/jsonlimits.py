@@ -45,12 +45,6 @@ _PIECE_TEXT = 1 << 15
 QUOTES_AND_BRACKETS = b'"[]{}'
 
 
-def _without_quoting_escapes(data: bytes, delete: bytes, begin: int, end: int) -> bytes:
-    r"""``data[begin:end]`` with the bytes of ``delete`` dropped and the escapes that can hide
-    structure left out (:func:`_segments_without_quoting_escapes`, joined)."""
-    return b"".join(_segments_without_quoting_escapes(data, delete, begin, end))
-
-
 def _pieces_without_quoting_escapes(data: bytes, delete: bytes, begin: int, end: int) -> Iterator[bytes]:
     """The segments of :func:`_segments_without_quoting_escapes` joined into pieces of about
     ``_PIECE_TEXT`` bytes: what follows takes a few calls per piece, not per escape, on text

@@ -152,15 +152,18 @@ def test_quoting_escapes_are_paired_left_to_right_in_sparse_and_dense_modes(data
     """Any bytes (valid JSON or not, from any start), in the sparse scan and in bulk windows."""
     delete = jsonlimits._deletion(b'"[]{},:')
     expected = _pairing_reference(data, delete)
-    assert jsonlimits._without_quoting_escapes(data, delete, 0, len(data)) == expected
+
+    def without_quoting_escapes(begin: int) -> bytes:
+        return b"".join(jsonlimits._segments_without_quoting_escapes(data, delete, begin, len(data)))
+
+    assert without_quoting_escapes(0) == expected
     if batch:  # bulk windows of a few bytes, then one at a time again, many times over
         saved = (jsonlimits._ESCAPE_BATCH, jsonlimits._SPARSE_ESCAPE_GAP, jsonlimits._DENSE_WINDOW)
         jsonlimits._ESCAPE_BATCH, jsonlimits._SPARSE_ESCAPE_GAP, jsonlimits._DENSE_WINDOW = batch, 2, 5
         try:
-            assert jsonlimits._without_quoting_escapes(data, delete, 0, len(data)) == expected
+            assert without_quoting_escapes(0) == expected
             cut = len(data) // 3
-            assert (jsonlimits._without_quoting_escapes(data, delete, cut, len(data))
-                    == _pairing_reference(data[cut:], delete))
+            assert without_quoting_escapes(cut) == _pairing_reference(data[cut:], delete)
         finally:
             jsonlimits._ESCAPE_BATCH, jsonlimits._SPARSE_ESCAPE_GAP, jsonlimits._DENSE_WINDOW = saved
 

@@ -10,9 +10,10 @@ for sizes or offsets that do not fit 32 bits.
 
 Because a sha256 hex digest has a fixed length, the metadata is first written with placeholder
 digests; the members are then streamed once (CRC32 and sha256 in the same pass, the hash in a
-worker thread, each chunk copied in the kernel right after it is read), and finally the real metadata is written into the same
-slot and the local headers' CRCs are patched. All of it goes to a temp file in the destination folder that replaces
-the destination only once complete and fsynced.
+worker thread, each chunk copied in the kernel right after it is read), and finally the real
+metadata is written into the same slot and the local headers' CRCs are patched. All of it goes
+to a temp file in the destination folder that replaces the destination only once complete and
+fsynced.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from etm_compat.archive.zipfmt import (
     end_records,
     local_header,
     pread_into,
+    pwrite_all,
 )
 from etm_compat.constants import ETM_ALIGN_DEFAULT, ETM_ALIGN_MAPPED, MEMBER_METADATA
 from etm_compat.errors import EtmError, MetadataError, OutputError, UnreadableError, UsageError
@@ -87,6 +89,10 @@ def _alignment(name: str) -> int:
     return ETM_ALIGN_MAPPED if name.endswith((".pte", ".ptd")) else ETM_ALIGN_DEFAULT
 
 
+#: What copy_file_range answers where it cannot be used at all.
+_NO_KERNEL_COPY = frozenset({errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF})
+
+
 class _ChunkCopier:
     """Copies each chunk that :func:`digest_range` has just read to the archive, in the reading
     thread: inside the kernel (``copy_file_range``: no trip through user space, and a reflink
@@ -118,14 +124,8 @@ class _ChunkCopier:
             else:
                 self.done += size
                 return
-        written = 0
-        while written < size:
-            written += os.pwrite(self.dst_fd, chunk[written:], self.dst_start + self.done + written)
+        pwrite_all(self.dst_fd, chunk, self.dst_start + self.done)
         self.done += size
-
-
-#: What copy_file_range answers where it cannot be used at all.
-_NO_KERNEL_COPY = frozenset({errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF})
 
 
 def _stream(

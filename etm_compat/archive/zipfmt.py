@@ -39,7 +39,7 @@ __all__ = [
     "DOS_TIME", "EOCD64_FORMAT", "EOCD64_LOCATOR_FORMAT", "EOCD64_LOCATOR_SIG", "EOCD64_SIG",
     "EOCD_FORMAT", "EOCD_SIG", "EXTERNAL_ATTR", "HINT_REPACK", "LOCAL_FORMAT", "LOCAL_SIG",
     "MAX16", "MAX32", "VERSION_MADE_BY_UNIX", "ZIP64_EXTRA_ID", "MemberInfo", "central_entry",
-    "crc32", "digest_range", "end_records", "local_header", "pread_into", "read_at",
+    "crc32", "digest_range", "end_records", "local_header", "pread_into", "pwrite_all", "read_at",
     "read_directory",
 ]  # fmt: skip
 
@@ -122,6 +122,14 @@ def pread_into(fd: int, view: memoryview, offset: int) -> int:
     data = os.pread(fd, len(view), offset)  # pragma: no cover - platforms without preadv
     view[: len(data)] = data  # pragma: no cover
     return len(data)  # pragma: no cover
+
+
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` of ``fd`` without using or moving the file position
+    (a write may take fewer bytes than asked: the rest follows)."""
+    written = 0
+    while written < len(data):
+        written += os.pwrite(fd, data[written:], offset + written)
 
 
 def digest_range(

@@ -72,8 +72,15 @@ class _Call(Generic[_T]):
     """One submitted call: the future its submitter holds (``mine``), the process pool's future
     for the same call (``theirs``), and the call itself, for the caller to run instead."""
 
-    def __init__(self, theirs: concurrent.futures.Future[_T], fn: Callable[..., _T], args: Any, kwargs: Any) -> None:
-        self.mine: _SharedFuture[_T] = _SharedFuture(self)
+    def __init__(
+        self,
+        pool: LazyProcessPool,
+        theirs: concurrent.futures.Future[_T],
+        fn: Callable[..., _T],
+        args: Any,
+        kwargs: Any,
+    ) -> None:
+        self.mine: _SharedFuture[_T] = _SharedFuture(self, pool)
         self.theirs = theirs
         self.fn, self.args, self.kwargs = fn, args, kwargs
         theirs.add_done_callback(self._relay)
@@ -108,18 +115,17 @@ class _SharedFuture(concurrent.futures.Future[_T]):
     pool's queued calls in the waiting thread (newest first) until this one is done or none is
     left unstarted; cancelling it cancels the pool's copy, and succeeds only when that does."""
 
-    def __init__(self, call: _Call[_T]) -> None:
+    def __init__(self, call: _Call[_T], pool: LazyProcessPool) -> None:
         super().__init__()
         self._call = call
-        self._pool: LazyProcessPool | None = None
+        self._pool = pool
 
     def cancel(self) -> bool:
         return self._call.theirs.cancel() and super().cancel()
 
     def result(self, timeout: float | None = None) -> _T:
-        if self._pool is not None:
-            while not self.done() and self._pool.help():
-                pass
+        while not self.done() and self._pool.help():
+            pass
         return super().result(timeout)
 
 
@@ -157,8 +163,7 @@ class LazyProcessPool(concurrent.futures.Executor):
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 self.workers, mp_context=_pool_context(), initializer=gc.enable
             )
-        call = _Call(self._pool.submit(fn, *args, **kwargs), fn, args, kwargs)
-        call.mine._pool = self
+        call = _Call(self, self._pool.submit(fn, *args, **kwargs), fn, args, kwargs)
         self._unstarted.append(call)
         return call.mine
 

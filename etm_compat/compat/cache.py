@@ -56,7 +56,7 @@ from typing import Any, Final, Literal
 
 from etm_compat.archive.metadata import tokenizer_member
 from etm_compat.archive.read import EtmArchive
-from etm_compat.archive.zipfmt import digest_range, pread_into
+from etm_compat.archive.zipfmt import digest_range, pread_into, pwrite_all
 from etm_compat.compat.cache_admin import (
     MARKER,
     TMP_PREFIX,
@@ -220,9 +220,7 @@ def copy_member(archive: EtmArchive, name: str, dest: Path) -> tuple[CopyMethod,
                 n = pread_into(src, buf[: min(len(buf), size - done)], offset + done)
                 if n == 0:
                     raise archive.truncated_error(name, done)
-                written = 0
-                while written < n:
-                    written += os.pwrite(fd, buf[written:n], done + written)
+                pwrite_all(fd, buf[:n], done)
                 done += n
     finally:
         os.close(fd)

@@ -29,7 +29,11 @@ import msgspec
 from etm_compat.constants import TOKENIZER_MAX_VOCAB, TOKENIZER_VOCAB_LOOKUP_MAX
 from etm_compat.errors import TokenizerFormatError
 from etm_compat.formats.tokenizer.bounded import StrPath, is_token_id
-from etm_compat.formats.tokenizer.json_document import JsonTokenizerDocument, decode_value
+from etm_compat.formats.tokenizer.json_document import (
+    JsonTokenizerDocument,
+    decode_value,
+    span_kind,
+)
 from etm_compat.formats.tokenizer.model import TokenizerInfo
 from etm_compat.formats.tokenizer.vocab_index import Vocabulary
 from etm_compat.jsonlimits import STRUCTURE_AND_NUMBERS, json_outside_strings
@@ -51,7 +55,7 @@ def _bad(path: StrPath, message: str) -> TokenizerFormatError:
 def _typed_vocab(raw: msgspec.Raw) -> dict[str, int] | None:
     """The vocabulary when every entry has the usual shape and range; None to check it entry by
     entry (for the message)."""
-    first = bytes(memoryview(raw)[:1])
+    first = span_kind(raw)
     try:
         if first == b"{":
             vocab = _VOCAB_OBJECT.decode(raw)
@@ -241,7 +245,7 @@ def read_tokens(path: StrPath, document: JsonTokenizerDocument) -> HFTokens:
     if model is None:
         raise _bad(path, 'tokenizer.json has no "model" object')
     outline = None
-    if bytes(memoryview(model.vocab)[:1]) == b"{":
+    if span_kind(model.vocab) == b"{":
         outside = document.vocab_outside
         if outside is None:
             outside = json_outside_strings(bytes(model.vocab), STRUCTURE_AND_NUMBERS)

@@ -103,7 +103,7 @@ class JsonTokenizerDocument:
     vocab_outside: bytes | None = None
 
 
-def _span_kind(raw: msgspec.Raw) -> bytes:
+def span_kind(raw: msgspec.Raw) -> bytes:
     """The first byte of a raw JSON value (``b"{"`` for an object, ``b"["`` for a list)."""
     return bytes(memoryview(raw)[:1])
 
@@ -158,7 +158,7 @@ def _nesting(data: bytes, model: HFModel | None) -> tuple[int, bytes | None]:
     object ``model.vocab`` was found in it, what lies outside its strings with its numbers: the
     vocabulary's bytes are read once, for both."""
     place = None
-    if model is not None and _span_kind(model.vocab) == b"{":
+    if model is not None and span_kind(model.vocab) == b"{":
         place = _vocab_place(data, model.vocab)
     if place is None:
         return json_nesting(data, TOKENIZER_JSON_MAX_DEPTH), None
@@ -202,7 +202,7 @@ def decode_document(data: bytes, path: StrPath, *, what: str = "tokenizer JSON")
         raise _too_deep(path, what)
     added = outline.added_tokens if isinstance(outline, _Document) else ABSENT
     kind: TokenizerFormat | None = None
-    if _span_kind(outline.config) == b"{" and _span_kind(outline.vocab) == b"[":
+    if span_kind(outline.config) == b"{" and span_kind(outline.vocab) == b"[":
         kind = "tekken"
     elif model is not None:
         kind = "hf_json"
@@ -224,4 +224,4 @@ def decode_value(raw: msgspec.Raw, path: StrPath, *, what: str = "tokenizer JSON
             raise TokenizerFormatError(f"{what} is not valid JSON: {exc}", path=path) from exc
 
 
-__all__ = ["ABSENT", "HFModel", "JsonTokenizerDocument", "decode_document", "decode_value"]
+__all__ = ["ABSENT", "HFModel", "JsonTokenizerDocument", "decode_document", "decode_value", "span_kind"]
