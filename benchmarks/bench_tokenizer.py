@@ -54,8 +54,8 @@ import sys
 from etm_compat.formats.tokenizer import runner
 from etm_compat.formats.tokenizer.model import RunnerCheck
 runner.check_runner_once = lambda *a, **k: RunnerCheck(True, "HFTokenizer", None, None, None, None)
-from etm_compat.cli.main import main
-sys.exit(main(sys.argv[1:]))
+from etm_compat.cli.main import run
+run()
 """
 
 

@@ -144,6 +144,86 @@ def test_every_verb_of_the_parser_has_a_module_that_runs_it() -> None:
         assert callable(importlib.import_module(module).run), name
 
 
+#: Command lines of every verb, each parsed by the whole parser and by the one its verb builds.
+COMMAND_LINES = [
+    ["inspect", "x.pte"],
+    ["--traceback", "inspect", "--json", "x.pte"],
+    ["pack", "d", "-o", "a.etm", "--ptd", "a.ptd", "--ptd", "b.ptd", "--no-fsync"],
+    ["unpack", "a.etm", "-o", "out", "--for", "ios"],
+    ["verify", "a.etm", "--runtime"],
+    ["diagnose", "tree", "--fail-on", "warning", "--app", "android", "-o", "r.md"],
+    ["render", "a.etm", "--user", "hi", "--var", "x=1", "--tokens", "--num-bos", "0"],
+    ["families", "show", "llama3", "--variant", "default"],
+    ["upgrade", "tree", "--out", "o", "-j", "2", "--report", "r.json", "--scheduler-timeout", "2.5"],
+    ["cache", "prune", "--older-than", "3", "--max-size", "2G"],
+]
+
+
+@pytest.mark.parametrize("argv", COMMAND_LINES, ids=lambda argv: " ".join(argv))
+def test_a_command_line_parses_the_same_with_only_its_verb_declared(argv: list[str]) -> None:
+    verb = next(arg for arg in argv if not arg.startswith("-"))
+    assert vars(build_parser(verb).parse_args(argv)) == vars(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_a_verb_declared_alone_has_the_same_help_and_usage_errors(
+    verb: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outputs = []
+    for parser in (build_parser(verb), build_parser()):
+        for argv in ([verb, "--help"], [verb, "--no-such-option"]):
+            with pytest.raises(SystemExit):
+                parser.parse_args(argv)
+        outputs.append(capsys.readouterr())
+    assert outputs[0] == outputs[1]
+    assert f"usage: etm-compat {verb}" in outputs[0].out
+
+
+def test_main_declares_only_the_named_verb_and_all_of_them_otherwise(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == EXIT_OK
+    listed = capsys.readouterr().out
+    assert all(f"    {verb} " in listed for verb in VERBS)  # the whole list
+    assert main(["inspek", "x"]) == 2  # a misspelt verb is named among the real ones
+    assert "invalid choice: 'inspek' (choose from 'inspect', 'pack'," in capsys.readouterr().err
+    assert main(["--help", "inspect"]) == EXIT_OK  # --help before a verb: the whole list
+    assert capsys.readouterr().out == listed
+
+
+#: Runs the console entry point on ``sys.argv[2:]``, counting the collector's passes from
+#: there; at exit (atexit runs after ``run`` has frozen the heap) writes what it saw.
+RUN_PROBE = """
+import atexit, gc, json, sys
+from etm_compat.cli import main as cli
+passes, out = [], sys.argv[1]
+gc.callbacks.append(lambda phase, info: phase == "start" and passes.append(info["generation"]))
+def report():
+    with open(out, "w") as fh:
+        json.dump({"passes": len(passes), "frozen": gc.get_freeze_count(),
+                   "threshold": gc.get_threshold()[0]}, fh)
+atexit.register(report)
+sys.argv[1:] = sys.argv[2:]
+cli.run()
+"""
+
+
+def test_the_console_entry_point_collects_rarely_and_leaves_the_heap_frozen_at_exit(tmp_path: Path) -> None:
+    out = tmp_path / "run.json"
+    tokenizer = fixture_file("tokenizers/hf_bpe/tokenizer.json")
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_PROBE, str(out), "inspect", "--json", str(tokenizer)],
+        capture_output=True, text=True, check=False, cwd=tmp_path,
+    )
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert json.loads(proc.stdout)["kind"] == "tokenizer"
+    seen = json.loads(out.read_text())
+    from etm_compat.cli.main import CLI_GC_THRESHOLD
+
+    assert seen["threshold"] == CLI_GC_THRESHOLD
+    assert seen["frozen"] > 10_000  # everything the command left: not traversed again at exit
+    # The same command under the default threshold (700) collects dozens of times.
+    assert seen["passes"] <= 3, seen
+
+
 def test_the_app_choices_are_the_registry_apps() -> None:
     assert tuple(APP_CHOICES) == tuple(APP_IDS)
 
