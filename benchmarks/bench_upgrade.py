@@ -47,11 +47,12 @@ HUB_LAYOUTS = ("et_example", "hf_style", "export_llm", "tiktoken_llama3", "varia
 REVISIONS = ("main", "v1.0", "4f2a9c1e0b7d3a5c6e8f9a1b2c3d4e5f60718293")
 HUB_VERSION = "hub-1"
 
-#: Runs `etm-compat upgrade ARGS` in this process, then prints its CPU use (this process, and
-#: the pool workers it waited for) and the CPU its imports took, as JSON on stderr.
+#: Runs `etm-compat upgrade ARGS` in this process through the console entry point, and at exit
+#: prints its CPU use (this process, and the pool workers it waited for) and the CPU its imports
+#: took, as JSON on stderr.
 CPU_PROBE = """
-import json, resource, sys
-from etm_compat.cli.main import main
+import atexit, json, resource, sys
+from etm_compat.cli.main import run
 from etm_compat.bulk import executor
 imports = resource.getrusage(resource.RUSAGE_SELF)
 helped = []
@@ -60,12 +61,13 @@ def counted(pool, *args, **kwargs):
     helped.append(pool.helped)
     return shutdown(pool, *args, **kwargs)
 executor.LazyProcessPool.shutdown = counted
-code = main(sys.argv[1:])
-me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-cpu = lambda r: r.ru_utime + r.ru_stime
-print(json.dumps({"imports": cpu(imports), "parent": cpu(me), "workers": cpu(kids), "helped": sum(helped)}),
-      file=sys.stderr)
-sys.exit(code)
+def report():
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = lambda r: r.ru_utime + r.ru_stime
+    print(json.dumps({"imports": cpu(imports), "parent": cpu(me), "workers": cpu(kids), "helped": sum(helped)}),
+          file=sys.stderr)
+atexit.register(report)
+run()
 """
 
 #: Times scan() and plan_upgrade() in one process (serially, no state): JSON on stderr.
@@ -259,6 +261,9 @@ def main() -> int:
     finished = WORK / "upgrade-out-j2-0"
     rerun = [s.seconds for s in measure([*cli, "--out", str(finished), "--jobs", "2"], reps + 2)]
     startup = [s.seconds for s in measure([str(VENV_BIN / "etm-compat"), "--help"], reps + 2)]
+    # What --jobs 2 cannot share out: start-up and the plan, which a dry run is (nothing written).
+    serial = [s.seconds for s in measure([*cli, "--out", str(WORK / "upgrade-dry-run"), "--jobs", "1",
+                                          "--dry-run", "--json"], reps + 2)]
 
     res = Result("upgrade", "./dev.sh bench upgrade  (= .venv/bin/python benchmarks/bench_upgrade.py)")
     speedup = median(t1) / median(t2)
@@ -316,9 +321,15 @@ def main() -> int:
     parent2, imports2 = median([c["parent"] for c in cpu2]), median([c["imports"] for c in cpu2])
     workers2, helped2 = median([c["workers"] for c in cpu2]), median([c["helped"] for c in cpu2])
     total2 = median([c["parent"] + c["workers"] for c in cpu2])
+    s_serial, s_first = median(serial), median(t1)
+    bound = s_serial + (s_first - s_serial) / 2
+    res.notes.append(f"What --jobs 2 cannot share out: start-up and planning (`upgrade --dry-run --json --jobs 1` "
+                     f"on the same tree, medians) take {s_serial:.3f} s of --jobs 1's {s_first:.2f} s; even with "
+                     f"the rest split evenly over two cores at no cost, --jobs 2 would take {bound:.2f} s, "
+                     f"{s_first / bound:.2f}x.")
     res.notes.append(f"Where the CPU of a first run on the {count}-deployment tree goes (getrusage, medians): "
                      f"--jobs 1: {parent1:.2f} s in one process; --jobs 2: {parent2:.2f} s in the parent "
-                     f"({imports2:.2f} s of it importing etm-compat before any work can start; it also ran "
+                     f"({imports2:.2f} s of it starting the interpreter and the command line; it also ran "
                      f"{helped2:g} of the pool's calls itself while it waited), {workers2:.2f} s in the two "
                      f"workers (planning: reading folders and opening archives; packing); {total2:.2f} s in "
                      f"all, so on two cores no schedule of --jobs 2 beats {total2 / 2:.2f} s, "
