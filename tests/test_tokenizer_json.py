@@ -345,6 +345,32 @@ def test_the_vocabulary_read_from_its_ids_is_exactly_the_decoded_one(span: bytes
     assert dict(hf_json.Vocabulary(span)) == reference
 
 
+@settings(max_examples=800, deadline=None)
+@given(_vocab_objects())
+def test_ids_read_as_in_order_only_when_they_are_zero_to_n(span: bytes) -> None:
+    """The shortcut for ids listed 0, 1, ... n - 1 never says yes to anything else (a repeated
+    key, another order, a float, a literal, a string, a nested value); an unusual spelling of
+    those ids (``-0``) is left to the decode."""
+    try:
+        values = json.loads(span, object_pairs_hook=lambda pairs: [value for _, value in pairs])
+    except ValueError:
+        return  # not JSON: the document decode refuses it before any vocabulary is read
+    outside = json_outside_strings(span, STRUCTURE_AND_NUMBERS)
+    entries = outside.count(b":")
+    if hf_json._in_order(outside, entries):
+        assert all(type(v) is int for v in values) and values == list(range(entries))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_RAW_KEYS, max_size=40), _SPACES)
+def test_ids_listed_zero_to_n_take_the_shortcut(keys: list[str], space: str) -> None:
+    span = ("{" + ",".join(f"{space}{key}:{space}{index}" for index, key in enumerate(keys)) + "}").encode()
+    outside = json_outside_strings(span, STRUCTURE_AND_NUMBERS)
+    if keys:
+        assert hf_json._in_order(outside, outside.count(b":"))
+        assert hf_json._vocab_outline(outside) == (len(keys), len(keys) - 1)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(
     st.fixed_dictionaries({"id": st.integers(-2, 9), "content": _KEYS}, optional={"special": st.booleans()}),

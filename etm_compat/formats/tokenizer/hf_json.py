@@ -46,6 +46,9 @@ _IDS = msgspec.json.Decoder(list[Annotated[int, msgspec.Meta(ge=0, lt=TOKENIZER_
 #: An object's outside as a list of its values: ``{:0,:1}`` -> ``[ 0, 1]`` (nested braces turn
 #: into brackets too, and fail as ids either way).
 _AS_LIST = bytes.maketrans(b"{}:", b"[] ")
+#: The same without the colons (``{:0,:1}`` -> ``[0,1]``), to compare with a list's JSON text.
+_AS_ARRAY = bytes.maketrans(b"{}", b"[]")
+_ENCODE = msgspec.json.Encoder()
 
 
 def _bad(path: StrPath, message: str) -> TokenizerFormatError:
@@ -116,11 +119,14 @@ def _vocab_outline(outside: bytes) -> tuple[int, int] | None:
     """
     if not outside.startswith(b"{"):
         return None
+    entries = outside.count(b":")
+    if 0 < entries <= min(TOKENIZER_VOCAB_LOOKUP_MAX, TOKENIZER_MAX_VOCAB) and _in_order(outside, entries):
+        return entries, entries - 1
     try:
         ids = _IDS.decode(outside.translate(_AS_LIST))
     except msgspec.MsgspecError:  # a value that is no id: 1.5, -1, a list, or "," left by a string
         return None
-    if len(ids) != outside.count(b":"):  # b"{:}": a lone string or null value left nothing
+    if len(ids) != entries:  # b"{:}": a lone string or null value left nothing
         return None
     if len(ids) > min(TOKENIZER_VOCAB_LOOKUP_MAX, TOKENIZER_MAX_VOCAB):
         return None
@@ -129,6 +135,19 @@ def _vocab_outline(outside: bytes) -> tuple[int, int] | None:
     if ids[-1] != max(ids):
         return None
     return len(ids), ids[-1]
+
+
+def _in_order(outside: bytes, entries: int) -> bool:
+    """Whether the ids of a vocabulary's outside are exactly ``0, 1, ..., entries - 1`` in this
+    order, as real files list them: its text without the colons is then, byte for byte, the JSON
+    text of that list (one comparison in C, where decoding 128k ids costs twice as much). Any
+    other value leaves a byte the list's text lacks (a sign, a point, an exponent, a bracket, or
+    nothing where a string or literal stood), so anything else reads through :data:`_IDS`.
+
+    >>> _in_order(b"{:0,:1,:2}", 3), _in_order(b"{:0,:2,:1}", 3), _in_order(b"{:0,:,:1}", 3)
+    (True, False, False)
+    """
+    return outside.translate(_AS_ARRAY, b":") == _ENCODE.encode(list(range(entries)))
 
 
 class _AddedToken(msgspec.Struct):
@@ -253,7 +272,7 @@ def read_tokens(path: StrPath, document: JsonTokenizerDocument) -> HFTokens:
     lookup: Mapping[str, int] | None
     if outline is not None:
         entries, vocab_largest = outline
-        lookup = Vocabulary(bytes(model.vocab))
+        lookup = Vocabulary(memoryview(model.vocab))
     else:
         vocab = _vocab(path, model.vocab)
         entries, vocab_largest = len(vocab), max(vocab.values(), default=-1)

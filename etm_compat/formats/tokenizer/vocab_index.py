@@ -67,8 +67,10 @@ class Vocabulary(Mapping[str, int]):
     same mapping as ``json.loads`` gives. A lookup reads only the keys that start with the same
     byte as the text; iterating or measuring it builds the dict once."""
 
-    def __init__(self, span: bytes) -> None:
-        self._span = span
+    def __init__(self, span: bytes | memoryview) -> None:
+        # A view (of the file read whole) is copied out at the first lookup: what only reads
+        # the size (``inspect`` of one file) never copies a quarter of the file.
+        self._span: bytes | memoryview = span
         self._built: dict[str, int] | None = None
         self._buckets: dict[int, dict[str, int]] = {}
         self._escape_first: dict[int, list[Entry]] | None = None
@@ -113,6 +115,8 @@ class Vocabulary(Mapping[str, int]):
         (the dict is cheaper). One regex pass in C over the object finds the keys spelled from
         that byte, and, the first time, every key spelled from an escape (filed for all bytes)."""
         global buckets_read
+        if isinstance(self._span, memoryview):  # under the lock (see _table)
+            self._span = bytes(self._span)
         span = self._span
         starts = []
         if byte >= 0x20 and byte not in b'"\\':  # a byte that may start a spelling raw
