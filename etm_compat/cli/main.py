@@ -256,8 +256,8 @@ _VERB_PARSERS: Final[dict[str, Callable[[_Verbs], None]]] = {
 
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
-    """The command line's parser: every verb, or only ``verb``'s (what parsing a command line
-    that names it needs; declaring all nine costs more than the rest of a small command)."""
+    """The command line's parser: every verb, or only ``verb``'s, which is all that parsing a
+    command line naming it needs (declaring all nine took 4.5 ms of a 0.1 s ``inspect``)."""
     parser = argparse.ArgumentParser(
         prog="etm-compat",
         description="Migrate ExecuTorch LLM deployments from loose files to single .etm archives.",
@@ -281,7 +281,7 @@ def _named_verb(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; the console script and the tests both call this."""
+    """Run the command line and return its exit code (the console script calls :func:`run`)."""
     arguments = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_named_verb(arguments))
     try:
@@ -330,8 +330,9 @@ def run() -> NoReturn:
 
     Before the interpreter exits, everything still on the heap is frozen (:func:`gc.freeze`): at
     exit the collector would otherwise traverse all of it once more only for the OS to take the
-    memory back (8 ms of a 0.12 s ``inspect``). Nothing is skipped but that traversal: files
-    are closed and atexit handlers run as before.
+    memory back (8 ms of a 0.12 s ``inspect``). Atexit handlers and the flushing of stdout and
+    stderr run as before; what the traversal would have found, objects left in reference cycles,
+    is not finalized (every file etm-compat writes is closed before its verb returns).
     """
     _, *older = gc.get_threshold()
     gc.set_threshold(CLI_GC_THRESHOLD, *older)
