@@ -35,18 +35,15 @@ from etm_compat.formats.tokenizer.json_document import (
     span_kind,
 )
 from etm_compat.formats.tokenizer.model import TokenizerInfo
-from etm_compat.formats.tokenizer.vocab_index import Vocabulary
+from etm_compat.formats.tokenizer.vocab_index import VOCAB_OBJECT, Vocabulary
 from etm_compat.jsonlimits import STRUCTURE_AND_NUMBERS, json_outside_strings
 
-_VOCAB_OBJECT = msgspec.json.Decoder(dict[str, int])
 #: Unigram vocabularies: ``[[piece, score], ...]``, the id of a piece is its position.
 _VOCAB_PIECES = msgspec.json.Decoder(list[tuple[str, float]])
 #: Ids in range, checked as they are decoded (in C).
 _IDS = msgspec.json.Decoder(list[Annotated[int, msgspec.Meta(ge=0, lt=TOKENIZER_MAX_VOCAB)]])
-#: An object's outside as a list of its values: ``{:0,:1}`` -> ``[ 0, 1]`` (nested braces turn
-#: into brackets too, and fail as ids either way).
-_AS_LIST = bytes.maketrans(b"{}:", b"[] ")
-#: The same without the colons (``{:0,:1}`` -> ``[0,1]``), to compare with a list's JSON text.
+#: Braces as brackets: with the colons dropped, an object's outside becomes the list of its
+#: values (see :func:`_as_list`).
 _AS_ARRAY = bytes.maketrans(b"{}", b"[]")
 _ENCODE = msgspec.json.Encoder()
 
@@ -61,7 +58,7 @@ def _typed_vocab(raw: msgspec.Raw) -> dict[str, int] | None:
     first = span_kind(raw)
     try:
         if first == b"{":
-            vocab = _VOCAB_OBJECT.decode(raw)
+            vocab = VOCAB_OBJECT.decode(raw)
         elif first == b"[":
             pieces = _VOCAB_PIECES.decode(raw)
             if len(pieces) > TOKENIZER_MAX_VOCAB:
@@ -120,10 +117,11 @@ def _vocab_outline(outside: bytes) -> tuple[int, int] | None:
     if not outside.startswith(b"{"):
         return None
     entries = outside.count(b":")
-    if 0 < entries <= min(TOKENIZER_VOCAB_LOOKUP_MAX, TOKENIZER_MAX_VOCAB) and _in_order(outside, entries):
+    listed = _as_list(outside)
+    if 0 < entries <= min(TOKENIZER_VOCAB_LOOKUP_MAX, TOKENIZER_MAX_VOCAB) and _in_order(listed, entries):
         return entries, entries - 1
     try:
-        ids = _IDS.decode(outside.translate(_AS_LIST))
+        ids = _IDS.decode(listed)
     except msgspec.MsgspecError:  # a value that is no id: 1.5, -1, a list, or "," left by a string
         return None
     if len(ids) != entries:  # b"{:}": a lone string or null value left nothing
@@ -137,17 +135,25 @@ def _vocab_outline(outside: bytes) -> tuple[int, int] | None:
     return len(ids), ids[-1]
 
 
-def _in_order(outside: bytes, entries: int) -> bool:
-    """Whether the ids of a vocabulary's outside are exactly ``0, 1, ..., entries - 1`` in this
-    order, as real files list them: its text without the colons is then, byte for byte, the JSON
-    text of that list (one comparison in C, where decoding 128k ids costs twice as much). Any
-    other value leaves a byte the list's text lacks (a sign, a point, an exponent, a bracket, or
-    nothing where a string or literal stood), so anything else reads through :data:`_IDS`.
+def _as_list(outside: bytes) -> bytes:
+    """An object's outside as the JSON text of the list of its values: ``{:0,:1}`` -> ``[0,1]``.
+    Dropping a colon joins nothing: each follows a key, whose string is gone, so it comes right
+    after ``{`` or ``,``. Nested objects turn into lists, and fail as ids either way."""
+    return outside.translate(_AS_ARRAY, b":")
 
-    >>> _in_order(b"{:0,:1,:2}", 3), _in_order(b"{:0,:2,:1}", 3), _in_order(b"{:0,:,:1}", 3)
-    (True, False, False)
+
+def _in_order(listed: bytes, entries: int) -> bool:
+    """Whether ``listed`` (:func:`_as_list` of a vocabulary's outside) is exactly the ids
+    ``0, 1, ..., entries - 1`` in this order, as real files list them: it is then, byte for byte,
+    the JSON text of that list (one comparison in C, where decoding 128k ids costs twice as
+    much). Any other value leaves a byte the list's text lacks (a sign, a point, an exponent, a
+    bracket, or nothing where a string or literal stood), so anything else reads through
+    :data:`_IDS`.
+
+    >>> [_in_order(_as_list(o), 3) for o in (b"{:0,:1,:2}", b"{:0,:2,:1}", b"{:0,:,:1}")]
+    [True, False, False]
     """
-    return outside.translate(_AS_ARRAY, b":") == _ENCODE.encode(list(range(entries)))
+    return listed == _ENCODE.encode(list(range(entries)))
 
 
 class _AddedToken(msgspec.Struct):

@@ -32,7 +32,8 @@ from typing import Any
 
 import msgspec
 
-_VOCAB_OBJECT = msgspec.json.Decoder(dict[str, int])
+#: A checked vocabulary object decoded whole (here, and by :mod:`.hf_json`).
+VOCAB_OBJECT = msgspec.json.Decoder(dict[str, int])
 _TEXT = msgspec.json.Decoder(str)
 #: The rest of a key after its first byte (raw bytes and escapes), then ``: id``.
 _REST = rb'((?:[^"\\]|\\.)*)"[ \t\n\r]*:[ \t\n\r]*(-?[0-9]+)'
@@ -82,7 +83,7 @@ class Vocabulary(Mapping[str, int]):
         if built is None:
             with self._lock:
                 if self._built is None:
-                    self._built = _VOCAB_OBJECT.decode(self._span)  # checked: cannot fail
+                    self._built = VOCAB_OBJECT.decode(self._span)  # checked: cannot fail
                     self._span = b""
                     self._buckets.clear()
                     with _COUNT_LOCK:
@@ -163,4 +164,4 @@ class Vocabulary(Mapping[str, int]):
         return (dict, (self._vocab(),))
 
 
-__all__ = ["BUCKET_MAX", "Vocabulary"]
+__all__ = ["BUCKET_MAX", "VOCAB_OBJECT", "Vocabulary"]
