@@ -52,6 +52,28 @@ with open(sys.argv[1], "rb", buffering=0) as f:
     while n := f.readinto(buf):
         h.update(memoryview(buf)[:n])
 """
+#: One member's CRC-32, sha256 and copy to an archive (:func:`digest_range` with the writer's
+#: chunk copier), with the sha256 in a helper thread (``thread``) or in this one (``here``),
+#: taking turns: median seconds of each, as JSON. The decision is ``BACKGROUND_HASH_MIN``.
+HASH_BESIDE = """
+import json, os, statistics, sys, time
+from concurrent.futures import ThreadPoolExecutor
+from etm_compat.archive import write, zipfmt
+src, dst, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+fd = os.open(src, os.O_RDONLY)
+size = os.fstat(fd).st_size
+times = {"thread": [], "here": []}
+for _ in range(reps):
+    for way, least in (("thread", 0), ("here", size + 1)):
+        zipfmt.BACKGROUND_HASH_MIN = least
+        out = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            zipfmt.digest_range(fd, 0, size, pool, sink=write._ChunkCopier(fd, out, 0))
+        times[way].append(time.perf_counter() - start)
+        os.close(out)
+print(json.dumps({way: statistics.median(t) for way, t in times.items()}))
+"""
 OPEN = """
 import sys, time
 t = time.perf_counter()
@@ -267,6 +289,34 @@ def bench_pack(reps: int, size: int, env: dict[str, str], rows: list[dict[str, A
     return src
 
 
+def bench_hash_beside(reps: int, env: dict[str, str], rows: list[dict[str, Any]], notes: list[str]) -> None:
+    """Members of a few sizes around ``BACKGROUND_HASH_MIN``: sha256 in a helper thread beside
+    the CRC and the copy, against sha256 in the same thread (the threshold's evidence)."""
+    from etm_compat.constants import BACKGROUND_HASH_MIN
+
+    src, dst = WORK / "member.bin", WORK / "member.out"
+    for size in (4 << 10, 256 << 10, 768 << 10, 4 << 20, 32 << 20):
+        src.write_bytes(os.urandom(size))
+        here, thread = [], []
+        for _ in range(reps):
+            got = json.loads(timed_child([PY, "-c", HASH_BESIDE, str(src), str(dst), "15"], env)[2])
+            here.append(got["here"] * 1000)
+            thread.append(got["thread"] * 1000)
+        side = "here" if size < BACKGROUND_HASH_MIN else "in a helper thread"
+        rows.append(row(f"CRC, sha256 and copy of a {size >> 10} KiB member, sha256 {side}",
+                        here if size < BACKGROUND_HASH_MIN else thread, "ms",
+                        "sha256 " + ("in a helper thread" if size < BACKGROUND_HASH_MIN else "here"),
+                        thread if size < BACKGROUND_HASH_MIN else here, "<= 1x the other way", 1.0))  # fmt: skip
+    drop(src)
+    drop(dst)
+    notes.append(
+        f"Hash beside the copy: below BACKGROUND_HASH_MIN ({BACKGROUND_HASH_MIN >> 20} MiB) a member's sha256 "
+        "runs in the thread that reads, checksums and copies it; from there on in a helper thread. "
+        "Each row times the way taken against the other, 15 turns each in one process, median of "
+        f"{reps} processes; a ratio above 1 would mean the threshold is in the wrong place."
+    )
+
+
 def bench_load(reps: int, quick: bool, env: dict[str, str], rows: list[dict[str, Any]],
                notes: list[str]) -> None:  # fmt: skip
     layers, dim = (4, 2048) if quick else (8, 4096)
@@ -326,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     try:
         if args.only != "load":
+            bench_hash_beside(reps, env, rows, notes)
             src = bench_pack(reps, size, env, rows, notes)
             etm_out = WORK / "big.etm"
             timed_child([PY, "-c", PACK, str(etm_out), str(src), "nofsync"], env)

@@ -21,7 +21,9 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from common import (
@@ -31,6 +33,7 @@ from common import (
     Result,
     Row,
     Sample,
+    bench_env,
     measure,
     median,
     run_child,
@@ -242,6 +245,29 @@ def first_runs(tree: Path, reps: int) -> dict[int, tuple[list[float], list[dict[
     return runs
 
 
+def machine_scaling(tree: Path, reps: int) -> tuple[list[float], list[float]]:
+    """What two cores give this work at best: one ``--jobs 1`` first run alone, and two of them
+    started together (each into its own output), taking turns. Two independent processes share
+    nothing and have no serial part, so ``2 * alone / together`` bounds what any ``--jobs 2``
+    schedule can gain on this machine (memory, caches, the file system's journal)."""
+    cli = [str(VENV_BIN / "etm-compat"), "upgrade", str(tree), "--jobs", "1"]
+    outs = [WORK / "upgrade-scaling-a", WORK / "upgrade-scaling-b"]
+    alone, together = [], []
+    for _ in range(reps):
+        for pair in (outs[:1], outs):
+            for out in pair:
+                shutil.rmtree(out, ignore_errors=True)
+            start = time.perf_counter()
+            children = [subprocess.Popen([*cli, "--out", str(out)], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, env=bench_env()) for out in pair]
+            if any(child.wait() != 0 for child in children):
+                raise SystemExit(f"{cli}: a run failed")
+            (together if len(pair) == 2 else alone).append(time.perf_counter() - start)
+    for out in outs:
+        shutil.rmtree(out, ignore_errors=True)
+    return alone, together
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -264,6 +290,7 @@ def main() -> int:
     # What --jobs 2 cannot share out: start-up and the plan, which a dry run is (nothing written).
     serial = [s.seconds for s in measure([*cli, "--out", str(WORK / "upgrade-dry-run"), "--jobs", "1",
                                           "--dry-run", "--json"], reps + 2)]
+    alone, together = machine_scaling(tree, reps + 2)
 
     res = Result("upgrade", "./dev.sh bench upgrade  (= .venv/bin/python benchmarks/bench_upgrade.py)")
     speedup = median(t1) / median(t2)
@@ -323,10 +350,24 @@ def main() -> int:
     total2 = median([c["parent"] + c["workers"] for c in cpu2])
     s_serial, s_first = median(serial), median(t1)
     bound = s_serial + (s_first - s_serial) / 2
+    gain = 2 * median(alone) / median(together)
+    ceiling = s_serial + (s_first - s_serial) / gain
+    res.rows.append(Row(f"two --jobs 1 upgrades of the {count}-deployment tree at once: throughput gain",
+                        median(together), "s", "one alone", median(alone), gain,
+                        "report (2.0 = the machine doubles this work)", True, spread(together)))
+    res.rows.append(Row("--jobs 2 at best on this machine: start-up and planning, then the rest at that gain",
+                        ceiling, "s", "--jobs 1", s_first, s_first / ceiling,
+                        "report (the most --jobs 2 can reach here)", True, spread(serial)))
     res.notes.append(f"What --jobs 2 cannot share out: start-up and planning (`upgrade --dry-run --json --jobs 1` "
                      f"on the same tree, medians) take {s_serial:.3f} s of --jobs 1's {s_first:.2f} s; even with "
                      f"the rest split evenly over two cores at no cost, --jobs 2 would take {bound:.2f} s, "
                      f"{s_first / bound:.2f}x.")
+    res.notes.append(f"What two cores give this work: two independent --jobs 1 runs started together took "
+                     f"{median(together):.2f} s against {median(alone):.2f} s for one alone, a throughput gain of "
+                     f"{gain:.2f}x, not 2x (they share nothing but the machine: memory, caches, the file "
+                     f"system's journal, which every archive's fsync commits). With start-up and planning "
+                     f"serial and the rest sped up by that gain, --jobs 2 cannot beat {ceiling:.2f} s here, "
+                     f"{s_first / ceiling:.2f}x --jobs 1.")
     res.notes.append(f"Where the CPU of a first run on the {count}-deployment tree goes (getrusage, medians): "
                      f"--jobs 1: {parent1:.2f} s in one process; --jobs 2: {parent2:.2f} s in the parent "
                      f"({imports2:.2f} s of it starting the interpreter and the command line; it also ran "

@@ -58,6 +58,13 @@ LEGACY_KEYS: Final = ("get_eos_id", "get_n_bos", "get_n_eos", "append_eos_to_pro
 LEGACY_DEFAULT_BOS_ID: Final = 1
 LEGACY_DEFAULT_EOS_IDS: Final = (2,)
 
+# --- hashing ---------------------------------------------------------------------------------
+#: From this many bytes on, a sha256 runs in a helper thread beside the other work on the same
+#: bytes (hashlib releases the GIL): an archive member's CRC and copy, a tokenizer's parse.
+#: Below it the handoff costs more than the overlap saves, with a core to spare or not
+#: (``benchmarks/bench_archive.py``, "hash beside the copy"; BENCHMARKS.md).
+BACKGROUND_HASH_MIN: Final = 1024 * 1024
+
 # --- tokenizer formats -----------------------------------------------------------------------
 TOKENIZER_FORMATS: Final = ("hf_json", "tekken", "sentencepiece", "tiktoken", "llama2c")
 #: File suffixes worth sniffing as tokenizers (when no runner-known name is present).

@@ -320,6 +320,33 @@ def test_digest_range_reads_with_pread_and_counts_what_was_there(tmp_path: Path)
         assert digest_range(fh.fileno(), 100, len(data), pool)[2] == len(data) - 100  # ends early
 
 
+def test_a_small_range_is_hashed_in_the_reading_thread_and_a_large_one_beside_it(tmp_path: Path) -> None:
+    """Below BACKGROUND_HASH_MIN the pool gets nothing (no thread starts); from there on every
+    chunk's sha256 goes to it. Counted in submissions; the digests are the same either way."""
+    import zlib
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from etm_compat.archive.zipfmt import DIGEST_CHUNK, digest_range
+    from etm_compat.constants import BACKGROUND_HASH_MIN
+
+    class Counting(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, fn, /, *args, **kwargs) -> Future:  # type: ignore[no-untyped-def, type-arg]
+            self.submitted += 1
+            return super().submit(fn, *args, **kwargs)
+
+    data = os.urandom(BACKGROUND_HASH_MIN + DIGEST_CHUNK)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    for size, submissions in ((BACKGROUND_HASH_MIN - 1, 0), (BACKGROUND_HASH_MIN, 1), (len(data), 2)):
+        with open(path, "rb") as fh, Counting(max_workers=1) as pool:
+            got = digest_range(fh.fileno(), 0, size, pool)
+            assert got == (zlib.crc32(data[:size]), hashlib.sha256(data[:size]).hexdigest(), size)
+            assert pool.submitted == submissions
+            assert not pool._threads if submissions == 0 else len(pool._threads) == 1
+
+
 @pytest.mark.parametrize("delta", [-1, 1], ids=["grew", "shrank"])
 def test_a_source_whose_size_changed_is_refused(tmp_path: Path, delta: int) -> None:
     from concurrent.futures import ThreadPoolExecutor

@@ -494,7 +494,7 @@ def test_the_content_hash_runs_beside_the_parse_and_still_keys_both_caches(
 ) -> None:
     """A large file is hashed in a thread while it is parsed; a remembered parse of the same
     format and size makes the hash decide first. Counted in decodes, never in time."""
-    monkeypatch.setattr(detect, "_BACKGROUND_HASH_MIN", 0)
+    monkeypatch.setattr(detect, "BACKGROUND_HASH_MIN", 0)
     data = (FIXTURES / "hf_bpe" / "tokenizer.json").read_bytes()
     digest = detect._Sha256(data, background=True)
     assert digest._thread is not None

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from etm_compat.archive.names import check_member_name
-from etm_compat.constants import ETM_MAX_MEMBERS, MEMBER_METADATA
+from etm_compat.constants import BACKGROUND_HASH_MIN, ETM_MAX_MEMBERS, MEMBER_METADATA
 from etm_compat.errors import ArchiveError
 
 if TYPE_CHECKING:  # annotations only: importing the reader starts no thread machinery
@@ -145,13 +145,16 @@ def digest_range(
     ``read`` is less than ``size`` when the file ends first (it was truncated): the caller says
     so. Two reused buffers of :data:`DIGEST_CHUNK` bytes: while ``pool`` hashes one chunk with
     sha256, this thread reads the next and computes its CRC (all three release the GIL), so on
-    two cores the cost is about sha256's alone. ``sink`` gets every chunk, in order (extraction
-    writes it out).
+    two cores the cost is about sha256's alone. A range under
+    :data:`~etm_compat.constants.BACKGROUND_HASH_MIN` is hashed here instead, and ``pool`` gets
+    nothing (no thread starts): its handoff costs more than the overlap saves. ``sink`` gets
+    every chunk, in order (extraction writes it out).
     """
     # Lazy: OpenSSL's hashes load only where something is hashed (opening an archive is not).
     import hashlib
 
     sha = hashlib.sha256()
+    background = size >= BACKGROUND_HASH_MIN
     crc = 0
     bufs = (bytearray(max(1, min(size, DIGEST_CHUNK))), bytearray(max(1, min(size, DIGEST_CHUNK))))
     pending: Future[None] | None = None
@@ -164,7 +167,10 @@ def digest_range(
         chunk = buf[:n]
         if pending is not None:
             pending.result()  # hashes stay in order; the buffer read next is then free
-        pending = pool.submit(sha.update, chunk)
+        if background:
+            pending = pool.submit(sha.update, chunk)
+        else:
+            sha.update(chunk)
         crc = crc32(chunk, crc)
         if sink is not None:
             sink(chunk)

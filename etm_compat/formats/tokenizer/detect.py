@@ -20,7 +20,12 @@ import os
 import sys
 import threading
 
-from etm_compat.constants import TOKENIZER_FORMATS, TOKENIZER_MAX_BYTES, TOKENIZER_SNIFF_BYTES
+from etm_compat.constants import (
+    BACKGROUND_HASH_MIN,
+    TOKENIZER_FORMATS,
+    TOKENIZER_MAX_BYTES,
+    TOKENIZER_SNIFF_BYTES,
+)
 from etm_compat.errors import EtmError, TokenizerFormatError
 from etm_compat.formats.tokenizer import hf_json, json_document, json_formats
 from etm_compat.formats.tokenizer import runner as _runner
@@ -138,7 +143,7 @@ def read_tokenizer(
     data = read_bounded(path, TOKENIZER_MAX_BYTES)
     # The key of both caches (parses and runner checks). Hashed while the file is parsed, unless
     # a parse of the same size is remembered: then the key decides whether to parse at all.
-    background = len(data) >= _BACKGROUND_HASH_MIN and not _may_be_parsed(fmt, len(data))
+    background = len(data) >= BACKGROUND_HASH_MIN and not _may_be_parsed(fmt, len(data))
     digest = _Sha256(data, background=background)
     info: TokenizerInfo
     try:
@@ -161,9 +166,6 @@ def read_tokenizer(
     return info
 
 
-#: From this size on, a tokenizer's sha256 is computed in a thread while it is parsed (hashlib
-#: releases the GIL): with a core to spare, the 30 ms of Gemma 3's 33 MB overlap the decode.
-_BACKGROUND_HASH_MIN = 1 << 20
 
 
 class _Sha256:
