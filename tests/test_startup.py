@@ -136,6 +136,21 @@ def test_parsing_the_arguments_loads_no_verb(argv: list[str]) -> None:
     assert "argparse" in modules and "importlib.resources" not in modules
 
 
+@pytest.mark.parametrize("columns", ["40", "100", "", "junk"])
+def test_help_is_as_wide_as_argparse_makes_it(monkeypatch: pytest.MonkeyPatch, columns: str) -> None:
+    """The formatter sizes itself without shutil, and to the same width as argparse's own."""
+    monkeypatch.setenv("COLUMNS", columns)
+    for verb in (None, "upgrade"):
+        ours = build_parser(verb)
+        stock = build_parser(verb)
+        for parser in [stock, *stock._subparsers._group_actions[0].choices.values()]:  # type: ignore[union-attr]
+            parser.formatter_class = argparse.HelpFormatter
+        assert ours.format_help() == stock.format_help()
+        if verb is not None:
+            mine, theirs = (p._subparsers._group_actions[0].choices[verb] for p in (ours, stock))  # type: ignore[union-attr]
+            assert mine.format_help() == theirs.format_help()
+
+
 def test_every_verb_of_the_parser_has_a_module_that_runs_it() -> None:
     parser = build_parser()
     (verbs,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
@@ -251,6 +266,7 @@ def test_inspect_json_of_a_tokenizer_loads_no_heavy_module(tmp_path: Path, relat
     readers = ("etm_compat.formats.pte", "etm_compat.formats.ptd", "etm_compat.formats.dialects")
     assert not any(m.startswith(readers) for m in modules), sorted(m for m in modules if m.startswith(readers))
     if relative.endswith(".json"):  # a JSON tokenizer loads no binary format's reader
+        assert "shutil" not in modules  # argparse's formatter would, for the terminal's width
         binary = {f"etm_compat.formats.tokenizer.{name}" for name in ("llama2c", "sentencepiece_model", "tiktoken_file")}
         assert not binary & modules
 

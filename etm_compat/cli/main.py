@@ -15,7 +15,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from etm_compat.cli.exit_codes import (
     CLI_OPTIONS,
@@ -50,7 +50,7 @@ APP_CHOICES: Final = ("android", "ios")
 # --- parser -----------------------------------------------------------------------------------
 
 if TYPE_CHECKING:
-    _Verbs = argparse._SubParsersAction[argparse.ArgumentParser]
+    _Verbs = argparse._SubParsersAction["_Parser"]
 
 
 def _whole_number(text: str, minimum: int) -> int:
@@ -255,10 +255,44 @@ _VERB_PARSERS: Final[dict[str, Callable[[_Verbs], None]]] = {
 }
 
 
+def _terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns`` (``$COLUMNS``, else the terminal on stdout, else
+    80) without importing shutil: argparse does at every formatter it makes, and every argument
+    declared makes one, so a command line paid 2 ms (shutil with bz2 and lzma) to parse."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, as wide as :func:`_terminal_columns` says."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:  # fmt: skip
+        super().__init__(prog, indent_increment, max_help_position,
+                         _terminal_columns() - 2 if width is None else width)  # fmt: skip
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser (and, through ``add_subparsers``, each verb's) that formats with
+    :class:`_HelpFormatter`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser: every verb, or only ``verb``'s, which is all that parsing a
     command line naming it needs (declaring all nine took 4.5 ms of a 0.1 s ``inspect``)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="etm-compat",
         description="Migrate ExecuTorch LLM deployments from loose files to single .etm archives.",
     )
