@@ -8,9 +8,10 @@ opens its input through :func:`open_regular`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -93,6 +94,73 @@ def metadata_safe(value: Any) -> Any:
     return value
 
 
+class _ReadAhead:
+    """One file being read whole in a background thread (:func:`read_ahead`)."""
+
+    def __init__(self, f: BinaryIO, size: int, mtime_ns: int) -> None:
+        self.size, self.mtime_ns = size, mtime_ns
+        self._file: BinaryIO | None = f
+        self._data: bytes | None = None
+        # Lazy: only a read-ahead needs a thread.
+        import threading
+
+        self._thread = threading.Thread(target=self._read, name="etm-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._file is not None
+        try:
+            with self._file:
+                self._data = self._file.read(self.size + 1)  # one byte more: did it grow?
+        except (OSError, MemoryError):  # read_capped reads again, and says what went wrong
+            self._data = None
+        self._file = None
+
+    def take(self, size: int, mtime_ns: int) -> bytes | None:
+        """The bytes, when they are those of a file of this size and time (else None)."""
+        self._thread.join()
+        data, self._data = self._data, None
+        if data is None or len(data) != size or (size, mtime_ns) != (self.size, self.mtime_ns):
+            return None
+        return data
+
+
+#: Files being read ahead, by identity (device, inode): :func:`read_capped` takes them.
+_AHEAD: dict[tuple[int, int], _ReadAhead] = {}
+
+
+@contextlib.contextmanager
+def read_ahead(path: str | os.PathLike[str], limit: int) -> Iterator[None]:
+    """Inside, all of ``path`` is read in a background thread, when it is a regular file of at
+    most ``limit`` bytes: a :func:`read_capped` of the same file (by device and inode, whatever
+    the spelling of its path) takes the bytes instead of reading them, if its size and
+    modification time are still those read. Reading releases the GIL, so it overlaps what the
+    caller does meanwhile (importing the modules that will parse the file). Bytes nobody took
+    are dropped on the way out. Anything that cannot be read ahead is left to
+    :func:`read_capped`, which reads it, or reports why not, as usual.
+    """
+    key = None
+    try:
+        f = open_regular(path)
+    except (OSError, InputError):
+        f = None
+    if f is not None:
+        try:
+            st = os.fstat(f.fileno())
+        except OSError:
+            st = None
+        if st is None or st.st_size > limit:
+            f.close()
+        else:
+            key = (st.st_dev, st.st_ino)
+            _AHEAD[key] = _ReadAhead(f, st.st_size, st.st_mtime_ns)
+    try:
+        yield
+    finally:
+        if key is not None:
+            _AHEAD.pop(key, None)
+
+
 def read_capped(
     path: str | os.PathLike[str],
     limit: int,
@@ -108,9 +176,14 @@ def read_capped(
     """
     try:
         with open_regular(path) as f:
-            size = os.fstat(f.fileno()).st_size
+            st = os.fstat(f.fileno())
+            size = st.st_size
             if size > limit:
                 raise too_large(f"{what} is {size} bytes, more than the {limit} bytes accepted", path=path, hint=hint)
+            ahead = _AHEAD.pop((st.st_dev, st.st_ino), None)
+            read = ahead.take(size, st.st_mtime_ns) if ahead is not None else None
+            if read is not None:
+                return read
             # Sized to the file (a read of limit + 1 would set aside the whole limit first);
             # a file that grew meanwhile is read on, up to one byte past the limit.
             data = f.read(size + 1)
@@ -265,6 +338,7 @@ __all__ = [
     "metadata_text",
     "open_regular",
     "output_error",
+    "read_ahead",
     "read_capped",
     "read_named_input",
     "read_stream_capped",

@@ -157,3 +157,38 @@ def test_inspect_does_not_import_torch_or_executorch(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+
+def test_a_tokenizer_is_read_ahead_of_its_readers_and_a_program_is_not(capsys, monkeypatch, tmp_path):
+    """The read ahead starts before the tokenizer readers load, and the reader takes its bytes;
+    nothing is left behind, even when the file proves no tokenizer. A program (read in parts,
+    and possibly huge) is never read ahead."""
+    from etm_compat import fileio, inspection
+
+    started: list[str] = []
+    taken: list[bool] = []
+    real_ahead, real_take = fileio.read_ahead, fileio._ReadAhead.take
+
+    def spy(path, limit):  # type: ignore[no-untyped-def]
+        started.append(path.name)
+        assert limit <= inspection.READ_AHEAD_MAX_BYTES
+        return real_ahead(path, limit)
+
+    def take(self, size, mtime_ns):  # type: ignore[no-untyped-def]
+        data = real_take(self, size, mtime_ns)
+        taken.append(data is not None)
+        return data
+
+    monkeypatch.setattr(inspection, "read_ahead", spy)
+    monkeypatch.setattr(fileio._ReadAhead, "take", take)
+    tokenizer = tmp_path / "tokenizer.json"
+    shutil.copy(fixture_file("tokenizers/hf_bpe/tokenizer.json"), tokenizer)
+    for path in (tokenizer, fixture_file("programs/constants_all.pte")):
+        assert main(["inspect", "--json", str(path)]) == EXIT_OK
+        capsys.readouterr()
+    assert started == ["tokenizer.json"] and taken == [True] and fileio._AHEAD == {}
+    bogus = tmp_path / "bogus.model"
+    bogus.write_bytes(b"\x00not a tokenizer" * 100)
+    assert main(["inspect", "--json", str(bogus)]) == EXIT_BAD_INPUT
+    assert started[-1] == "bogus.model" and fileio._AHEAD == {}

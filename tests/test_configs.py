@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from etm_compat.errors import InputError, UnreadableError
 from etm_compat.formats.configs import (
@@ -138,3 +140,39 @@ def test_named_template_list_takes_default_or_the_only_one() -> None:
     assert template_from_config("tokenizer_config", several) is None
     assert template_from_config("tokenizer_config", {"eos_token": "</s>"}) is None
     assert template_from_config("config", {"chat_template": "X"}) is None
+
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(10**40), max_value=10**40)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_VALUES, st.booleans(), st.booleans())
+def test_a_json_config_reads_as_json_loads_reads_it(value: object, ascii_only: bool, indent: bool) -> None:
+    """msgspec reads it (in C), json.loads where msgspec refuses: the values are json.loads's
+    either way, integers beyond 64 bits and repeated keys included."""
+    import tempfile
+
+    text = json.dumps(value, ensure_ascii=ascii_only, indent=2 if indent else None)
+    if isinstance(value, dict) and value:
+        key = next(iter(value))
+        text = text[:1] + json.dumps(key) + ": 0, " + text[1:]  # repeated: the last one wins
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "c.json"
+        path.write_text(text, encoding="utf-8")
+        got = read_json_config(path)
+    expected = json.loads(text)
+    assert got == expected and json.dumps(got) == json.dumps(expected)
+
+
+def test_what_msgspec_refuses_json_loads_still_decides(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text('{"t": "\\ud800", "n": 1}', encoding="utf-8")  # a lone surrogate escape
+    assert read_json_config(path) == {"t": "\ud800", "n": 1}
+    path.write_text('{"n": NaN}', encoding="utf-8")
+    with pytest.raises(InputError, match="NaN is not valid JSON"):
+        read_json_config(path)

