@@ -47,14 +47,23 @@ def document(entries: list[tuple[str, int]], rng: random.Random) -> bytes:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(TEXTS, st.integers(0, 9999)), max_size=25), st.lists(TEXTS, max_size=8), st.randoms())
-def test_a_lookup_answers_what_json_loads_answers(entries: list[tuple[str, int]], probes: list[str], rng: random.Random) -> None:
+@given(st.lists(st.tuples(TEXTS, st.integers(0, 9999)), max_size=25), st.lists(TEXTS, max_size=8), st.randoms(),
+       st.sampled_from([0, 1, 3, vocab_index._SPARSE_STEPS]))
+def test_a_lookup_answers_what_json_loads_answers(
+    entries: list[tuple[str, int]], probes: list[str], rng: random.Random, sparse: int
+) -> None:
+    """Whatever the spelling, and whether a bucket's keys are read one find at a time, by the
+    regex pass, or by both (after ``sparse`` steps)."""
     span = document(entries, rng)
     reference = json.loads(span)
-    vocab = Vocabulary(span)
-    for text in [*probes, *(t for t, _ in entries)]:  # absent texts, and every key (repeats too)
-        assert vocab.get(text) == reference.get(text), (text, span)
-        assert (text in vocab) == (text in reference)
+    saved, vocab_index._SPARSE_STEPS = vocab_index._SPARSE_STEPS, sparse
+    try:
+        vocab = Vocabulary(span)
+        for text in [*probes, *(t for t, _ in entries)]:  # absent texts, and every key (repeats too)
+            assert vocab.get(text) == reference.get(text), (text, span)
+            assert (text in vocab) == (text in reference)
+    finally:
+        vocab_index._SPARSE_STEPS = saved
     assert dict(vocab) == reference
 
 

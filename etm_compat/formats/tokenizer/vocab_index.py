@@ -4,9 +4,10 @@ Describing a tokenizer needs the vocabulary's size, which :mod:`.hf_json` reads 
 alone; inferring the family asks whether a few dozen special-looking texts (``<|im_start|>``,
 ``<start_of_turn>``, ``[INST]``) are in it. Building the whole ``dict[str, int]`` for that
 (a quarter of a million texts for Gemma 3) costs a tenth of a second; :class:`Vocabulary` answers
-a lookup from the keys that start with the same byte, read from the raw object with one regex
-pass in C, and builds the dict only for what needs it all (iteration, length) or when that
-bucket would be large.
+a lookup from the keys that start with the same byte, read from the raw object (each found by
+``bytes.find`` of that byte, or all of them by one regex pass in C where the byte is common), and
+builds the dict only for what needs it all (iteration, length) or when that bucket would be
+large.
 
 Why a byte-level read is exact here. The object was checked by the caller: valid JSON, an
 object whose every value is a non-negative integer (so every string in it is a key).
@@ -37,6 +38,11 @@ VOCAB_OBJECT = msgspec.json.Decoder(dict[str, int])
 _TEXT = msgspec.json.Decoder(str)
 #: The rest of a key after its first byte (raw bytes and escapes), then ``: id``.
 _REST = rb'((?:[^"\\]|\\.)*)"[ \t\n\r]*:[ \t\n\r]*(-?[0-9]+)'
+#: A key at its opening quote: its spelling between the quotes, and its id.
+_KEY = re.compile(b'"' + _REST, re.DOTALL)
+#: Occurrences of a first byte looked at one ``bytes.find`` at a time before one regex pass
+#: takes the rest.
+_SPARSE_STEPS = 8192
 #: First bytes a closing quote may also be followed by: such keys are looked up in the dict.
 _AMBIGUOUS = frozenset(b" \t\n\r:")
 #: A bucket of more keys than this is left to the dict (msgspec builds it faster, in C).
@@ -56,6 +62,34 @@ def _escaped(span: bytes, at: int) -> bool:
     while at - run > 0 and span[at - run - 1] == 0x5C:
         run += 1
     return run % 2 == 1
+
+
+def _keys_from(span: bytes, first: bytes) -> Iterator[Entry]:
+    """The keys of ``span`` whose spelling starts with the byte ``first``, in file order: at
+    each ``"`` followed by it that no odd run of backslashes escapes. The byte is found with
+    ``bytes.find`` (memchr, in C) and each key there read with one anchored match, while that
+    takes few steps (most first bytes are rare); past :data:`_SPARSE_STEPS` occurrences, one
+    regex pass reads the rest (a Python step per occurrence would then cost more than the
+    regex engine's scan)."""
+    at = span.find(first)
+    steps = 0
+    while at >= 0:
+        steps += 1
+        if steps > _SPARSE_STEPS:
+            start = rb"\\." if first == b"\\" else re.escape(first)  # an escape is one unit
+            pattern = re.compile(b'"(' + start + b")" + _REST, re.DOTALL)
+            for found in pattern.finditer(span, at - 1):
+                if not _escaped(span, found.start()):
+                    yield found.start(), _text(found[1] + found[2]), int(found[3])
+            return
+        quote = at - 1
+        if quote >= 0 and span[quote] == 0x22 and not _escaped(span, quote):
+            key = _KEY.match(span, quote)
+            if key is not None:
+                yield quote, _text(key[1]), int(key[2])
+                at = span.find(first, key.end())
+                continue
+        at = span.find(first, at + 1)
 
 
 def _text(raw: bytes) -> str:
@@ -113,36 +147,25 @@ class Vocabulary(Mapping[str, int]):
 
     def _bucket(self, byte: int) -> dict[str, int] | None:
         """Every key whose text starts with ``byte``, with its id; None when there are too many
-        (the dict is cheaper). One regex pass in C over the object finds the keys spelled from
-        that byte, and, the first time, every key spelled from an escape (filed for all bytes)."""
+        (the dict is cheaper). The keys spelled from that byte are read at each ``"`` and the
+        byte (:func:`_keys_from`), and, the first time, every key spelled from an escape (filed
+        for all bytes)."""
         global buckets_read
         if isinstance(self._span, memoryview):  # under the lock (see _table)
             self._span = bytes(self._span)
         span = self._span
-        starts = []
-        if byte >= 0x20 and byte not in b'"\\':  # a byte that may start a spelling raw
-            starts.append(re.escape(bytes([byte])))
-        escape_first = self._escape_first
-        filing = escape_first is None
-        if escape_first is None:
-            escape_first = {}
-            starts.append(rb"\\.")
         entries: list[Entry] = []
-        if starts:
-            pattern = re.compile(b'"(' + b"|".join(starts) + b")" + _REST, re.DOTALL)
-            for match in pattern.finditer(span):
-                if _escaped(span, match.start()):  # inside another key
-                    continue
-                entry = (match.start(), _text(match[1] + match[2]), int(match[3]))
-                if match[1][:1] != b"\\":
-                    entries.append(entry)
-                    if len(entries) > BUCKET_MAX:
-                        return None
-                else:
-                    escape_first.setdefault(entry[1][:1].encode("utf-8")[0], []).append(entry)
-        if filing:
+        if byte >= 0x20 and byte not in b'"\\':  # a byte that may start a spelling raw
+            for entry in _keys_from(span, bytes([byte])):
+                entries.append(entry)
+                if len(entries) > BUCKET_MAX:
+                    return None
+        if self._escape_first is None:
+            escape_first: dict[int, list[Entry]] = {}
+            for entry in _keys_from(span, b"\\"):
+                escape_first.setdefault(entry[1][:1].encode("utf-8")[0], []).append(entry)
             self._escape_first = escape_first
-        entries += escape_first.get(byte, ())
+        entries += self._escape_first.get(byte, ())
         entries.sort(key=lambda entry: entry[0])
         with _COUNT_LOCK:
             buckets_read += 1
