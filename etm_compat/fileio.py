@@ -8,9 +8,11 @@ opens its input through :func:`open_regular`.
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import os
 import stat
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -101,9 +103,6 @@ class _ReadAhead:
         self.size, self.mtime_ns = size, mtime_ns
         self._file: BinaryIO | None = f
         self._data: bytes | None = None
-        # Lazy: only a read-ahead needs a thread.
-        import threading
-
         self._thread = threading.Thread(target=self._read, name="etm-read-ahead", daemon=True)
         self._thread.start()
 
@@ -161,14 +160,22 @@ def read_ahead(path: str | os.PathLike[str], limit: int) -> Iterator[None]:
             _AHEAD.pop(key, None)
 
 
-def read_capped(
+#: A file's identity and state when it was read: (device, inode, size, modification time ns).
+FileStamp = tuple[int, int, int, int]
+
+
+def stamp_of(st: os.stat_result) -> FileStamp:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def read_stamped(
     path: str | os.PathLike[str],
     limit: int,
     *,
     what: str,
     too_large: type[InputError] = InputError,
     hint: str | None = None,
-) -> bytes:
+) -> tuple[bytes, FileStamp]:
     """All of a regular file, refusing one larger than ``limit`` bytes before reading it.
 
     ``too_large`` is the error class for an oversized file (a tokenizer reader raises its own
@@ -183,7 +190,7 @@ def read_capped(
             ahead = _AHEAD.pop((st.st_dev, st.st_ino), None)
             read = ahead.take(size, st.st_mtime_ns) if ahead is not None else None
             if read is not None:
-                return read
+                return read, stamp_of(st)
             # Sized to the file (a read of limit + 1 would set aside the whole limit first);
             # a file that grew meanwhile is read on, up to one byte past the limit.
             data = f.read(size + 1)
@@ -193,7 +200,48 @@ def read_capped(
         raise UnreadableError(f"cannot read {what}: {exc.strerror or exc}", path=path) from exc
     if len(data) > limit:  # the file grew while it was read
         raise too_large(f"{what} is larger than {limit} bytes", path=path, hint=hint)
-    return data
+    return data, stamp_of(st)
+
+
+def read_capped(
+    path: str | os.PathLike[str],
+    limit: int,
+    *,
+    what: str,
+    too_large: type[InputError] = InputError,
+    hint: str | None = None,
+) -> bytes:
+    """:func:`read_stamped`'s bytes."""
+    return read_stamped(path, limit, what=what, too_large=too_large, hint=hint)[0]
+
+
+#: Whole files this process read and hashed, by stamp: their bytes and sha256, newest last, at
+#: most :data:`_HASHED_MAX_BYTES` of them.
+_HASHED: collections.OrderedDict[FileStamp, tuple[bytes, str]] = collections.OrderedDict()
+_HASHED_MAX_BYTES = 64 * 1024 * 1024
+_HASHED_LOCK = threading.Lock()
+
+
+def remember_hashed(stamp: FileStamp, data: bytes, sha256: str) -> None:
+    """Keep ``data``, all of the file read at ``stamp`` (:func:`read_stamped`), with its sha256
+    (computed by the caller on exactly these bytes), for :func:`hashed_content`: the archive
+    writer then stores them without reading and hashing the file again. The oldest go first
+    past :data:`_HASHED_MAX_BYTES`; a file of another size than its stamp's is not kept."""
+    if len(data) != stamp[2] or len(data) > _HASHED_MAX_BYTES:
+        return
+    with _HASHED_LOCK:
+        _HASHED[stamp] = (data, sha256)
+        _HASHED.move_to_end(stamp)
+        total = sum(len(kept) for kept, _ in _HASHED.values())
+        while total > _HASHED_MAX_BYTES:
+            _, (dropped, _) = _HASHED.popitem(last=False)
+            total -= len(dropped)
+
+
+def hashed_content(fd: int) -> tuple[bytes, str] | None:
+    """The bytes and sha256 :func:`remember_hashed` kept for the open file ``fd``, when it still
+    has the identity, size and modification time it was read with."""
+    return _HASHED.get(stamp_of(os.fstat(fd)))
 
 
 def read_stream_capped(stream: BinaryIO, limit: int, *, what: str, path: str) -> bytes:
@@ -330,9 +378,11 @@ def sha256_file(path: str | os.PathLike[str], *, chunk: int = 4 * 1024 * 1024) -
 
 
 __all__ = [
+    "FileStamp",
     "check_output",
     "check_output_folder",
     "display_path",
+    "hashed_content",
     "metadata_path",
     "metadata_safe",
     "metadata_text",
@@ -341,7 +391,10 @@ __all__ = [
     "read_ahead",
     "read_capped",
     "read_named_input",
+    "read_stamped",
     "read_stream_capped",
+    "remember_hashed",
     "same_file",
     "sha256_file",
+    "stamp_of",
 ]

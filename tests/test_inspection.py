@@ -57,3 +57,38 @@ def test_pack_reads_the_folders_tokenizer_ahead_and_takes_it(tmp_path: Path, mon
     assert main(["pack", "--json", str(folder), "-o", str(tmp_path / "out.etm")]) == EXIT_OK
     assert started and taken and all(taken) and fileio._AHEAD == {}
     assert {name for name, _ in started} >= {"tokenizer.json"}
+
+
+def test_pack_stores_the_tokenizer_it_read_without_reading_or_hashing_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tokenizer's bytes, read and hashed when the deployment was described, are written
+    from memory with that digest (counted: the writer streams only the other members), and the
+    archive checks out against the files."""
+    import hashlib
+    import json
+    import zipfile
+
+    from etm_compat.archive import write
+
+    folder = tmp_path / "dep"
+    shutil.copytree(FIXTURES / "legacy" / "hf_style", folder)
+    streamed: list[int] = []
+    real = write.digest_range
+
+    def counting(fd, offset, size, pool, *, sink=None):  # type: ignore[no-untyped-def]
+        streamed.append(size)
+        return real(fd, offset, size, pool, sink=sink)
+
+    monkeypatch.setattr(write, "digest_range", counting)
+    out = tmp_path / "out.etm"
+    assert main(["pack", "--json", str(folder), "-o", str(out)]) == EXIT_OK
+    tokenizer = (folder / "tokenizer.json").read_bytes()
+    with zipfile.ZipFile(out) as archive:
+        meta = json.loads(archive.read("metadata.json"))
+        member = next(m for m in meta["members"] if m["role"] == "tokenizer")
+        assert archive.read(member["name"]) == tokenizer
+        assert archive.testzip() is None  # every CRC-32 right
+    assert member["sha256"] == hashlib.sha256(tokenizer).hexdigest()
+    assert len(tokenizer) not in streamed and len(streamed) == len(meta["members"]) - 1
+    assert main(["verify", str(out)]) == EXIT_OK

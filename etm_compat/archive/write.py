@@ -46,7 +46,7 @@ from etm_compat.archive.zipfmt import (
 )
 from etm_compat.constants import ETM_ALIGN_DEFAULT, ETM_ALIGN_MAPPED, MEMBER_METADATA
 from etm_compat.errors import EtmError, MetadataError, OutputError, UnreadableError, UsageError
-from etm_compat.fileio import check_output, output_error
+from etm_compat.fileio import check_output, hashed_content, output_error
 
 #: Bytes per read while streaming a member (constant memory whatever the member size).
 CHUNK_BYTES = DIGEST_CHUNK
@@ -139,10 +139,20 @@ def _stream(
     reused buffer, computes its CRC-32 (ISA-L's, :data:`~etm_compat.archive.zipfmt.crc32`) and
     copies the same range to the archive (:class:`_ChunkCopier`). All of it releases the GIL, and
     this thread's share (a read, a CRC, a kernel copy) takes less than hashing the chunk, so the
-    cost is about sha256's alone. The bytes copied are read right after the bytes hashed.
+    cost is about sha256's alone. The bytes copied are read right after the bytes hashed. A file
+    this process read and hashed whole, and that is unchanged since
+    (:func:`~etm_compat.fileio.hashed_content`), is written from those bytes, with their digest.
     """
     dst.flush()
     start = dst.tell()
+    known = hashed_content(src.fileno())
+    if known is not None and len(known[0]) == expected:
+        # Read and hashed whole already (a tokenizer, when it was described): those very bytes
+        # are stored, with their digest, instead of reading and hashing the file again.
+        data, sha = known
+        pwrite_all(dst.fileno(), memoryview(data), start)
+        dst.seek(start + expected)
+        return crc32(data), sha
     copier = _ChunkCopier(src.fileno(), dst.fileno(), start)
     crc, sha, total = digest_range(src.fileno(), 0, expected, pool, sink=copier)
     if total == expected and pread_into(src.fileno(), memoryview(bytearray(1)), expected):

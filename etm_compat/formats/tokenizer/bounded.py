@@ -12,7 +12,7 @@ from etm_compat.constants import (
     TOKENIZER_SNIFF_BYTES,
 )
 from etm_compat.errors import TokenizerFormatError, UnreadableError
-from etm_compat.fileio import open_regular, read_capped
+from etm_compat.fileio import FileStamp, open_regular, read_stamped
 from etm_compat.jsonlimits import json_nesting
 
 StrPath = str | os.PathLike[str]
@@ -34,7 +34,13 @@ def read_head(path: StrPath, limit: int = TOKENIZER_SNIFF_BYTES) -> bytes:
 
 def read_bounded(path: StrPath, limit: int, *, what: str = "tokenizer file") -> bytes:
     """All of ``path``, refusing files larger than ``limit`` bytes before reading them."""
-    return read_capped(
+    return read_whole(path, limit, what=what)[0]
+
+
+def read_whole(path: StrPath, limit: int, *, what: str = "tokenizer file") -> tuple[bytes, FileStamp]:
+    """:func:`read_bounded`, with the file's stamp when it was read
+    (:func:`~etm_compat.fileio.read_stamped`)."""
+    return read_stamped(
         path, limit, what=what, too_large=TokenizerFormatError,
         hint="this is not a tokenizer, or pass the right file",
     )  # fmt: skip

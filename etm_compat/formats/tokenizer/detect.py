@@ -27,9 +27,15 @@ from etm_compat.constants import (
     TOKENIZER_SNIFF_BYTES,
 )
 from etm_compat.errors import EtmError, TokenizerFormatError
+from etm_compat.fileio import remember_hashed
 from etm_compat.formats.tokenizer import hf_json, json_document, json_formats
 from etm_compat.formats.tokenizer import runner as _runner
-from etm_compat.formats.tokenizer.bounded import StrPath, load_json, read_bounded, read_head
+from etm_compat.formats.tokenizer.bounded import (
+    StrPath,
+    load_json,
+    read_head,
+    read_whole,
+)
 from etm_compat.formats.tokenizer.model import TokenizerFormat, TokenizerInfo
 
 
@@ -140,7 +146,7 @@ def read_tokenizer(
     'tiktoken'
     """
     fmt = sniff_tokenizer_format(path)
-    data = read_bounded(path, TOKENIZER_MAX_BYTES)
+    data, stamp = read_whole(path, TOKENIZER_MAX_BYTES)
     # The key of both caches (parses and runner checks). Hashed while the file is parsed, unless
     # a parse of the same size is remembered: then the key decides whether to parse at all.
     background = len(data) >= BACKGROUND_HASH_MIN and not _may_be_parsed(fmt, len(data))
@@ -153,6 +159,7 @@ def read_tokenizer(
             info = _parse_binary(path, fmt, data, digest)
     finally:
         content = digest.hexdigest()  # never leaves the hashing thread behind
+    remember_hashed(stamp, data, content)  # an archive of it stores it without hashing it again
     _debug("tokenizer %s: %s, vocab %d", path, info.format, info.vocab_size)
     if check_runner:
         check = _runner.check_runner_once(
