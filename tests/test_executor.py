@@ -42,6 +42,17 @@ def test_the_caller_runs_queued_calls_while_it_waits_and_none_runs_twice() -> No
     assert all(pid == parent for _, pid in results[40 - here :])
 
 
+@pytest.mark.parametrize(("jobs", "pending", "workers"), [(2, None, 1), (3, None, 2), (4, 2, 1), (8, 5, 4)])
+def test_jobs_counts_the_calling_process_among_those_that_pack(jobs: int, pending: int | None, workers: int) -> None:
+    """--jobs N: N - 1 workers and the caller, which helps; never more than the pending work."""
+    parent = os.getpid()
+    with open_executor(jobs=jobs, pending=pending) as pool:
+        assert isinstance(pool, LazyProcessPool) and pool.workers == workers
+        futures = [pool.submit(_where, i, parent) for i in range(24)]
+        pids = {pid for _, pid in (future.result() for future in futures)}
+        assert parent in pids and len(pids - {parent}) <= workers
+
+
 def test_completed_yields_every_future_once_and_helps() -> None:
     parent = os.getpid()
     with open_executor(jobs=2) as pool:

@@ -1,12 +1,12 @@
 """Where an upgrade runs: the executor the command line opens for planning
 (:func:`etm_compat.bulk.plan.plan_upgrade`) and executing (:func:`etm_compat.bulk.upgrade.execute`).
 
-:func:`open_executor` yields None (run in this process), a :class:`LazyProcessPool` of ``--jobs``
-worker processes (forked on Linux while the process has one thread, spawned elsewhere, at its
-first task) or a Dask cluster's executor. The calling process does not sit idle while the pool
-works: whenever it waits on a call, it runs a queued call itself (:meth:`LazyProcessPool.help`,
-the helping join of a fork/join pool); with a few cores it takes a share of the packing that
-would otherwise wait for a worker. :func:`default_jobs` is the ``--jobs`` default. Both are
+:func:`open_executor` yields None (run in this process), a :class:`LazyProcessPool` of
+``--jobs`` - 1 worker processes (forked on Linux while the process has one thread, spawned
+elsewhere, at its first task) or a Dask cluster's executor. The calling process is the
+``--jobs``-th: whenever it waits on a call, it runs a queued call itself
+(:meth:`LazyProcessPool.help`, the helping join of a fork/join pool), so ``--jobs`` processes
+pack, as many as the cores given. :func:`default_jobs` is the ``--jobs`` default. Both are
 re-exported from :mod:`etm_compat.bulk.upgrade`.
 """
 
@@ -40,7 +40,8 @@ def open_executor(
 ) -> Iterator[concurrent.futures.Executor | None]:
     """The executor an upgrade plans and runs on; None means "in this process".
 
-    ``scheduler`` (a Dask scheduler address) wins over ``jobs``. A process pool starts its
+    ``jobs`` is how many processes pack: with two or more, ``jobs - 1`` worker processes and
+    this one. ``scheduler`` (a Dask scheduler address) wins over ``jobs``. A process pool starts its
     workers at its first task, so a re-run that finds nothing to read or pack starts none;
     ``pending`` (the tasks known to come, when the plan is made already) also skips the pool
     for zero or one task.
@@ -57,7 +58,10 @@ def open_executor(
     if jobs == 1:
         yield None
         return
-    pool = LazyProcessPool(min(jobs, pending) if pending is not None else jobs)
+    # ``jobs`` processes pack, this one included: it helps whenever it waits (see
+    # LazyProcessPool), so a pool of ``jobs`` workers would run one busy process more than the
+    # cores given, each getting in the others' way.
+    pool = LazyProcessPool((min(jobs, pending) if pending is not None else jobs) - 1)
     try:
         yield pool
     finally:

@@ -207,7 +207,7 @@ def _add_upgrade(sub: _Verbs) -> None:
     where.add_argument("--out", help="write archives here, mirroring ROOT's folders")
     where.add_argument("--in-place", action="store_true", help="write each archive beside its sources")
     p.add_argument("--dry-run", action="store_true", help="only print the plan")
-    p.add_argument("-j", "--jobs", type=positive_int, help="worker processes, at least 1 (default: the cores); with 2 or more, this process also packs while it waits")
+    p.add_argument("-j", "--jobs", type=positive_int, help="processes that pack, this one included, at least 1 (default: the cores): with 2 or more, N-1 worker processes, and this one packs while it waits")
     p.add_argument("--scheduler", metavar="ADDRESS", help="run on this Dask scheduler (needs etm-compat[dask])")
     p.add_argument(
         "--scheduler-timeout",
