@@ -280,7 +280,9 @@ def bench_pack(reps: int, size: int, env: dict[str, str], rows: list[dict[str, A
            "more than sha256 itself, so pack cannot reach the hash floor on two cores.")
     )  # fmt: skip
     notes.append(
-        "pack streams each member in 8 MiB chunks: while a worker thread feeds sha256, the main "
+        "pack streams each member of 1 MiB or more in 8 MiB chunks (a smaller one is hashed in the "
+        "reading thread, see the hash-beside rows; a tokenizer the pack has just read and hashed is "
+        "written from those bytes): while a worker thread feeds sha256, the main "
         "thread reads the next chunk with preadv into a reused buffer, computes its CRC-32 with "
         f"{fast_crc32.__module__} and copies the same range in the kernel (copy_file_range, a "
         "reflink where the file system shares blocks); "
