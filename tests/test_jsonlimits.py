@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -287,3 +288,26 @@ def test_the_peeling_takes_one_replace_per_level():
     nested = b"[" * 5 + b"{}" + b"]" * 5
     assert jsonlimits._bracket_depth(Counting((nested * 10_000).translate(jsonlimits._ONE_KIND)), None) == 6
     assert calls["replace"] <= 7
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON, st.booleans())
+def test_json_loads_gives_json_loads_values_by_either_decoder(value, big):
+    """msgspec where it can (a large text, or once imported), json.loads where it refuses: the
+    values and their types are json.loads's either way."""
+    text = json.dumps(value)
+    expected = json.loads(text)
+    saved = jsonlimits.MSGSPEC_WORTH_FROM
+    jsonlimits.MSGSPEC_WORTH_FROM = 0 if big else saved
+    try:
+        got = jsonlimits.json_loads(text)
+    finally:
+        jsonlimits.MSGSPEC_WORTH_FROM = saved
+    assert got == expected and json.dumps(got) == json.dumps(expected)
+
+
+def test_json_loads_leaves_to_json_loads_what_msgspec_refuses():
+    assert jsonlimits.json_loads('{"t": "\\ud800"}') == {"t": "\ud800"}
+    assert math.isnan(jsonlimits.json_loads("[NaN]")[0])
+    with pytest.raises(ValueError, match="NaN"):
+        jsonlimits.json_loads("[NaN]", parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Final
 
 from etm_compat.errors import InputError, escape_json_text
 from etm_compat.fileio import read_named_input, read_stream_capped
+from etm_compat.jsonlimits import MSGSPEC_WORTH_FROM
 
 if TYPE_CHECKING:
     from etm_compat.legacy.deployment import Adapter
@@ -19,10 +20,6 @@ if TYPE_CHECKING:
 TEXT_INPUT_LIMIT: Final = 4 * 1024 * 1024
 
 
-#: From this size of compact JSON on, ``--json`` output is indented by msgspec even when nothing
-#: has imported it yet: past it, its import (~10 ms) costs less than ``json``'s pure-Python
-#: indenting encoder (Gemma 3's tokenizer inspect: 180 kB, ~12 ms).
-_INDENT_IN_C_FROM: Final = 64 * 1024
 
 
 def json_text(obj: object) -> str:
@@ -44,8 +41,10 @@ def json_text(obj: object) -> str:
     """
     compact = json.dumps(obj, ensure_ascii=False, default=str)
     msgspec = sys.modules.get("msgspec")
-    if msgspec is None and len(compact) >= _INDENT_IN_C_FROM:
-        # Lazy: only large output pays for msgspec's import (a tokenizer inspect has loaded it).
+    if msgspec is None and len(compact) >= MSGSPEC_WORTH_FROM:
+        # Lazy: only large output pays for msgspec's import (a tokenizer inspect has loaded it);
+        # past that size its import costs less than ``json``'s pure-Python indenting encoder
+        # (Gemma 3's tokenizer inspect: 180 kB, ~12 ms).
         import msgspec
     if msgspec is not None:
         try:

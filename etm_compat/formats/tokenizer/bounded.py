@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -13,7 +12,7 @@ from etm_compat.constants import (
 )
 from etm_compat.errors import TokenizerFormatError, UnreadableError
 from etm_compat.fileio import FileStamp, open_regular, read_stamped
-from etm_compat.jsonlimits import json_nesting
+from etm_compat.jsonlimits import json_loads, json_nesting
 
 StrPath = str | os.PathLike[str]
 
@@ -53,6 +52,6 @@ def load_json(data: bytes, path: StrPath, *, what: str = "tokenizer JSON") -> An
             f"{what} is nested more than the {TOKENIZER_JSON_MAX_DEPTH} levels accepted", path=path
         )
     try:
-        return json.loads(data.decode("utf-8-sig"))
+        return json_loads(data.decode("utf-8-sig"))
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digits
         raise TokenizerFormatError(f"{what} is not valid JSON: {exc}", path=path) from exc
