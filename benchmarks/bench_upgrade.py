@@ -371,8 +371,9 @@ def main() -> int:
     res.notes.append(f"Where the CPU of a first run on the {count}-deployment tree goes (getrusage, medians): "
                      f"--jobs 1: {parent1:.2f} s in one process; --jobs 2: {parent2:.2f} s in the parent "
                      f"({imports2:.2f} s of it starting the interpreter and the command line; it also ran "
-                     f"{helped2:g} of the pool's calls itself while it waited), {workers2:.2f} s in the two "
-                     f"workers (planning: reading folders and opening archives; packing); {total2:.2f} s in "
+                     f"{helped2:g} of the pool's calls itself while it waited), {workers2:.2f} s in its "
+                     f"worker (--jobs 2 is this process and one worker; the worker reads folders and opens "
+                     f"archives for the plan, and packs); {total2:.2f} s in "
                      f"all, so on two cores no schedule of --jobs 2 beats {total2 / 2:.2f} s, "
                      f"{parent1 / (total2 / 2):.2f}x --jobs 1's CPU time.")
     res.notes.append(f"Start-up alone (`etm-compat --help`): {median(startup):.3f} s; a re-run of the "
