@@ -173,8 +173,6 @@ def read_tokenizer(
     return info
 
 
-
-
 class _Sha256:
     """The sha256 of ``data``, computed now or (``background``) in a thread, read by
     :meth:`hexdigest`, which waits for it."""
