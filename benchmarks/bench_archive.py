@@ -144,7 +144,10 @@ ROUTES = {  # route -> what the row calls it
 
 def timed_child(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str, float]:
     """Run one fresh subprocess: (wall seconds, its own peak RSS in MiB, stdout, its CPU seconds
-    (user + system, all threads), all from wait4 on that child)."""
+    (user + system, all threads), all from wait4 on that child). Linux keeps ru_maxrss across
+    fork and exec, so a child's figure is at least this process's own peak: nothing here may
+    hold more than the smallest child it measures (inputs are written in pieces, or by a
+    child: see bigpte.py)."""
     t = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     assert proc.stdout is not None
@@ -298,7 +301,11 @@ def bench_hash_beside(reps: int, env: dict[str, str], rows: list[dict[str, Any]]
 
     src, dst = WORK / "member.bin", WORK / "member.out"
     for size in (4 << 10, 256 << 10, 768 << 10, 4 << 20, 32 << 20):
-        src.write_bytes(os.urandom(size))
+        # Written a MiB at a time: this process never holds a member, so its peak RSS, which
+        # every child it starts inherits in ru_maxrss (see timed_child), stays as it was.
+        with open(src, "wb") as out:
+            for _ in range(0, size, 1 << 20):
+                out.write(os.urandom(min(1 << 20, size)))
         here, thread = [], []
         for _ in range(reps):
             got = json.loads(timed_child([PY, "-c", HASH_BESIDE, str(src), str(dst), "15"], env)[2])
