@@ -18,6 +18,7 @@ import json
 import re
 import sys
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
 #: Escapes are found one ``bytes.find`` at a time while they are sparse (real files: one per
@@ -199,20 +200,29 @@ def json_outside_strings(data: bytes, keep: bytes, start: int = 0, end: int | No
 
 
 #: From this much JSON text on, msgspec does the work even when nothing has imported it yet:
-#: past it, its import (~10 ms) costs less than what it saves over the ``json`` module.
+#: past it, its import (~10 ms) costs less than what it saves over the ``json`` module (decoding;
+#: indenting ``--json`` output, where Gemma 3's 180 kB tokenizer inspect took ~12 ms).
 MSGSPEC_WORTH_FROM = 64 * 1024
+
+
+def msgspec_for(length: int) -> ModuleType | None:
+    """msgspec, for JSON text of ``length`` characters: when something has imported it already,
+    or the text is long enough for its import to pay (:data:`MSGSPEC_WORTH_FROM`); else None,
+    and the ``json`` module does the work."""
+    msgspec = sys.modules.get("msgspec")
+    if msgspec is None and length >= MSGSPEC_WORTH_FROM:
+        # Lazy: only large JSON pays for msgspec's import.
+        import msgspec
+    return msgspec
 
 
 def json_loads(text: str, **json_options: Any) -> Any:
     """``json.loads(text, **json_options)``, decoded in C by msgspec where it can: msgspec reads
     JSON into the same values (integers of any size, the last of repeated keys), and what it
     refuses (NaN, a lone surrogate escape, bad syntax) goes to ``json.loads``, which decides and
-    says why. msgspec is imported for it only from :data:`MSGSPEC_WORTH_FROM` characters on.
-    The nesting must have been checked: neither bounds it."""
-    msgspec = sys.modules.get("msgspec")
-    if msgspec is None and len(text) >= MSGSPEC_WORTH_FROM:
-        # Lazy: only large JSON pays for msgspec's import.
-        import msgspec
+    says why. msgspec is used as :func:`msgspec_for` says. The nesting must have been checked:
+    neither bounds it."""
+    msgspec = msgspec_for(len(text))
     if msgspec is not None:
         try:
             return msgspec.json.decode(text)
@@ -229,5 +239,6 @@ __all__ = [
     "json_loads",
     "json_nesting",
     "json_outside_strings",
+    "msgspec_for",
     "outside_nesting",
 ]

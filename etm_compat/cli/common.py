@@ -11,15 +11,13 @@ from typing import TYPE_CHECKING, Final
 
 from etm_compat.errors import InputError, escape_json_text
 from etm_compat.fileio import read_named_input, read_stream_capped
-from etm_compat.jsonlimits import MSGSPEC_WORTH_FROM
+from etm_compat.jsonlimits import msgspec_for
 
 if TYPE_CHECKING:
     from etm_compat.legacy.deployment import Adapter
 
 #: The most a small text input (messages, a chat template) may hold.
 TEXT_INPUT_LIMIT: Final = 4 * 1024 * 1024
-
-
 
 
 def json_text(obj: object) -> str:
@@ -40,12 +38,7 @@ def json_text(obj: object) -> str:
     }
     """
     compact = json.dumps(obj, ensure_ascii=False, default=str)
-    msgspec = sys.modules.get("msgspec")
-    if msgspec is None and len(compact) >= MSGSPEC_WORTH_FROM:
-        # Lazy: only large output pays for msgspec's import (a tokenizer inspect has loaded it);
-        # past that size its import costs less than ``json``'s pure-Python indenting encoder
-        # (Gemma 3's tokenizer inspect: 180 kB, ~12 ms).
-        import msgspec
+    msgspec = msgspec_for(len(compact))  # a tokenizer inspect has loaded it; large output pays
     if msgspec is not None:
         try:
             # escaped first: a lone surrogate (a file name that is not UTF-8) becomes an escape,
