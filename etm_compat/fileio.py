@@ -129,16 +129,18 @@ _AHEAD: dict[tuple[int, int], _ReadAhead] = {}
 
 
 @contextlib.contextmanager
-def read_ahead(path: str | os.PathLike[str], limit: int) -> Iterator[None]:
+def read_ahead(path: str | os.PathLike[str], limit: int) -> Iterator[int]:
     """Inside, all of ``path`` is read in a background thread, when it is a regular file of at
     most ``limit`` bytes: a :func:`read_capped` of the same file (by device and inode, whatever
     the spelling of its path) takes the bytes instead of reading them, if its size and
     modification time are still those read. Reading releases the GIL, so it overlaps what the
     caller does meanwhile (importing the modules that will parse the file). Bytes nobody took
     are dropped on the way out. Anything that cannot be read ahead is left to
-    :func:`read_capped`, which reads it, or reports why not, as usual.
+    :func:`read_capped`, which reads it, or reports why not, as usual. Yields how many bytes are
+    being read ahead (0 for none).
     """
     key = None
+    size = 0
     try:
         f = open_regular(path)
     except (OSError, InputError):
@@ -151,10 +153,10 @@ def read_ahead(path: str | os.PathLike[str], limit: int) -> Iterator[None]:
         if st is None or st.st_size > limit:
             f.close()
         else:
-            key = (st.st_dev, st.st_ino)
-            _AHEAD[key] = _ReadAhead(f, st.st_size, st.st_mtime_ns)
+            key, size = (st.st_dev, st.st_ino), st.st_size
+            _AHEAD[key] = _ReadAhead(f, size, st.st_mtime_ns)
     try:
-        yield
+        yield size
     finally:
         if key is not None:
             _AHEAD.pop(key, None)

@@ -202,13 +202,7 @@ def tokenizers_read_ahead(places: Iterable[str | os.PathLike[str] | None]) -> It
     left = READ_AHEAD_MAX_BYTES
     with contextlib.ExitStack() as reading:
         for path in files:
-            try:
-                size = path.stat().st_size
-            except OSError:
-                continue
-            if size <= left:
-                reading.enter_context(read_ahead(path, size))
-                left -= size
+            left -= reading.enter_context(read_ahead(path, left))
         yield
 
 

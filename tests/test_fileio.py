@@ -82,8 +82,8 @@ def test_a_file_read_ahead_is_taken_by_the_next_capped_read_of_it(tmp_path):
 
     path = tmp_path / "tokenizer.json"
     path.write_bytes(b'{"a": 1}' * 1000)
-    with fileio.read_ahead(path, 1 << 20):
-        assert len(fileio._AHEAD) == 1
+    with fileio.read_ahead(path, 1 << 20) as size:
+        assert len(fileio._AHEAD) == 1 and size == 8000
         next(iter(fileio._AHEAD.values()))._thread.join()
         # Same size and time, other bytes: only the read ahead can give the old ones back.
         stamp = path.stat()
@@ -131,8 +131,8 @@ def test_only_a_regular_file_within_the_limit_is_read_ahead(tmp_path, fifo):
     big = tmp_path / "big.json"
     big.write_bytes(b"0" * 2000)
     for path in (big, tmp_path, fifo, tmp_path / "missing.json"):
-        with fileio.read_ahead(path, 1000):
-            assert fileio._AHEAD == {}
+        with fileio.read_ahead(path, 1000) as size:
+            assert fileio._AHEAD == {} and size == 0
     with pytest.raises(UnreadableError):
         fileio.read_capped(fifo, 1000, what="t")  # and the reader still says why
 

@@ -3,6 +3,7 @@ the verbs reading a tokenizer take the bytes (counted, never timed)."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -15,12 +16,16 @@ from etm_compat.cli.main import main
 
 
 def _started(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """(name, bytes) of each file read ahead, in order."""
     started: list[tuple[str, int]] = []
     real = fileio.read_ahead
 
+    @contextlib.contextmanager
     def spy(path, limit):  # type: ignore[no-untyped-def]
-        started.append((Path(path).name, limit))
-        return real(path, limit)
+        with real(path, limit) as size:
+            if size:
+                started.append((Path(path).name, size))
+            yield size
 
     monkeypatch.setattr(inspection, "read_ahead", spy)
     return started
