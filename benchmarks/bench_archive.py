@@ -58,7 +58,7 @@ with open(sys.argv[1], "rb", buffering=0) as f:
 HASH_BESIDE = """
 import json, os, statistics, sys, time
 from concurrent.futures import ThreadPoolExecutor
-from etm_compat.archive import write, zipfmt
+from etm_compat.archive import streaming, zipfmt
 src, dst, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 fd = os.open(src, os.O_RDONLY)
 size = os.fstat(fd).st_size
@@ -69,7 +69,7 @@ for _ in range(reps):
         out = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=1) as pool:
-            zipfmt.digest_range(fd, 0, size, pool, sink=write._ChunkCopier(fd, out, 0))
+            zipfmt.digest_range(fd, 0, size, pool, sink=streaming._ChunkCopier(fd, out, 0, None))
         times[way].append(time.perf_counter() - start)
         os.close(out)
 print(json.dumps({way: statistics.median(t) for way, t in times.items()}))

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import os
 import tempfile
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from etm_compat.archive.names import (
 )
 from etm_compat.archive.plan import MemberSpec
 from etm_compat.archive.read import open_archive
-from etm_compat.archive.write import write_archive
+from etm_compat.archive.write import ArchiveDraft, write_archive
 from etm_compat.constants import (
     MEMBER_PROGRAM,
     MEMBER_SPECIAL_TOKENS_MAP,
@@ -44,7 +44,7 @@ from etm_compat.formats.tokenizer.llama2c import convert_llama2c_original
 from etm_compat.legacy.deployment import Adapter
 from etm_compat.legacy.resolve import resolve_source
 from etm_compat.prompt.apps import app_file_names
-from etm_compat.view import DeploymentView, describe
+from etm_compat.view import DeploymentFiles, DeploymentView, describe, read_files
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,9 @@ class PackResult:
     metadata: dict[str, Any]
 
 
-def plan_members(view: DeploymentView) -> list[MemberSpec]:
-    """Every member an archive of this deployment holds, from the deployment's own files.
+def plan_members(view: DeploymentFiles | DeploymentView) -> list[MemberSpec]:
+    """Every member an archive of this deployment holds, from the deployment's own files (read:
+    no inference needed).
 
     The program, the tokenizer (named by its detected format), ``tokenizer_config.json`` beside
     an HF tokenizer, and each ``.ptd`` as ``weights/<name>.ptd`` with the keys it provides.
@@ -86,7 +87,7 @@ def _load_order(weights: Sequence[Path], roles: Mapping[Path, str]) -> list[Path
     return sorted(weights, key=lambda p: (rank.get(roles.get(p, "weights"), 1), p.name))
 
 
-def _plan_programs(view: DeploymentView) -> list[MemberSpec]:
+def _plan_programs(view: DeploymentFiles | DeploymentView) -> list[MemberSpec]:
     """The programs (main and parts) and every weights file once, with roles and load orders."""
     dep = view.deployment
     all_weights = list(dict.fromkeys([*dep.weights, *(w for part in dep.parts for w in part.weights)]))
@@ -110,7 +111,7 @@ def _plan_programs(view: DeploymentView) -> list[MemberSpec]:
     return members
 
 
-def _plan_extras(view: DeploymentView) -> list[MemberSpec]:
+def _plan_extras(view: DeploymentFiles | DeploymentView) -> list[MemberSpec]:
     """Files only a version-2 archive carries: special_tokens_map.json, processor configs."""
     dep, extras = view.deployment, []
     special = dep.configs.get("special_tokens_map")
@@ -242,8 +243,51 @@ def pack(
     if dest_path.exists() and not force:
         raise OutputError("output exists", path=dest_path, hint="pass {force} to replace it")
     deployment = resolve_source(source, adapters, tokenizer=tokenizer, ptds=ptds)
-    view = describe(deployment, family=family, chat_template=chat_template)
-    return pack_view(view, dest_path, force=force, fsync=fsync)
+    files = read_files(deployment)
+    with (
+        _archive_members(files, dest_path) as (members, converted_from),
+        ArchiveDraft(dest_path, members, overwrite=force, fsync=fsync) as draft,
+    ):
+        # The members are copied into the archive (in a thread of the draft's) while inference
+        # and the checks work out its metadata.
+        view = describe(deployment, family=family, chat_template=chat_template, files=files)
+        result = draft.finish(_metadata(view, members, converted_from))
+    return PackResult(dest_path, result.size, view.inference.family_id, view.findings, result.metadata)
+
+
+@contextlib.contextmanager
+def _archive_members(
+    files: DeploymentFiles | DeploymentView, dest: Path
+) -> Iterator[tuple[list[MemberSpec], str | None]]:
+    """The members of the archive (:func:`plan_members`, each file packed unchanged tied to its
+    provenance entry) and the format a tokenizer was converted from, if one was: the converted
+    file lives in a scratch folder beside ``dest`` for the block."""
+    dep, tok = files.deployment, files.tokenizer
+    assert dep.tokenizer is not None
+    with contextlib.ExitStack() as stack:
+        members, converted_from = plan_members(files), None
+        if tok.variant == "llama2c_original":
+            # The runner only loads the pytorch-tokenizers layout: convert, and record it.
+            scratch = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix=".etm-pack-", dir=dest.parent or None)
+            )
+            converted = Path(scratch) / "tokenizer.bin"
+            convert_llama2c_original(dep.tokenizer, converted)
+            converted_from = "llama2c_original"
+            members = [
+                dataclasses.replace(m, source=converted) if m.role == "tokenizer" else m for m in members
+            ]
+        # Files packed unchanged get their provenance digest from the writer's single pass.
+        index = {path: i for i, path in enumerate(dep.sources)}
+        members = [
+            dataclasses.replace(m, provenance=index[m.source]) if m.source in index else m for m in members
+        ]
+        yield members, converted_from
+
+
+def _metadata(view: DeploymentView, members: Sequence[MemberSpec], converted_from: str | None) -> dict[str, Any]:
+    digested = [m.source for m in members if m.provenance is not None]
+    return build_metadata(view, members, converted_from=converted_from, digested_by_writer=digested)
 
 
 def pack_view(
@@ -259,40 +303,10 @@ def pack_view(
     against crashes, not power loss.
     """
     dest_path = Path(dest)
-    dep, tok = view.deployment, view.tokenizer
-    assert dep.tokenizer is not None
-    with contextlib.ExitStack() as stack:
-        members, converted_from = plan_members(view), None
-        if tok.variant == "llama2c_original":
-            # The runner only loads the pytorch-tokenizers layout: convert, and record it.
-            scratch = stack.enter_context(
-                tempfile.TemporaryDirectory(prefix=".etm-pack-", dir=dest_path.parent or None)
-            )
-            converted = Path(scratch) / "tokenizer.bin"
-            convert_llama2c_original(dep.tokenizer, converted)
-            converted_from = "llama2c_original"
-            members = [
-                dataclasses.replace(m, source=converted) if m.role == "tokenizer" else m for m in members
-            ]
-        # Files packed unchanged get their provenance digest from the writer's single pass.
-        index = {path: i for i, path in enumerate(dep.sources)}
-        members = [
-            dataclasses.replace(m, provenance=index[m.source]) if m.source in index else m for m in members
-        ]
-        meta = build_metadata(
-            view,
-            members,
-            converted_from=converted_from,
-            digested_by_writer=[m.source for m in members if m.provenance is not None],
-        )
+    with _archive_members(view, dest_path) as (members, converted_from):
+        meta = _metadata(view, members, converted_from)
         result = write_archive(dest_path, metadata=meta, members=members, overwrite=force, fsync=fsync)
-    return PackResult(
-        archive=dest_path,
-        size=result.size,
-        family=view.inference.family_id,
-        findings=view.findings,
-        metadata=result.metadata,
-    )
+    return PackResult(dest_path, result.size, view.inference.family_id, view.findings, result.metadata)
 
 
 def unpack(

@@ -49,6 +49,28 @@ class DeploymentView:
     findings: tuple[Finding, ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class DeploymentFiles:
+    """A deployment's files as read, before any judgement: the program's head, the tokenizer
+    and the weights files (:func:`read_files`; what :func:`plan_members
+    <etm_compat.packing.plan_members>` needs to know what an archive of it holds)."""
+
+    deployment: Deployment
+    pte: PteInfo
+    tokenizer: TokenizerInfo
+    weights: tuple[PtdInfo, ...]
+
+
+def read_files(deployment: Deployment, *, check_runner: bool = True) -> DeploymentFiles:
+    """Read the program's head, the tokenizer (with the runner check unless ``check_runner`` is
+    false) and the weights files of ``deployment``."""
+    pte = read_pte(deployment.program)
+    assert deployment.tokenizer is not None
+    config = deployment.configs.get("tokenizer_config")
+    tok = read_tokenizer(deployment.tokenizer, config_path=config, check_runner=check_runner)
+    return DeploymentFiles(deployment, pte, tok, tuple(read_ptd(p) for p in deployment.weights))
+
+
 #: The work all renderings of one deployment's template may do together in :func:`describe`:
 #: the steps of one rendering, a longer deadline (each rendering keeps its own limits inside it).
 DESCRIBE_LIMITS: Final = RenderLimits(max_seconds=4.0)
@@ -61,21 +83,21 @@ def describe(
     chat_template: str | None = None,
     check_runner: bool = True,
     registered_backends: frozenset[str] | None = None,
+    files: DeploymentFiles | None = None,
 ) -> DeploymentView:
     """Read every file of a deployment, infer its configuration and check it (no writing).
 
     ``findings`` holds inference's findings, then the checks' (each (code, paths) once).
+    ``files``: the deployment's files read already (:func:`read_files`), not read again.
 
     >>> from etm_compat.adapters import default_adapters  # doctest: +SKIP
     >>> from etm_compat.legacy.resolve import resolve_source  # doctest: +SKIP
     >>> describe(resolve_source("fixtures/legacy/et_example", default_adapters())).inference.family_id  # doctest: +SKIP
     'llama2'
     """
-    pte = read_pte(deployment.program)
-    assert deployment.tokenizer is not None
-    config = deployment.configs.get("tokenizer_config")
-    tok = read_tokenizer(deployment.tokenizer, config_path=config, check_runner=check_runner)
-    weights = tuple(read_ptd(p) for p in deployment.weights)
+    if files is None:
+        files = read_files(deployment, check_runner=check_runner)
+    pte, tok, weights = files.pte, files.tokenizer, files.weights
     # Inference and the checks render the template many times (probes, sample conversations):
     # all of them share one budget, so a hostile template costs one budget, not one per render.
     with shared_budget(DESCRIBE_LIMITS):
@@ -202,4 +224,4 @@ def subject_of_view(view: DeploymentView) -> Subject:
     )
 
 
-__all__ = ["DeploymentView", "describe", "subject_of_view"]
+__all__ = ["DeploymentFiles", "DeploymentView", "describe", "read_files", "subject_of_view"]

@@ -351,17 +351,16 @@ def test_a_small_range_is_hashed_in_the_reading_thread_and_a_large_one_beside_it
 def test_a_source_whose_size_changed_is_refused(tmp_path: Path, delta: int) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from etm_compat.archive.write import _stream
+    from etm_compat.archive.streaming import stream_member
 
     need(PTE)
     size = PTE.stat().st_size
     with (
-        open(PTE, "rb") as src,
         open(tmp_path / "out", "w+b") as dst,
         ThreadPoolExecutor(2) as pool,
         pytest.raises(UnreadableError, match="changed while being packed"),
     ):
-        _stream(src, dst, size + delta, pool)  # measured one byte off what is there
+        stream_member(PTE, dst.fileno(), 0, size + delta, pool)  # measured one byte off what is there
 
 
 def test_read_member_reads_without_the_mapping_and_reports_truncation(tmp_path: Path) -> None:
@@ -387,3 +386,84 @@ def test_read_member_reads_a_bounded_range(tmp_path: Path) -> None:
         assert etm.read_member("model.pte", 8, 16) == program[8:24]
         assert etm.read_member("model.pte", len(program) - 4, 100) == program[-4:]  # clamped
         assert etm.read_member("model.pte", len(program) + 5) == b""
+
+
+# --- ArchiveDraft: members copied before the metadata is known -----------------------------------
+
+
+def _temp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_draft_finished_later_writes_the_archive_write_archive_writes(tmp_path: Path) -> None:
+    from etm_compat.archive import ArchiveDraft
+
+    meta = new_metadata(tool_version="0.1.0")
+    with ArchiveDraft(tmp_path / "draft.etm", specs()) as draft:
+        draft._stream.result()  # type: ignore[union-attr]  # copied before any metadata exists
+        assert _temp_files(tmp_path) and not (tmp_path / "draft.etm").exists()
+        result = draft.finish(meta)
+    assert draft.copies == 1
+    expected = pack(tmp_path / "whole.etm")
+    assert (tmp_path / "draft.etm").read_bytes() == expected.read_bytes()
+    assert result.size == expected.stat().st_size and not _temp_files(tmp_path)
+    with open_archive(tmp_path / "draft.etm") as etm:
+        assert etm.verify() == []  # every member's CRC and sha256
+
+
+def test_a_draft_whose_metadata_moves_the_members_copies_them_again(tmp_path: Path) -> None:
+    from etm_compat.archive import ArchiveDraft
+
+    meta = new_metadata(tool_version="0.1.0")
+    meta["diagnostics"] = [  # 20 KiB of metadata: the program's data starts 16 KiB later
+        {"code": "note", "severity": "info", "message": "x" * 1000, "hint": None, "paths": []}
+    ] * 20
+    with ArchiveDraft(tmp_path / "draft.etm", specs()) as draft:
+        result = draft.finish(meta)
+    assert draft.copies == 2
+    expected = write_archive(tmp_path / "whole.etm", metadata=meta, members=specs())
+    assert (tmp_path / "draft.etm").read_bytes() == expected.path.read_bytes()
+    assert result.members[0].offset == 32768  # model.pte, after the large metadata
+    assert not _temp_files(tmp_path)
+
+
+def test_a_draft_left_unfinished_leaves_nothing(tmp_path: Path) -> None:
+    from etm_compat.archive import ArchiveDraft
+
+    with pytest.raises(KeyError), ArchiveDraft(tmp_path / "draft.etm", specs()):
+        assert _temp_files(tmp_path)
+        raise KeyError("inference failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_draft_takes_its_metadata_once(tmp_path: Path) -> None:
+    from etm_compat.archive import ArchiveDraft
+
+    meta = new_metadata(tool_version="0.1.0")
+    with ArchiveDraft(tmp_path / "a.etm", specs()) as draft, pytest.raises(UsageError, match="once"):
+        draft.finish()
+    with ArchiveDraft(tmp_path / "b.etm", specs(), metadata=meta) as draft, pytest.raises(UsageError, match="once"):
+        draft.finish(meta)
+    with ArchiveDraft(tmp_path / "c.etm", specs(), metadata=meta) as draft:
+        draft.finish()
+        with pytest.raises(UsageError, match="finished or discarded"):
+            draft.finish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.etm"]
+
+
+def test_a_source_that_changes_while_the_draft_copies_it_is_refused(tmp_path: Path) -> None:
+    from etm_compat.archive import ArchiveDraft
+
+    members = specs()
+    program = tmp_path / "src" / "model.pte"
+    program.parent.mkdir()
+    shutil.copyfile(PTE, program)
+    members = [MemberSpec(m.name, program, m.role, m.keys) if m.role == "program" else m for m in members]
+    with ArchiveDraft(tmp_path / "draft.etm", members) as draft:
+        draft._stream.result()  # type: ignore[union-attr]
+        with open(program, "ab") as grown:
+            grown.write(b"more")
+        # Copied already, and the layout holds: but the file is no longer what was copied.
+        with pytest.raises(UnreadableError, match="changed while being packed"):
+            draft.finish(new_metadata(tool_version="0.1.0"))
+    assert not (tmp_path / "draft.etm").exists() and not _temp_files(tmp_path)

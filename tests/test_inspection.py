@@ -74,18 +74,18 @@ def test_pack_stores_the_tokenizer_it_read_without_reading_or_hashing_it_again(
     import json
     import zipfile
 
-    from etm_compat.archive import write
+    from etm_compat.archive import streaming
 
     folder = tmp_path / "dep"
     shutil.copytree(FIXTURES / "legacy" / "hf_style", folder)
     streamed: list[int] = []
-    real = write.digest_range
+    real = streaming.digest_range
 
     def counting(fd, offset, size, pool, *, sink=None):  # type: ignore[no-untyped-def]
         streamed.append(size)
         return real(fd, offset, size, pool, sink=sink)
 
-    monkeypatch.setattr(write, "digest_range", counting)
+    monkeypatch.setattr(streaming, "digest_range", counting)
     out = tmp_path / "out.etm"
     assert main(["pack", "--json", str(folder), "-o", str(out)]) == EXIT_OK
     tokenizer = (folder / "tokenizer.json").read_bytes()

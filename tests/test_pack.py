@@ -255,3 +255,30 @@ def test_converted_tokenizer_keeps_the_original_files_digest(tmp_path, capsys):
         member = {m["name"]: m["sha256"] for m in archive.metadata["members"]}
     assert recorded["tokenizer.bin"] == sha(src)  # the source as found, not the converted member
     assert member["tokenizer.bin"] != recorded["tokenizer.bin"]
+
+
+def test_pack_copies_the_members_while_it_infers_and_writes_what_pack_view_writes(
+    legacy, tmp_path, capsys, monkeypatch
+):
+    from etm_compat import packing
+    from etm_compat.adapters import default_adapters
+    from etm_compat.legacy.resolve import resolve_source
+    from etm_compat.view import describe
+
+    out = tmp_path / "out"
+    out.mkdir()
+    seen: list[list[str]] = []
+    real_describe = packing.describe
+
+    def watching(*args, **kwargs):  # the archive's temp file exists before inference starts
+        seen.append(sorted(p.name for p in out.iterdir()))
+        return real_describe(*args, **kwargs)
+
+    monkeypatch.setattr(packing, "describe", watching)
+    assert pack(legacy, out / "m.etm") == EXIT_OK
+    assert len(seen) == 1 and len(seen[0]) == 1 and seen[0][0].startswith(".m.etm.")
+    monkeypatch.undo()
+    view = describe(resolve_source(legacy, default_adapters()))
+    packing.pack_view(view, tmp_path / "whole.etm")
+    assert (out / "m.etm").read_bytes() == (tmp_path / "whole.etm").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["m.etm"]

@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "is_archive": "etm_compat.archive.read",
     "open_archive": "etm_compat.archive.read",
     "role_of": "etm_compat.archive.read",
+    "ArchiveDraft": "etm_compat.archive.write",
     "ArchiveWriteResult": "etm_compat.archive.write",
     "WrittenMember": "etm_compat.archive.write",
     "write_archive": "etm_compat.archive.write",
@@ -59,13 +60,19 @@ if TYPE_CHECKING:
         open_archive,
         role_of,
     )
-    from etm_compat.archive.write import ArchiveWriteResult, WrittenMember, write_archive
+    from etm_compat.archive.write import (
+        ArchiveDraft,
+        ArchiveWriteResult,
+        WrittenMember,
+        write_archive,
+    )
 
 
 __getattr__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 __all__ = [
+    "ArchiveDraft",
     "ArchiveLayout",
     "ArchiveWriteResult",
     "EtmArchive",

@@ -8,45 +8,44 @@ zipalign-style extra field in its local header (16 KiB for ``.pte``/``.ptd``, 64
 rest); DOS time 1980-01-01 00:00, unix mode 0644, no comment, no host data; ZIP64 records only
 for sizes or offsets that do not fit 32 bits.
 
-Because a sha256 hex digest has a fixed length, the metadata is first written with placeholder
-digests; the members are then streamed once (CRC32 and sha256 in the same pass, the hash in a
-worker thread, each chunk copied in the kernel right after it is read), and finally the real
-metadata is written into the same slot and the local headers' CRCs are patched. All of it goes
-to a temp file in the destination folder that replaces the destination only once complete and
-fsynced.
+Because a sha256 hex digest has a fixed length, the metadata's size is known from a copy with
+placeholder digests, and so is every offset; the members are streamed once to theirs
+(:mod:`etm_compat.archive.streaming`: CRC-32 and sha256 in the same pass), and then the local
+headers with their CRCs, the real metadata and the central directory are written around them.
+All of it goes to a temp file in the destination folder that replaces the destination only once
+complete and fsynced. :class:`ArchiveDraft` starts the copy before the metadata exists
+(``pack`` infers meanwhile); :func:`write_archive` is a draft given its metadata up front.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import errno
 import hashlib
 import os
-import struct
 import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from etm_compat.archive.metadata import SHA256_PLACEHOLDER, serialize_metadata, validate_metadata
 from etm_compat.archive.names import Role
 from etm_compat.archive.plan import MemberSpec, fill_metadata, order_specs
 from etm_compat.archive.programs import duplicate_weights
+from etm_compat.archive.streaming import BackgroundStream, Digests, Placement, stream_members
 from etm_compat.archive.zipfmt import (
     DIGEST_CHUNK,
     central_entry,
     crc32,
-    digest_range,
     end_records,
     local_header,
-    pread_into,
     pwrite_all,
 )
 from etm_compat.constants import ETM_ALIGN_DEFAULT, ETM_ALIGN_MAPPED, MEMBER_METADATA
 from etm_compat.errors import EtmError, MetadataError, OutputError, UnreadableError, UsageError
-from etm_compat.fileio import check_output, hashed_content, output_error
+from etm_compat.fileio import FileStamp, check_output, output_error, stamp_of
 
 #: Bytes per read while streaming a member (constant memory whatever the member size).
 CHUNK_BYTES = DIGEST_CHUNK
@@ -89,83 +88,193 @@ def _alignment(name: str) -> int:
     return ETM_ALIGN_MAPPED if name.endswith((".pte", ".ptd")) else ETM_ALIGN_DEFAULT
 
 
-#: What copy_file_range answers where it cannot be used at all.
-_NO_KERNEL_COPY = frozenset({errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF})
+#: The metadata, its provenance sources and its serialized placeholder (sha256 digests zeroed).
+_Prepared = tuple[dict[str, Any], list[dict[str, Any]], bytes]
 
 
-class _ChunkCopier:
-    """Copies each chunk that :func:`digest_range` has just read to the archive, in the reading
-    thread: inside the kernel (``copy_file_range``: no trip through user space, and a reflink
-    where the file system shares blocks) from the source's same range, or, where the kernel
-    cannot copy (another OS, a file system that refuses it), by writing the chunk just read."""
+class ArchiveDraft:
+    """An archive being written at ``dest``: a temp file beside it that holds the members from
+    the start, to which :meth:`finish` adds the metadata before it replaces ``dest``.
 
-    def __init__(self, src_fd: int, dst_fd: int, dst_start: int) -> None:
-        self.src_fd, self.dst_fd, self.dst_start = src_fd, dst_fd, dst_start
-        self.done = 0
-        self.kernel = hasattr(os, "copy_file_range")
+    Given the ``metadata`` up front (as :func:`write_archive` does), the layout is known and
+    :meth:`finish` copies the members. Without it, they are copied at once, on a thread of their
+    own, where the smallest metadata would place them, while the caller works the metadata out
+    (``pack`` infers and checks meanwhile); :meth:`finish` keeps that copy when the real
+    metadata leaves every member where it was, and copies them again otherwise
+    (:attr:`copies` counts the passes). The main program's data starts on a 16 KiB boundary, so
+    any metadata of up to about 16 KiB leaves them in place. Either way the archive is the one
+    :func:`write_archive` writes from the same input, byte for byte.
 
-    def __call__(self, chunk: memoryview) -> None:
-        size = len(chunk)
-        if self.kernel:
-            try:
-                copied = 0
-                while copied < size:
-                    n = os.copy_file_range(
-                        self.src_fd, self.dst_fd, size - copied,
-                        self.done + copied, self.dst_start + self.done + copied,
-                    )
-                    if n == 0:
-                        raise OSError(errno.EIO, "copy_file_range stopped early")
-                    copied += n
-            except OSError as exc:
-                if self.done or exc.errno not in _NO_KERNEL_COPY:
-                    raise
-                self.kernel = False  # refused from the start: write what was read instead
-            else:
-                self.done += size
-                return
-        pwrite_all(self.dst_fd, chunk, self.dst_start + self.done)
-        self.done += size
-
-
-def _stream(
-    src: BinaryIO, dst: BinaryIO, expected: int, pool: ThreadPoolExecutor
-) -> tuple[int, str]:
-    """Copy ``expected`` bytes of ``src`` to ``dst``'s position; return (crc32, sha256 hex) of
-    what was read.
-
-    Two threads, so that on two cores neither waits on a third: a worker thread feeds sha256
-    (:func:`~etm_compat.archive.zipfmt.digest_range`) while this one reads the next chunk into a
-    reused buffer, computes its CRC-32 (ISA-L's, :data:`~etm_compat.archive.zipfmt.crc32`) and
-    copies the same range to the archive (:class:`_ChunkCopier`). All of it releases the GIL, and
-    this thread's share (a read, a CRC, a kernel copy) takes less than hashing the chunk, so the
-    cost is about sha256's alone. The bytes copied are read right after the bytes hashed. A file
-    this process read and hashed whole, and that is unchanged since
-    (:func:`~etm_compat.fileio.hashed_content`), is written from those bytes, with their digest.
+    A context manager: leaving the block without :meth:`finish` stops the copy and removes the
+    temp file. The checks that :func:`write_archive` makes before writing (the destination, the
+    sources' sizes) are made here, on creation.
     """
-    dst.flush()
-    start = dst.tell()
-    known = hashed_content(src.fileno())
-    if known is not None and len(known[0]) == expected:
-        # Read and hashed whole already (a tokenizer, when it was described): those very bytes
-        # are stored, with their digest, instead of reading and hashing the file again.
-        data, sha = known
-        pwrite_all(dst.fileno(), memoryview(data), start)
-        dst.seek(start + expected)
-        return crc32(data), sha
-    copier = _ChunkCopier(src.fileno(), dst.fileno(), start)
-    crc, sha, total = digest_range(src.fileno(), 0, expected, pool, sink=copier)
-    if total == expected and pread_into(src.fileno(), memoryview(bytearray(1)), expected):
-        total += 1  # it grew: at least one byte more than measured
-    if total != expected:
-        raise UnreadableError(
-            f"changed while being packed ({expected} bytes expected, "
-            f"{'more' if total > expected else total} read)",
-            path=getattr(src, "name", None),
-            hint="pack again once it is stable",
+
+    def __init__(
+        self,
+        dest: str | os.PathLike[str],
+        members: Sequence[MemberSpec],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+        fsync: bool = True,
+    ) -> None:
+        self.dest = Path(dest)
+        self._ordered = order_specs(members)
+        self._fsync = fsync
+        check_output(self.dest, force=overwrite, sources=[spec.source for spec in self._ordered])
+        if not self.dest.parent.is_dir():
+            raise OutputError("destination folder does not exist", path=self.dest.parent)
+        self._stamps = {spec.name: _stamp(spec.source) for spec in self._ordered}
+        self._sizes = {name: stamp[2] for name, stamp in self._stamps.items()}
+        self._prepared = self._prepare(metadata) if metadata is not None else None
+        #: How many times the members were copied (2: the metadata moved them; see above).
+        self.copies = 0
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{self.dest.name}.", suffix=".tmp", dir=self.dest.parent)
+        except OSError as exc:
+            raise output_error(exc, self.dest.parent, "the archive here") from None
+        self._fd, self._tmp, self._open = fd, Path(tmp_name), True
+        self._pool = ThreadPoolExecutor(max_workers=1)  # sha256 beside large copies
+        self._stream: BackgroundStream | None = None
+        if self._prepared is None:
+            self.copies = 1
+            self._stream = BackgroundStream(self._placements(self._layout(0)), fd, self._pool, sync=fsync)
+
+    def __enter__(self) -> ArchiveDraft:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+    def _prepare(self, metadata: Mapping[str, Any]) -> _Prepared:
+        """The metadata with the writer's fields filled in, checked, and its placeholder."""
+        meta: dict[str, Any] = copy.deepcopy(dict(metadata))
+        fill_metadata(meta, self._ordered, self._sizes, SHA256_PLACEHOLDER)
+        sources: list[dict[str, Any]] = meta.get("provenance", {}).get("sources", [])
+        for spec in self._ordered:
+            if spec.provenance is not None:
+                if not 0 <= spec.provenance < len(sources):
+                    raise UsageError(f"member {spec.name!r}: no provenance source #{spec.provenance}")
+                sources[spec.provenance]["sha256"] = SHA256_PLACEHOLDER
+        problems = validate_metadata(meta)
+        if problems:
+            raise MetadataError(
+                "metadata to pack is invalid: " + "; ".join(problems),
+                path=self.dest,
+                hint="this is a bug in the caller building the metadata",
+            )
+        return meta, sources, serialize_metadata(meta)
+
+    def _layout(self, metadata_size: int) -> list[_Slot]:
+        """Where each member goes after a metadata of ``metadata_size`` bytes (CRCs still 0)."""
+        slots: list[_Slot] = []
+        pos = 0
+        entries: list[tuple[str, Role | None, Path | None, int]] = [(MEMBER_METADATA, None, None, metadata_size)]
+        entries += [(s.name, s.role, s.source, self._sizes[s.name]) for s in self._ordered]
+        for name, role, source, size in entries:
+            header = local_header(name.encode("ascii"), size, 0, pos, _alignment(name))
+            slots.append(_Slot(name, role or "program", source, size, pos, header, pos + len(header)))
+            pos = slots[-1].data_offset + size
+        return slots
+
+    @staticmethod
+    def _placements(slots: Sequence[_Slot]) -> tuple[Placement, ...]:
+        return tuple((s.source, s.data_offset, s.size) for s in slots[1:] if s.source is not None)
+
+    def _digests(self, slots: Sequence[_Slot]) -> list[Digests]:
+        """The members' digests, copied where ``slots`` place them: by the background copy when
+        it placed them there, else now."""
+        placements = self._placements(slots)
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            if stream.placements == placements:
+                return stream.result()
+            stream.stop()
+        self.copies += 1
+        return stream_members(placements, self._fd, self._pool)
+
+    def finish(self, metadata: Mapping[str, Any] | None = None) -> ArchiveWriteResult:
+        """Add the metadata (given here, or on creation) and publish the archive at ``dest``."""
+        if not self._open:
+            raise UsageError("this archive draft was finished or discarded already")
+        if (metadata is None) == (self._prepared is None):
+            raise UsageError("give the metadata once: on creation or to finish()")
+        try:
+            meta, sources, placeholder = self._prepared or self._prepare(metadata or {})
+            slots = self._layout(len(placeholder))
+            for slot, (crc, sha) in zip(slots[1:], self._digests(slots), strict=True):
+                slot.crc32, slot.sha256 = crc, sha
+            for spec in self._ordered:  # each as measured when the draft began, copied since
+                if _stamp(spec.source) != self._stamps[spec.name]:
+                    raise UnreadableError(
+                        "changed while being packed", path=spec.source, hint="pack again once it is stable"
+                    )
+            by_name = {spec.name: spec for spec in self._ordered}
+            for entry, slot in zip(meta["members"], slots[1:], strict=True):
+                entry["sha256"] = slot.sha256
+                index = by_name[slot.name].provenance
+                if index is not None:
+                    sources[index]["sha256"] = slot.sha256
+            twice = duplicate_weights(meta) if meta["min_reader_version"] >= 2 else []
+            if twice:
+                raise UsageError("cannot pack these members: " + "; ".join(twice), path=self.dest)
+            final = serialize_metadata(meta)
+            if len(final) != len(placeholder):  # pragma: no cover - sha256 hex has a fixed length
+                raise AssertionError("metadata changed length")
+            slots[0].crc32, slots[0].sha256 = crc32(final), hashlib.sha256(final).hexdigest()
+            total = self._write_frame(slots, final)
+            if self._fsync:
+                os.fsync(self._fd)
+            self._close()
+            os.chmod(self._tmp, 0o644)
+            os.replace(self._tmp, self.dest)
+        except BaseException as exc:
+            self.discard()
+            if isinstance(exc, OSError) and not isinstance(exc, EtmError):  # full disk, read-only...
+                raise output_error(exc, self.dest, "the archive") from None
+            raise
+        if self._fsync:
+            _fsync_dir(self.dest.parent)
+        written = tuple(
+            WrittenMember(s.name, s.role, s.data_offset, s.size, s.crc32, s.sha256) for s in slots[1:]
         )
-    dst.seek(start + expected)
-    return crc, sha
+        return ArchiveWriteResult(self.dest, total, written, meta)
+
+    def _write_frame(self, slots: Sequence[_Slot], final: bytes) -> int:
+        """Everything around the members' data: the local headers (with their CRCs), the
+        metadata, the central directory and its end records; the archive's size."""
+        for slot in slots:
+            header = local_header(slot.name.encode("ascii"), slot.size, slot.crc32, slot.header_offset,
+                                  _alignment(slot.name))  # fmt: skip
+            pwrite_all(self._fd, memoryview(header), slot.header_offset)
+        pwrite_all(self._fd, memoryview(final), slots[0].data_offset)
+        cd_offset = slots[-1].data_offset + slots[-1].size
+        central = b"".join(
+            central_entry(slot.name.encode("ascii"), slot.size, slot.crc32, slot.header_offset)
+            for slot in slots
+        )
+        tail = central + end_records(len(slots), cd_offset, len(central))
+        pwrite_all(self._fd, memoryview(tail), cd_offset)
+        os.ftruncate(self._fd, cd_offset + len(tail))  # past it: only a first copy's leftovers
+        return cd_offset + len(tail)
+
+    def _close(self) -> None:
+        if self._open:
+            self._open = False
+            self._pool.shutdown(wait=True)
+            os.close(self._fd)
+
+    def discard(self) -> None:
+        """Stop the copy and remove the temp file (nothing when finished already)."""
+        if not self._open:
+            return
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream = None
+        with contextlib.suppress(OSError):
+            self._close()
+        self._tmp.unlink(missing_ok=True)
 
 
 def write_archive(
@@ -192,111 +301,20 @@ def write_archive(
     to 2 (:func:`~etm_compat.archive.plan.required_version`). Raises :class:`OutputError` if
     ``dest`` exists and ``overwrite`` is false; :class:`UsageError` for bad member specs, and for
     two weights members with the same bytes in a version-2 archive (store a shared file once).
+    :class:`ArchiveDraft` writes the same archive with the metadata given later.
 
     >>> write_archive("out/model.etm", metadata=meta,   # doctest: +SKIP
     ...     members=[MemberSpec("model.pte", Path("legacy/model.pte"), "program")])
     """
-    dest = Path(dest)
-    ordered = order_specs(members)
-    check_output(dest, force=overwrite, sources=[spec.source for spec in ordered])
-    if not dest.parent.is_dir():
-        raise OutputError("destination folder does not exist", path=dest.parent)
-    meta: dict[str, Any] = copy.deepcopy(dict(metadata))
-    sizes: dict[str, int] = {}
-    for spec in ordered:
-        try:
-            sizes[spec.name] = os.stat(spec.source).st_size
-        except OSError as exc:
-            raise UnreadableError(f"cannot read: {exc.strerror}", path=spec.source) from None
-    fill_metadata(meta, ordered, sizes, SHA256_PLACEHOLDER)
-    sources = meta.get("provenance", {}).get("sources", [])
-    for spec in ordered:
-        if spec.provenance is not None:
-            if not 0 <= spec.provenance < len(sources):
-                raise UsageError(f"member {spec.name!r}: no provenance source #{spec.provenance}")
-            sources[spec.provenance]["sha256"] = SHA256_PLACEHOLDER
-    problems = validate_metadata(meta)
-    if problems:
-        raise MetadataError(
-            "metadata to pack is invalid: " + "; ".join(problems),
-            path=dest,
-            hint="this is a bug in the caller building the metadata",
-        )
-    placeholder = serialize_metadata(meta)
+    with ArchiveDraft(dest, members, metadata=metadata, overwrite=overwrite, fsync=fsync) as draft:
+        return draft.finish()
 
-    slots: list[_Slot] = []
-    pos = 0
-    entries: list[tuple[str, Role | None, Path | None, int]] = [
-        (MEMBER_METADATA, None, None, len(placeholder))
-    ]
-    entries += [(s.name, s.role, s.source, sizes[s.name]) for s in ordered]
-    for name, role, source, size in entries:
-        header = local_header(name.encode("ascii"), size, 0, pos, _alignment(name))
-        slot = _Slot(name, role or "program", source, size, pos, header, pos + len(header))
-        slots.append(slot)
-        pos = slot.data_offset + size
 
+def _stamp(source: Path) -> FileStamp:
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        return stamp_of(os.stat(source))
     except OSError as exc:
-        raise output_error(exc, dest.parent, "the archive here") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w+b") as out, ThreadPoolExecutor(max_workers=1) as pool:
-            out.write(slots[0].local_header + placeholder)
-            for slot in slots[1:]:
-                out.write(slot.local_header)
-                assert slot.source is not None
-                try:
-                    src = open(slot.source, "rb")  # noqa: SIM115 - closed right below
-                except OSError as exc:
-                    raise UnreadableError(
-                        f"cannot read: {exc.strerror}", path=slot.source
-                    ) from None
-                with src:
-                    slot.crc32, slot.sha256 = _stream(src, out, slot.size, pool)
-            by_name = {spec.name: spec for spec in ordered}
-            for entry, slot in zip(meta["members"], slots[1:], strict=True):
-                entry["sha256"] = slot.sha256
-                index = by_name[slot.name].provenance
-                if index is not None:
-                    sources[index]["sha256"] = slot.sha256
-            twice = duplicate_weights(meta) if meta["min_reader_version"] >= 2 else []
-            if twice:
-                raise UsageError("cannot pack these members: " + "; ".join(twice), path=dest)
-            final = serialize_metadata(meta)
-            if len(final) != len(placeholder):  # pragma: no cover - sha256 hex has a fixed length
-                raise AssertionError("metadata changed length")
-            slots[0].crc32 = crc32(final)
-            slots[0].sha256 = hashlib.sha256(final).hexdigest()
-            cd_offset = out.tell()
-            central = b"".join(
-                central_entry(slot.name.encode("ascii"), slot.size, slot.crc32, slot.header_offset)
-                for slot in slots
-            )
-            out.write(central + end_records(len(slots), cd_offset, len(central)))
-            total = out.tell()
-            out.seek(slots[0].data_offset)
-            out.write(final)
-            for slot in slots:
-                out.seek(slot.header_offset + 14)
-                out.write(struct.pack("<I", slot.crc32))
-            out.flush()
-            if fsync:
-                os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and not isinstance(exc, EtmError):  # full disk, read-only...
-            raise output_error(exc, dest, "the archive") from None
-        raise
-    if fsync:
-        _fsync_dir(dest.parent)
-    written = tuple(
-        WrittenMember(s.name, s.role, s.data_offset, s.size, s.crc32, s.sha256) for s in slots[1:]
-    )
-    return ArchiveWriteResult(dest, total, written, meta)
+        raise UnreadableError(f"cannot read: {exc.strerror}", path=source) from None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -313,4 +331,4 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["CHUNK_BYTES", "ArchiveWriteResult", "WrittenMember", "write_archive"]
+__all__ = ["CHUNK_BYTES", "ArchiveDraft", "ArchiveWriteResult", "WrittenMember", "write_archive"]
