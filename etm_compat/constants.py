@@ -64,6 +64,10 @@ LEGACY_DEFAULT_EOS_IDS: Final = (2,)
 #: Below it the handoff costs more than the overlap saves, with a core to spare or not
 #: (``benchmarks/bench_archive.py``, "hash beside the copy"; BENCHMARKS.md).
 BACKGROUND_HASH_MIN: Final = 1024 * 1024
+#: What was read of a file changed this recently (seconds) is not remembered by its stamp (a
+#: scan's folder reads, a run's parsed configs): a file rewritten again within the file system's
+#: timestamp granularity would keep its stamp (the "racy" case git's index also guards against).
+RACY_SECONDS: Final = 2
 
 # --- tokenizer formats -----------------------------------------------------------------------
 TOKENIZER_FORMATS: Final = ("hf_json", "tekken", "sentencepiece", "tiktoken", "llama2c")

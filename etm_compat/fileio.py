@@ -8,7 +8,6 @@ opens its input through :func:`open_regular`.
 from __future__ import annotations
 
 import base64
-import collections
 import contextlib
 import os
 import stat
@@ -217,35 +216,6 @@ def read_capped(
     return read_stamped(path, limit, what=what, too_large=too_large, hint=hint)[0]
 
 
-#: Whole files this process read and hashed, by stamp: their bytes and sha256, newest last, at
-#: most :data:`_HASHED_MAX_BYTES` of them.
-_HASHED: collections.OrderedDict[FileStamp, tuple[bytes, str]] = collections.OrderedDict()
-_HASHED_MAX_BYTES = 64 * 1024 * 1024
-_HASHED_LOCK = threading.Lock()
-
-
-def remember_hashed(stamp: FileStamp, data: bytes, sha256: str) -> None:
-    """Keep ``data``, all of the file read at ``stamp`` (:func:`read_stamped`), with its sha256
-    (computed by the caller on exactly these bytes), for :func:`hashed_content`: the archive
-    writer then stores them without reading and hashing the file again. The oldest go first
-    past :data:`_HASHED_MAX_BYTES`; a file of another size than its stamp's is not kept."""
-    if len(data) != stamp[2] or len(data) > _HASHED_MAX_BYTES:
-        return
-    with _HASHED_LOCK:
-        _HASHED[stamp] = (data, sha256)
-        _HASHED.move_to_end(stamp)
-        total = sum(len(kept) for kept, _ in _HASHED.values())
-        while total > _HASHED_MAX_BYTES:
-            _, (dropped, _) = _HASHED.popitem(last=False)
-            total -= len(dropped)
-
-
-def hashed_content(fd: int) -> tuple[bytes, str] | None:
-    """The bytes and sha256 :func:`remember_hashed` kept for the open file ``fd``, when it still
-    has the identity, size and modification time it was read with."""
-    return _HASHED.get(stamp_of(os.fstat(fd)))
-
-
 def read_stream_capped(stream: BinaryIO, limit: int, *, what: str, path: str) -> bytes:
     """All of an already open stream (stdin, a pipe), refusing more than ``limit`` bytes."""
     chunks: list[bytes] = []
@@ -384,7 +354,6 @@ __all__ = [
     "check_output",
     "check_output_folder",
     "display_path",
-    "hashed_content",
     "metadata_path",
     "metadata_safe",
     "metadata_text",
@@ -395,7 +364,6 @@ __all__ = [
     "read_named_input",
     "read_stamped",
     "read_stream_capped",
-    "remember_hashed",
     "same_file",
     "sha256_file",
     "stamp_of",

@@ -135,29 +135,3 @@ def test_only_a_regular_file_within_the_limit_is_read_ahead(tmp_path, fifo):
             assert fileio._AHEAD == {} and size == 0
     with pytest.raises(UnreadableError):
         fileio.read_capped(fifo, 1000, what="t")  # and the reader still says why
-
-
-def test_hashed_content_is_kept_by_stamp_and_dropped_oldest_first(tmp_path, monkeypatch):
-    import hashlib
-
-    from etm_compat import fileio
-
-    monkeypatch.setattr(fileio, "_HASHED", type(fileio._HASHED)())
-    monkeypatch.setattr(fileio, "_HASHED_MAX_BYTES", 10_000)
-    paths = []
-    for i in range(3):
-        path = tmp_path / f"t{i}.json"
-        path.write_bytes(bytes([65 + i]) * 4000)
-        data, stamp = fileio.read_stamped(path, 1 << 20, what="t")
-        fileio.remember_hashed(stamp, data, hashlib.sha256(data).hexdigest())
-        paths.append(path)
-    with open(paths[0], "rb") as f:
-        assert fileio.hashed_content(f.fileno()) is None  # the oldest went past 10,000 bytes
-    with open(paths[2], "rb") as f:
-        assert fileio.hashed_content(f.fileno()) == (b"C" * 4000, hashlib.sha256(b"C" * 4000).hexdigest())
-    stamp = fileio.stamp_of(paths[1].stat())
-    os.utime(paths[1], ns=(1, 1))  # touched since it was read: not those bytes any more
-    with open(paths[1], "rb") as f:
-        assert fileio.hashed_content(f.fileno()) is None
-    fileio.remember_hashed(stamp, b"short", "0" * 64)  # bytes that are not the whole file
-    assert fileio._HASHED[stamp][0] == b"B" * 4000

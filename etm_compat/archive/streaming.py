@@ -18,7 +18,7 @@ from pathlib import Path
 
 from etm_compat.archive.zipfmt import crc32, digest_range, pread_into, pwrite_all
 from etm_compat.errors import UnreadableError
-from etm_compat.fileio import hashed_content
+from etm_compat.remembered import hashed_content
 
 #: What copy_file_range answers where it cannot be used at all.
 _NO_KERNEL_COPY = frozenset({errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF})
@@ -86,7 +86,7 @@ def stream_member(
     this thread's share (a read, a CRC, a kernel copy) takes less than hashing the chunk, so the
     cost is about sha256's alone. The bytes copied are read right after the bytes hashed. A file
     this process read and hashed whole, and that is unchanged since
-    (:func:`~etm_compat.fileio.hashed_content`), is written from those bytes, with their digest.
+    (:func:`~etm_compat.remembered.hashed_content`), is written from those bytes, with their digest.
     """
     try:
         src = open(source, "rb")  # noqa: SIM115 - closed right below

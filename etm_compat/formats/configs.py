@@ -21,6 +21,7 @@ from typing import Any, Final
 from etm_compat.errors import InputError
 from etm_compat.fileio import read_capped
 from etm_compat.jsonlimits import json_loads, json_nesting
+from etm_compat.remembered import read_parsed
 
 StrPath = str | os.PathLike[str]
 
@@ -35,9 +36,12 @@ TEMPLATE_MAX_BYTES: Final = 1024 * 1024
 _YAML_SUFFIXES: Final = (".yaml", ".yml")
 
 
+_HINT: Final = "pass the right file, or remove it from the folder"
+
+
 def read_bytes(path: StrPath, limit: int, *, what: str) -> bytes:
     """All of ``path``, refusing a file larger than ``limit`` bytes before reading it."""
-    return read_capped(path, limit, what=what, hint="pass the right file, or remove it from the folder")
+    return read_capped(path, limit, what=what, hint=_HINT)
 
 
 def _decode(data: bytes, path: StrPath, what: str) -> str:
@@ -86,25 +90,31 @@ def read_json_config(
     """Parse a JSON file with a size and a nesting limit.
 
     Raises :class:`InputError` for a file that is too large, too deep, not UTF-8 or not JSON.
-    NaN/Infinity literals are refused: they are not JSON and no real config uses them.
+    NaN/Infinity literals are refused: they are not JSON and no real config uses them. An
+    unchanged file is parsed once per process (:func:`~etm_compat.remembered.read_parsed`;
+    inference and the checks read the same configs): the value is shared, not to be modified.
     """
-    text = _decode(read_bytes(path, max_bytes, what=what), path, what)
-    depth = json_nesting(text)
-    if depth > max_depth:
-        raise InputError(
-            f"{what} is nested {depth} levels deep, more than the {max_depth} accepted", path=path
-        )
 
-    def _no_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
+    def parse(data: bytes) -> Any:
+        text = _decode(data, path, what)
+        depth = json_nesting(text)
+        if depth > max_depth:
+            raise InputError(
+                f"{what} is nested {depth} levels deep, more than the {max_depth} accepted", path=path
+            )
+        try:
+            # In C where msgspec can (Gemma 3's 1.1 MB tokenizer_config.json: 3 ms, not 12).
+            return json_loads(text, parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError; int digit limit
+            raise InputError(
+                f"{what} is not valid JSON: {exc}", path=path, hint="fix or remove the file"
+            ) from exc
 
-    try:
-        # In C where msgspec can (Gemma 3's 1.1 MB tokenizer_config.json: 3 ms, not 12).
-        return json_loads(text, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError; int digit limit
-        raise InputError(
-            f"{what} is not valid JSON: {exc}", path=path, hint="fix or remove the file"
-        ) from exc
+    return read_parsed(path, max_bytes, ("json config", max_depth), parse, what=what, hint=_HINT)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 @functools.cache

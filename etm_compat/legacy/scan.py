@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from etm_compat.constants import ETM_SUFFIX
+from etm_compat.constants import ETM_SUFFIX, RACY_SECONDS
 from etm_compat.errors import InputError, UnreadableError
 from etm_compat.legacy.deployment import (
     Adapter,
@@ -42,10 +42,6 @@ from etm_compat.legacy.files import (
 MAX_DEPTH = 32
 NO_TOKENIZER = "no tokenizer file found beside the program"
 MAX_FOLDERS = 200_000
-#: A folder read whose files changed this recently (seconds before the scan began) is not
-#: remembered: a file rewritten again within the file system's timestamp granularity would keep
-#: its stamp (the "racy" case git's index also guards against).
-RACY_SECONDS: Final = 2
 #: Folders read per executor call: big enough that a call is worth sending, small enough that
 #: the workers finish together.
 MAX_BATCH: Final = 64

@@ -13,8 +13,10 @@ from etm_compat.constants import (
 from etm_compat.errors import TokenizerFormatError, UnreadableError
 from etm_compat.fileio import FileStamp, open_regular, read_stamped
 from etm_compat.jsonlimits import json_loads, json_nesting
+from etm_compat.remembered import read_parsed
 
 StrPath = str | os.PathLike[str]
+_HINT = "this is not a tokenizer, or pass the right file"
 
 
 def is_token_id(value: object) -> bool:
@@ -39,9 +41,16 @@ def read_bounded(path: StrPath, limit: int, *, what: str = "tokenizer file") -> 
 def read_whole(path: StrPath, limit: int, *, what: str = "tokenizer file") -> tuple[bytes, FileStamp]:
     """:func:`read_bounded`, with the file's stamp when it was read
     (:func:`~etm_compat.fileio.read_stamped`)."""
-    return read_stamped(
-        path, limit, what=what, too_large=TokenizerFormatError,
-        hint="this is not a tokenizer, or pass the right file",
+    return read_stamped(path, limit, what=what, too_large=TokenizerFormatError, hint=_HINT)
+
+
+def read_json_once(path: StrPath, limit: int, *, what: str) -> Any:
+    """:func:`load_json` of :func:`read_bounded`'s bytes, parsed once per process while the file
+    is unchanged (:func:`~etm_compat.remembered.read_parsed`): the value is shared, not to be
+    modified."""
+    return read_parsed(
+        path, limit, ("tokenizer json", what), lambda data: load_json(data, path, what=what),
+        what=what, too_large=TokenizerFormatError, hint=_HINT,
     )  # fmt: skip
 
 

@@ -27,7 +27,6 @@ from etm_compat.constants import (
     TOKENIZER_SNIFF_BYTES,
 )
 from etm_compat.errors import EtmError, TokenizerFormatError
-from etm_compat.fileio import remember_hashed
 from etm_compat.formats.tokenizer import hf_json, json_document, json_formats
 from etm_compat.formats.tokenizer import runner as _runner
 from etm_compat.formats.tokenizer.bounded import (
@@ -37,6 +36,7 @@ from etm_compat.formats.tokenizer.bounded import (
     read_whole,
 )
 from etm_compat.formats.tokenizer.model import TokenizerFormat, TokenizerInfo
+from etm_compat.remembered import remember_hashed
 
 
 def _debug(message: str, *args: object) -> None:

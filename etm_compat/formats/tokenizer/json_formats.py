@@ -19,7 +19,7 @@ from etm_compat.constants import (
     TOKENIZER_VOCAB_LOOKUP_MAX,
 )
 from etm_compat.errors import TokenizerFormatError
-from etm_compat.formats.tokenizer.bounded import StrPath, is_token_id, load_json, read_bounded
+from etm_compat.formats.tokenizer.bounded import StrPath, is_token_id, read_json_once
 from etm_compat.formats.tokenizer.model import TokenizerFormat, TokenizerInfo
 
 _HF_KEYS = (b'"added_tokens"', b'"model"', b'"pre_tokenizer"', b'"normalizer"', b'"truncation"')
@@ -50,11 +50,12 @@ def _bad(path: StrPath, message: str) -> TokenizerFormatError:
 
 
 def read_config(path: StrPath | None) -> Mapping[str, Any] | None:
-    """A ``tokenizer_config.json``-like object, or None when no path is given."""
+    """A ``tokenizer_config.json``-like object, or None when no path is given (an unchanged
+    file is parsed once per process, :func:`~etm_compat.remembered.read_parsed`: not to be
+    modified)."""
     if path is None:
         return None
-    obj = load_json(read_bounded(path, TOKENIZER_CONFIG_MAX_BYTES, what="tokenizer config"), path,
-                    what="tokenizer config")
+    obj = read_json_once(path, TOKENIZER_CONFIG_MAX_BYTES, what="tokenizer config")
     if not isinstance(obj, dict):
         raise _bad(path, "tokenizer config is not a JSON object")
     return obj
