@@ -5,7 +5,9 @@ read once:
 * whole files read and hashed (:func:`remember_hashed`): the archive writer stores those bytes,
   with that digest, instead of reading and hashing the file again (:func:`hashed_content`);
 * values parsed from whole files (:func:`read_parsed`): a ``tokenizer_config.json`` that
-  detection, inference and the checks each read is read and parsed once per reader kind.
+  detection, inference and the checks each read is read and parsed once per reader kind;
+* small immutable facts read from a file (:func:`by_stamp`): what kind of program a ``.pte``
+  is, which the checks and the packer both ask.
 
 Each is bounded by the bytes of the files behind it (the oldest go first) and thread-safe. A
 file changed since has another stamp, and is read again. A remembered value is shared by
@@ -15,6 +17,7 @@ everyone who reads it: it must not be modified.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import stat
 import threading
@@ -59,6 +62,14 @@ class _Remembered(Generic[_K, _V]):
 _HASHED: _Remembered[FileStamp, tuple[bytes, str]] = _Remembered(64 * 1024 * 1024)
 #: Values parsed from whole files, by stamp and the kind of reading.
 _PARSED: _Remembered[tuple[FileStamp, Hashable], tuple[object]] = _Remembered(64 * 1024 * 1024)
+#: Small facts read from files, by stamp and kind (each counted as one "byte": at most 4096).
+_FACTS: _Remembered[tuple[FileStamp, Hashable], tuple[object]] = _Remembered(4096)
+
+
+def _settled_before() -> int:
+    """The newest modification time (ns) of a file whose stamp is trusted to say it is unchanged
+    (:data:`~etm_compat.constants.RACY_SECONDS` ago)."""
+    return time.time_ns() - RACY_SECONDS * 1_000_000_000
 
 
 def remember_hashed(stamp: FileStamp, data: bytes, sha256: str) -> None:
@@ -99,12 +110,35 @@ def read_parsed(
         hit = _PARSED.get((stamp_of(st), kind))
         if hit is not None:
             return hit[0]  # type: ignore[return-value]  # stored by this function, for this kind
-    newest_allowed = time.time_ns() - RACY_SECONDS * 1_000_000_000
+    settled = _settled_before()
     data, stamp = read_stamped(path, limit, what=what, too_large=too_large, hint=hint)
     value = parse(data)
-    if stamp[3] < newest_allowed:  # else it may change again and keep its stamp: read it again
+    if stamp[3] < settled:  # else it may change again and keep its stamp: read it again
         _PARSED.put((stamp, kind), (value,), len(data))
     return value
 
 
-__all__ = ["hashed_content", "read_parsed", "remember_hashed"]
+def by_stamp(path: str | os.PathLike[str], kind: Hashable, compute: Callable[[], _T]) -> _T:
+    """``compute()``, what ``kind`` says of the file at ``path`` (a small, immutable value),
+    remembered by the file's stamp: asked again while the file is unchanged, it is not computed
+    again. Not remembered: what raises, and a file changed while it was computed or in the last
+    :data:`~etm_compat.constants.RACY_SECONDS`."""
+    try:
+        before = os.stat(path)
+    except OSError:
+        return compute()  # it says why
+    if not stat.S_ISREG(before.st_mode):
+        return compute()
+    key = (stamp_of(before), kind)
+    hit = _FACTS.get(key)
+    if hit is not None:
+        return hit[0]  # type: ignore[return-value]  # stored by this function, for this kind
+    settled = _settled_before()
+    value = compute()
+    with contextlib.suppress(OSError):
+        if before.st_mtime_ns < settled and stamp_of(os.stat(path)) == key[0]:
+            _FACTS.put(key, (value,), 1)
+    return value
+
+
+__all__ = ["by_stamp", "hashed_content", "read_parsed", "remember_hashed"]

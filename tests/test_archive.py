@@ -467,3 +467,36 @@ def test_a_source_that_changes_while_the_draft_copies_it_is_refused(tmp_path: Pa
         with pytest.raises(UnreadableError, match="changed while being packed"):
             draft.finish(new_metadata(tool_version="0.1.0"))
     assert not (tmp_path / "draft.etm").exists() and not _temp_files(tmp_path)
+
+
+def test_a_background_copy_hands_the_gil_over_often_while_it_runs(tmp_path: Path) -> None:
+    import sys
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from etm_compat.archive import streaming
+
+    default = sys.getswitchinterval()
+    seen: list[float] = []
+    gate = threading.Event()
+    real = streaming.stream_members
+
+    def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(sys.getswitchinterval())
+        gate.wait(10)
+        return real(*args, **kwargs)
+
+    with open(tmp_path / "out", "w+b") as out, ThreadPoolExecutor(1) as pool:
+        streaming.stream_members = slow  # type: ignore[assignment]
+        try:
+            placements = [(PTE, 0, PTE.stat().st_size)]
+            first = streaming.BackgroundStream(placements, out.fileno(), pool, sync=False)
+            second = streaming.BackgroundStream(placements, out.fileno(), pool, sync=False)
+            assert sys.getswitchinterval() == streaming.SWITCH_INTERVAL
+            gate.set()
+            first.result()
+            second.result()
+        finally:
+            streaming.stream_members = real  # type: ignore[assignment]
+    assert seen == [streaming.SWITCH_INTERVAL] * 2
+    assert sys.getswitchinterval() == default  # put back once the last copy ended

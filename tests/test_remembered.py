@@ -120,3 +120,60 @@ def test_configs_read_by_several_readers_are_parsed_once_per_reader(tmp_path: Pa
         read_config("tokenizer_config", path)
     with pytest.raises(TokenizerFormatError, match="not a JSON object"):
         read_tokenizer_config(path)
+
+
+def _settled_program(tmp_path: Path) -> Path:
+    path = tmp_path / "model.pte"
+    path.write_bytes(b"x" * 10)
+    return _aged(path)
+
+
+def test_a_fact_about_a_settled_file_is_computed_once_per_kind_and_stamp(tmp_path: Path) -> None:
+    path = _settled_program(tmp_path)
+    calls: list[int] = []
+
+    def compute() -> int:
+        calls.append(1)
+        return len(calls)
+
+    assert remembered.by_stamp(path, "k", compute) == 1
+    assert remembered.by_stamp(path, "k", compute) == 1 and len(calls) == 1
+    assert remembered.by_stamp(path, "other", compute) == 2
+    path.write_bytes(b"y" * 10)  # changed just now: computed every time
+    assert remembered.by_stamp(path, "k", compute) == 3
+    assert remembered.by_stamp(path, "k", compute) == 4
+    missing = tmp_path / "missing.pte"
+    assert remembered.by_stamp(missing, "k", compute) == 5  # not a file: computed (it says why)
+
+
+def test_a_file_that_changes_while_its_fact_is_computed_is_not_remembered(tmp_path: Path) -> None:
+    path = _settled_program(tmp_path)
+    calls: list[int] = []
+
+    def compute() -> int:  # the file is rewritten while this runs
+        calls.append(1)
+        path.write_bytes(b"longer" * 10)
+        _aged(path)
+        return len(calls)
+
+    remembered.by_stamp(path, "k", compute)
+    remembered.by_stamp(path, "k", compute)
+    assert len(calls) == 2
+
+
+def test_what_kind_of_program_a_file_is_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import FIXTURES
+
+    from etm_compat.formats import program_kinds
+
+    program = tmp_path / "model.pte"
+    program.write_bytes((FIXTURES / "programs" / "ext_weights.pte").read_bytes())
+    _aged(program)
+    opened: list[object] = []
+    real_open = program_kinds.open_program
+    monkeypatch.setattr(program_kinds, "open_program", lambda p: opened.append(p) or real_open(p))
+    first = program_kinds.read_program_kind(program)
+    assert program_kinds.read_program_kind(program) is first and len(opened) == 1
+    link = tmp_path / "link.pte"
+    link.symlink_to(program)  # the same file under another name: its kind says that name
+    assert program_kinds.read_program_kind(link).path == str(link) and len(opened) == 2

@@ -62,6 +62,7 @@ from etm_compat.formats.pte import (
     open_program_bytes,
 )
 from etm_compat.formats.signatures import MethodSpec, ValueSpec, read_signatures
+from etm_compat.remembered import by_stamp
 
 Kind = Literal["text_llm", "multimodal_llm", "seq2seq", "audio_preprocessor", "unknown"]
 Modality = Literal["text", "vision", "audio"]
@@ -113,9 +114,16 @@ def read_program_kind(path: str | os.PathLike[str]) -> ProgramKind:
 
     >>> read_program_kind("fixtures/multimodal/whisper_like/whisper_preprocessor.pte").n_mels  # doctest: +SKIP
     80
+
+    Read once per unchanged file (:func:`~etm_compat.remembered.by_stamp`): the checks and the
+    packer both ask.
     """
-    head = open_program(path)
-    return classify_program(head, describe_program(head))
+
+    def read() -> ProgramKind:
+        head = open_program(path)
+        return classify_program(head, describe_program(head))
+
+    return by_stamp(path, ("program kind", os.fspath(path)), read)  # its path is in it
 
 
 def read_program_kind_bytes(data: bytes | memoryview, *, name: str = "<bytes>") -> ProgramKind:
