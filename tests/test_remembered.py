@@ -177,3 +177,16 @@ def test_what_kind_of_program_a_file_is_is_read_once(tmp_path: Path, monkeypatch
     link = tmp_path / "link.pte"
     link.symlink_to(program)  # the same file under another name: its kind says that name
     assert program_kinds.read_program_kind(link).path == str(link) and len(opened) == 2
+
+
+def test_what_is_kept_is_counted_as_it_changes() -> None:
+    kept: remembered._Remembered[str, int] = remembered._Remembered(100)
+    kept.put("a", 1, 40)
+    kept.put("a", 2, 30)  # replaced: counted once, at its new size
+    kept.put("b", 3, 50)
+    assert kept.get("a") == 2 and kept._total == 80
+    kept.put("c", 4, 30)  # past 100: the oldest ("a") goes
+    assert kept.get("a") is None and kept.get("b") == 3 and kept._total == 80
+    kept.put("d", 5, 101)  # larger than everything allowed: not kept, nothing dropped
+    assert kept.get("d") is None and kept._total == 80
+    assert kept._total == sum(size for _, size in kept._kept.values())
