@@ -28,19 +28,6 @@ from etm_compat.cli.exit_codes import (
 from etm_compat.constants import VERSION
 from etm_compat.errors import EtmError
 
-#: Each verb's module, which runs it with ``run(args) -> int`` (imported when the verb runs).
-VERBS: Final = {
-    "inspect": "etm_compat.cli.cmd_inspect",
-    "pack": "etm_compat.cli.cmd_pack",
-    "unpack": "etm_compat.cli.cmd_unpack",
-    "verify": "etm_compat.cli.cmd_verify",
-    "diagnose": "etm_compat.cli.cmd_diagnose",
-    "render": "etm_compat.cli.cmd_render",
-    "families": "etm_compat.cli.cmd_families",
-    "upgrade": "etm_compat.cli.cmd_upgrade",
-    "cache": "etm_compat.cli.cmd_cache",
-}
-
 #: The ExecuTorch demo apps ``unpack --for`` and ``diagnose --app`` name: the ids of
 #: :data:`etm_compat.prompt.apps.APP_IDS` (tests/test_startup.py checks they are the same),
 #: spelled here so that parsing the arguments loads none of the apps' registry.
@@ -241,18 +228,21 @@ def _add_cache(sub: _Verbs) -> None:
     c.add_argument("--json", action="store_true")
 
 
-#: How each verb's arguments are declared, in the order ``--help`` lists them.
-_VERB_PARSERS: Final[dict[str, Callable[[_Verbs], None]]] = {
-    "inspect": _add_inspect,
-    "pack": _add_pack,
-    "unpack": _add_unpack,
-    "verify": _add_verify,
-    "diagnose": _add_diagnose,
-    "render": _add_render,
-    "families": _add_families,
-    "upgrade": _add_upgrade,
-    "cache": _add_cache,
+#: Every verb, in the order ``--help`` lists them: the module that runs it with
+#: ``run(args) -> int`` (imported when the verb runs), and how its arguments are declared.
+_VERB_TABLE: Final[dict[str, tuple[str, Callable[[_Verbs], None]]]] = {
+    "inspect": ("etm_compat.cli.cmd_inspect", _add_inspect),
+    "pack": ("etm_compat.cli.cmd_pack", _add_pack),
+    "unpack": ("etm_compat.cli.cmd_unpack", _add_unpack),
+    "verify": ("etm_compat.cli.cmd_verify", _add_verify),
+    "diagnose": ("etm_compat.cli.cmd_diagnose", _add_diagnose),
+    "render": ("etm_compat.cli.cmd_render", _add_render),
+    "families": ("etm_compat.cli.cmd_families", _add_families),
+    "upgrade": ("etm_compat.cli.cmd_upgrade", _add_upgrade),
+    "cache": ("etm_compat.cli.cmd_cache", _add_cache),
 }
+#: Each verb's module (from :data:`_VERB_TABLE`).
+VERBS: Final = {name: module for name, (module, _) in _VERB_TABLE.items()}
 
 
 def _terminal_columns() -> int:
@@ -299,7 +289,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"etm-compat {VERSION}")
     parser.add_argument("--traceback", action="store_true", help="show the Python traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, add in _VERB_PARSERS.items():
+    for name, (_, add) in _VERB_TABLE.items():
         if verb is None or name == verb:
             add(sub)
     return parser
