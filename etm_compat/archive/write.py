@@ -78,7 +78,6 @@ class _Slot:
     source: Path | None
     size: int
     header_offset: int
-    local_header: bytes
     data_offset: int
     crc32: int = 0
     sha256: str = SHA256_PLACEHOLDER
@@ -174,7 +173,7 @@ class ArchiveDraft:
         entries += [(s.name, s.role, s.source, self._sizes[s.name]) for s in self._ordered]
         for name, role, source, size in entries:
             header = local_header(name.encode("ascii"), size, 0, pos, _alignment(name))
-            slots.append(_Slot(name, role or "program", source, size, pos, header, pos + len(header)))
+            slots.append(_Slot(name, role or "program", source, size, pos, pos + len(header)))
             pos = slots[-1].data_offset + size
         return slots
 
