@@ -12,10 +12,12 @@ import contextlib
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from etm_compat.constants import RACY_SECONDS
 from etm_compat.errors import InputError, OutputError, UnreadableError
 
 
@@ -167,6 +169,12 @@ FileStamp = tuple[int, int, int, int]
 
 def stamp_of(st: os.stat_result) -> FileStamp:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def settled_before() -> int:
+    """The newest modification time (ns) of a file whose stamp may be trusted to say it is
+    unchanged later: one changed :data:`~etm_compat.constants.RACY_SECONDS` ago or earlier."""
+    return time.time_ns() - RACY_SECONDS * 1_000_000_000
 
 
 def read_stamped(
@@ -365,6 +373,7 @@ __all__ = [
     "read_stamped",
     "read_stream_capped",
     "same_file",
+    "settled_before",
     "sha256_file",
     "stamp_of",
 ]

@@ -21,13 +21,11 @@ import contextlib
 import os
 import stat
 import threading
-import time
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-from etm_compat.constants import RACY_SECONDS
 from etm_compat.errors import InputError
-from etm_compat.fileio import FileStamp, read_stamped, stamp_of
+from etm_compat.fileio import FileStamp, read_stamped, settled_before, stamp_of
 
 _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
@@ -71,12 +69,6 @@ _PARSED: _Remembered[tuple[FileStamp, Hashable], tuple[object]] = _Remembered(64
 _FACTS: _Remembered[tuple[FileStamp, Hashable], tuple[object]] = _Remembered(4096)
 
 
-def _settled_before() -> int:
-    """The newest modification time (ns) of a file whose stamp is trusted to say it is unchanged
-    (:data:`~etm_compat.constants.RACY_SECONDS` ago)."""
-    return time.time_ns() - RACY_SECONDS * 1_000_000_000
-
-
 def remember_hashed(stamp: FileStamp, data: bytes, sha256: str) -> None:
     """Keep ``data``, all of the file read at ``stamp`` (:func:`~etm_compat.fileio.read_stamped`),
     with its sha256 (computed by the caller on exactly these bytes), for :func:`hashed_content`.
@@ -115,7 +107,7 @@ def read_parsed(
         hit = _PARSED.get((stamp_of(st), kind))
         if hit is not None:
             return hit[0]  # type: ignore[return-value]  # stored by this function, for this kind
-    settled = _settled_before()
+    settled = settled_before()
     data, stamp = read_stamped(path, limit, what=what, too_large=too_large, hint=hint)
     value = parse(data)
     if stamp[3] < settled:  # else it may change again and keep its stamp: read it again
@@ -138,7 +130,7 @@ def by_stamp(path: str | os.PathLike[str], kind: Hashable, compute: Callable[[],
     hit = _FACTS.get(key)
     if hit is not None:
         return hit[0]  # type: ignore[return-value]  # stored by this function, for this kind
-    settled = _settled_before()
+    settled = settled_before()
     value = compute()
     with contextlib.suppress(OSError):
         if before.st_mtime_ns < settled and stamp_of(os.stat(path)) == key[0]:

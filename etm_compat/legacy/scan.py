@@ -16,14 +16,14 @@ import concurrent.futures
 import contextlib
 import gc
 import os
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from etm_compat.constants import ETM_SUFFIX, RACY_SECONDS
+from etm_compat.constants import ETM_SUFFIX
 from etm_compat.errors import InputError, UnreadableError
+from etm_compat.fileio import settled_before
 from etm_compat.legacy.deployment import (
     Adapter,
     Deployment,
@@ -333,7 +333,7 @@ def scan(
         raise UnreadableError("no such folder", path=base)
     if not base.is_dir():
         raise InputError("not a folder", path=base, hint="give a folder to scan")
-    newest_allowed = time.time_ns() - RACY_SECONDS * 1_000_000_000
+    newest_allowed = settled_before()
     walk_skips: list[Skipped] = []
     archives: list[Path] = []
     stamps = _Stamps(base)
