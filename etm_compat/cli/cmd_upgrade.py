@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from etm_compat.bulk.executor import default_jobs, open_executor
 from etm_compat.bulk.upgrade import ItemResult, execute, plan_upgrade
@@ -18,9 +17,6 @@ from etm_compat.cli.exit_codes import EXIT_FINDINGS, EXIT_OK
 from etm_compat.cli.report_files import format_for
 from etm_compat.cli.upgrade_report import OVERWRITE_REPORTS, plan_files, to_json, write_report
 from etm_compat.fileio import check_output
-
-if TYPE_CHECKING:
-    from rich.console import Console
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,13 +59,11 @@ def run(args: argparse.Namespace) -> int:
                     from etm_compat.cli.console import console
                     from etm_compat.cli.upgrade_view import render_plan, upgrade_progress
 
-                    shown.append(console())
-                    render_plan(shown[0], plan, full=False)
-                    bar.append(stack.enter_context(upgrade_progress(shown[0], plan)))
+                    out = console()
+                    render_plan(out, plan, full=False)
+                    bar.append(stack.enter_context(upgrade_progress(out, plan)))
 
-                shown: list[Console] = []
                 result = execute(plan, executor, progress=lambda item: bar[0](item), started=started)
-            out = shown[0] if shown else None
     for report in args.report or ():
         write_report(report, result, force=args.overwrite_reports)
     if args.json:
@@ -79,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         from etm_compat.cli.console import console
         from etm_compat.cli.upgrade_view import render_summary
 
-        render_summary(out or console(), result)
+        render_summary(console(), result)
     return EXIT_OK if result.ok else EXIT_FINDINGS
 
 
