@@ -58,27 +58,27 @@ class PackResult:
     metadata: dict[str, Any]
 
 
-def plan_members(view: DeploymentFiles | DeploymentView) -> list[MemberSpec]:
+def plan_members(files: DeploymentFiles) -> list[MemberSpec]:
     """Every member an archive of this deployment holds, from the deployment's own files (read:
     no inference needed).
 
     The program, the tokenizer (named by its detected format), ``tokenizer_config.json`` beside
     an HF tokenizer, and each ``.ptd`` as ``weights/<name>.ptd`` with the keys it provides.
     """
-    dep, tok = view.deployment, view.tokenizer
+    dep, tok = files.deployment, files.tokenizer
     assert dep.tokenizer is not None
     members = [MemberSpec(TOKENIZER_MEMBER_BY_FORMAT[tok.format], dep.tokenizer, "tokenizer")]
     config = dep.configs.get("tokenizer_config")
     if tok.format == "hf_json" and config is not None:
         members.append(MemberSpec(MEMBER_TOKENIZER_CONFIG, config, "tokenizer_config"))
-    extras = _plan_extras(view)
+    extras = _plan_extras(files)
     if not dep.parts and not dep.weight_roles and not extras:  # format version 1
         names = weights_member_names(dep.weights)
         members.insert(0, MemberSpec(MEMBER_PROGRAM, dep.program, "program"))
-        for name, ptd_path, ptd in zip(names, dep.weights, view.weights, strict=True):
+        for name, ptd_path, ptd in zip(names, dep.weights, files.weights, strict=True):
             members.append(MemberSpec(name, ptd_path, "weights", tuple(sorted(ptd.keys))))
         return members
-    return _plan_programs(view) + members + extras
+    return _plan_programs(files) + members + extras
 
 
 def _load_order(weights: Sequence[Path], roles: Mapping[Path, str]) -> list[Path]:
@@ -87,12 +87,12 @@ def _load_order(weights: Sequence[Path], roles: Mapping[Path, str]) -> list[Path
     return sorted(weights, key=lambda p: (rank.get(roles.get(p, "weights"), 1), p.name))
 
 
-def _plan_programs(view: DeploymentFiles | DeploymentView) -> list[MemberSpec]:
+def _plan_programs(files: DeploymentFiles) -> list[MemberSpec]:
     """The programs (main and parts) and every weights file once, with roles and load orders."""
-    dep = view.deployment
+    dep = files.deployment
     all_weights = list(dict.fromkeys([*dep.weights, *(w for part in dep.parts for w in part.weights)]))
     names = dict(zip(all_weights, weights_member_names(all_weights), strict=True))
-    known = dict(zip(dep.weights, view.weights, strict=True))
+    known = dict(zip(dep.weights, files.weights, strict=True))
     members = [
         MemberSpec(
             MEMBER_PROGRAM, dep.program, "program",
@@ -111,11 +111,11 @@ def _plan_programs(view: DeploymentFiles | DeploymentView) -> list[MemberSpec]:
     return members
 
 
-def _plan_extras(view: DeploymentFiles | DeploymentView) -> list[MemberSpec]:
+def _plan_extras(files: DeploymentFiles) -> list[MemberSpec]:
     """Files only a version-2 archive carries: special_tokens_map.json, processor configs."""
-    dep, extras = view.deployment, []
+    dep, extras = files.deployment, []
     special = dep.configs.get("special_tokens_map")
-    if view.tokenizer.format == "hf_json" and special is not None:
+    if files.tokenizer.format == "hf_json" and special is not None:
         extras.append(MemberSpec(MEMBER_SPECIAL_TOKENS_MAP, special, "tokenizer_config"))
     processor = dep.configs.get("processor_config")
     if processor is not None:
@@ -256,9 +256,7 @@ def pack(
 
 
 @contextlib.contextmanager
-def _archive_members(
-    files: DeploymentFiles | DeploymentView, dest: Path
-) -> Iterator[tuple[list[MemberSpec], str | None]]:
+def _archive_members(files: DeploymentFiles, dest: Path) -> Iterator[tuple[list[MemberSpec], str | None]]:
     """The members of the archive (:func:`plan_members`, each file packed unchanged tied to its
     provenance entry) and the format a tokenizer was converted from, if one was: the converted
     file lives in a scratch folder beside ``dest`` for the block."""
@@ -303,7 +301,7 @@ def pack_view(
     against crashes, not power loss.
     """
     dest_path = Path(dest)
-    with _archive_members(view, dest_path) as (members, converted_from):
+    with _archive_members(view.files, dest_path) as (members, converted_from):
         meta = _metadata(view, members, converted_from)
         result = write_archive(dest_path, metadata=meta, members=members, overwrite=force, fsync=fsync)
     return PackResult(dest_path, result.size, view.inference.family_id, view.findings, result.metadata)

@@ -48,6 +48,11 @@ class DeploymentView:
     runner: RunnerTruth
     findings: tuple[Finding, ...] = field(default=())
 
+    @property
+    def files(self) -> DeploymentFiles:
+        """The files this view was described from (:func:`read_files`)."""
+        return DeploymentFiles(self.deployment, self.pte, self.tokenizer, self.weights)
+
 
 @dataclass(frozen=True)
 class DeploymentFiles:

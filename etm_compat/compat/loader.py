@@ -287,7 +287,7 @@ class Bundle:
             return self._metadata
         if self._render_meta is None:
             view = self._legacy_view()
-            members, sources = plan_members(view), view.deployment.sources
+            members, sources = plan_members(view.files), view.deployment.sources
             self._render_meta = build_metadata(view, members, converted_from=None, digested_by_writer=sources)
         return self._render_meta
 
@@ -354,7 +354,7 @@ class Bundle:
 def _legacy_metadata(view: DeploymentView) -> dict[str, Any]:
     """What ``etm-compat pack`` would write as metadata.json for this deployment."""
     deployment = view.deployment
-    members = plan_members(view)
+    members = plan_members(view.files)
     meta = build_metadata(view, members, converted_from=None)
     digests = {s["path"]: s["sha256"] for s in meta["provenance"]["sources"]}
     meta["members"] = [
