@@ -311,3 +311,75 @@ def test_json_loads_leaves_to_json_loads_what_msgspec_refuses():
     assert math.isnan(jsonlimits.json_loads("[NaN]")[0])
     with pytest.raises(ValueError, match="NaN"):
         jsonlimits.json_loads("[NaN]", parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))
+
+
+# --- valid JSON read line by line where brackets are sparse ---------------------------------------
+
+
+def _outside_brackets(data: bytes) -> bytes:
+    """The reference: the full pass, brackets only."""
+    return jsonlimits.json_outside_strings(data, jsonlimits.QUOTES_AND_BRACKETS)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON, st.booleans(), st.booleans())
+def test_valid_json_read_line_by_line_keeps_the_brackets_of_the_full_pass(value, indent, force):
+    """Lines of valid JSON start outside strings (no string holds a raw line break): the lines
+    that hold a bracket, read alone, keep exactly the brackets the full pass keeps. ``force``
+    makes any density sparse, so small documents take the line-by-line reading too."""
+    text = json.dumps(value, indent=2 if indent else None, ensure_ascii=False).encode()
+    saved = jsonlimits._SPARSE_BRACKET_GAP, jsonlimits._SPARSE_BRACKETS_FIRST
+    if force:
+        jsonlimits._SPARSE_BRACKET_GAP, jsonlimits._SPARSE_BRACKETS_FIRST = 1, 1 << 30
+    try:
+        assert jsonlimits.valid_json_outside_brackets(text) == _outside_brackets(text)
+        if isinstance(value, list) and value:  # a part that begins and ends outside strings
+            first = json.dumps(value[0], indent=2 if indent else None, ensure_ascii=False).encode()
+            whole = b"[\n" + first + b"\n]"
+            part = jsonlimits.valid_json_outside_brackets(whole, 2, 2 + len(first))
+            assert part == _outside_brackets(first)
+    finally:
+        jsonlimits._SPARSE_BRACKET_GAP, jsonlimits._SPARSE_BRACKETS_FIRST = saved
+
+
+def _reading(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the bytes the full pass is given, call by call."""
+    read: list[int] = []
+    full = jsonlimits.json_outside_strings
+
+    def counted(data: bytes, keep: bytes, start: int = 0, end: int | None = None) -> bytes:
+        read.append((len(data) if end is None else end) - start)
+        return full(data, keep, start, end)
+
+    monkeypatch.setattr(jsonlimits, "json_outside_strings", counted)
+    return read
+
+
+def test_sparse_brackets_are_read_on_their_lines_only(monkeypatch):
+    """Merges as strings (Llama 3): a bracket now and then, mostly inside strings. Only the lines
+    holding one are read; the brackets kept are those of the full pass."""
+    merges = [f"a{i} b{i}" if i % 997 else "\u0120 [" for i in range(20_000)]
+    data = json.dumps({"model": {"merges": merges}, "x": [[{"y": "]"}]]}, indent=2).encode()
+    expected = _outside_brackets(data)
+    read = _reading(monkeypatch)
+    assert jsonlimits.valid_json_outside_brackets(data) == expected == b"{{[]}[[{}]]}"
+    assert len(read) == 1 and read[0] < len(data) // 50
+
+
+def test_dense_brackets_take_the_full_pass_after_few_finds(monkeypatch):
+    """Merges as pairs (Gemma 3, Qwen 3): brackets on every line. The finding stops within its
+    first few hundred brackets, and the whole part goes through the full pass."""
+    data = json.dumps({"merges": [[f"a{i}", f"b{i}"] for i in range(20_000)]}, indent=2).encode()
+    expected = _outside_brackets(data)
+    finds = 0
+
+    class Probe(bytes):
+        def find(self, *args: Any) -> int:
+            nonlocal finds
+            finds += 1
+            return bytes.find(self, *args)
+
+    read = _reading(monkeypatch)
+    assert jsonlimits.valid_json_outside_brackets(Probe(data)) == expected
+    assert read == [len(data)]
+    assert finds <= jsonlimits._SPARSE_BRACKETS_FIRST + 2

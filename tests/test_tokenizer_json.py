@@ -489,6 +489,27 @@ def test_nesting_inside_the_vocabulary_counts_too(tmp_path: Path, levels: int, w
         read_tokenizer(path, check_runner=False)
 
 
+@pytest.mark.parametrize("extra", [0, 1])
+def test_nesting_among_sparse_brackets_is_measured_line_by_line(tmp_path: Path, extra: int) -> None:
+    """Merges as strings (Llama 3) leave brackets sparse, and the part after the vocabulary is
+    read only on the lines that hold one: a post-processor nested to the limit still reads, one
+    level more is refused, whether its brackets share lines or not."""
+    merges = [f"a{i} b{i}" if i % 500 else "[ {" for i in range(40_000)]
+    levels = TOKENIZER_JSON_MAX_DEPTH - 1 + extra  # the document's own object is the first level
+    nested: Any = "]"
+    for _ in range(levels):
+        nested = [nested]
+    for indent in (2, None):
+        document = {"model": {"type": "BPE", "vocab": {"a": 0}, "merges": merges}, "post_processor": nested}
+        path = tmp_path / f"tokenizer-{indent}.json"
+        path.write_text(json.dumps(document, indent=indent))
+        if extra:
+            with pytest.raises(TokenizerFormatError, match="nested more than"):
+                read_tokenizer(path, check_runner=False)
+        else:
+            assert read_tokenizer(path, check_runner=False).vocab_size == 1
+
+
 def test_the_content_hash_runs_beside_the_parse_and_still_keys_both_caches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -37,12 +37,11 @@ from etm_compat.errors import TokenizerFormatError
 from etm_compat.formats.tokenizer.bounded import StrPath
 from etm_compat.formats.tokenizer.model import TokenizerFormat
 from etm_compat.jsonlimits import (
-    QUOTES_AND_BRACKETS,
     STRUCTURE,
     STRUCTURE_AND_NUMBERS,
-    json_nesting,
     json_outside_strings,
     outside_nesting,
+    valid_json_outside_brackets,
 )
 
 _BOM = b"\xef\xbb\xbf"
@@ -161,12 +160,12 @@ def _nesting(data: bytes, model: HFModel | None) -> tuple[int, bytes | None]:
     if model is not None and span_kind(model.vocab) == b"{":
         place = _vocab_place(data, model.vocab)
     if place is None:
-        return json_nesting(data, TOKENIZER_JSON_MAX_DEPTH), None
+        return outside_nesting(valid_json_outside_brackets(data), TOKENIZER_JSON_MAX_DEPTH), None
     start, end = place
     keep = STRUCTURE_AND_NUMBERS if _E_DIGIT.search(data, start, end) else _IDS_KEEP
     vocab = json_outside_strings(data, keep, start, end)
-    before = json_outside_strings(data, QUOTES_AND_BRACKETS, 0, start)
-    after = json_outside_strings(data, QUOTES_AND_BRACKETS, end)
+    before = valid_json_outside_brackets(data, 0, start)
+    after = valid_json_outside_brackets(data, end)
     return outside_nesting(before + vocab + after, TOKENIZER_JSON_MAX_DEPTH), vocab
 
 
