@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from etm_compat.errors import EtmError
-from etm_compat.fileio import read_capped
+from etm_compat.fileio import new_temp_file, read_capped
 
 #: Prefix of the temp files and folders that become entries and records by one rename.
 TMP_PREFIX: Final = ".tmp-"
@@ -99,13 +99,12 @@ def write_record(
         return False
     # Lazy: only a write needs them; a lookup (every inspect) stays light.
     import logging
-    import tempfile
 
     folder = record_folder(kind, root)
     tmp: str | None = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=RECORD_SUFFIX, dir=folder)
+        fd, tmp = new_temp_file(folder, TMP_PREFIX, RECORD_SUFFIX)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, folder / f"{key}{RECORD_SUFFIX}")

@@ -338,6 +338,33 @@ def check_output_folder(path: str | os.PathLike[str]) -> Path:
     return folder
 
 
+#: How often :func:`new_temp_file` draws another name when the one drawn exists.
+_TEMP_TRIES = 100
+
+
+def new_temp_file(
+    folder: str | os.PathLike[str], prefix: str, suffix: str = ".tmp", *, mode: int = 0o600
+) -> tuple[int, str]:
+    """A new, empty file in ``folder`` that nobody else has opened: ``(fd, absolute path)``,
+    open for reading and writing (not inherited by child processes).
+
+    The one way etm-compat makes the temporary file that an atomic write then moves into place:
+    ``mkstemp``'s guarantees (created exclusively, never through a symlink, a random name; mode
+    0600 by default, ``mode=0o666`` for the umask's) without importing :mod:`tempfile`, whose
+    imports (random, shutil and its compressors) cost more than a small pack's archive writing.
+    Raises OSError (FileExistsError when no free name is found).
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    base = os.path.abspath(folder)
+    for _ in range(_TEMP_TRIES):
+        path = os.path.join(base, f"{prefix}{os.urandom(6).hex()}{suffix}")
+        try:
+            return os.open(path, flags, mode), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {base}")
+
+
 def output_error(exc: OSError, path: str | os.PathLike[str], what: str = "the output") -> OutputError:
     """An OSError met while writing (ENOSPC, EROFS, EACCES, ...) as the OutputError to raise."""
     error = OutputError(f"cannot write {what}: {exc.strerror or exc}", path=path)
@@ -365,6 +392,7 @@ __all__ = [
     "metadata_path",
     "metadata_safe",
     "metadata_text",
+    "new_temp_file",
     "open_regular",
     "output_error",
     "read_ahead",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import tempfile
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,6 +265,9 @@ def _archive_members(files: DeploymentFiles, dest: Path) -> Iterator[tuple[list[
         members, converted_from = plan_members(files), None
         if tok.variant == "llama2c_original":
             # The runner only loads the pytorch-tokenizers layout: convert, and record it.
+            # Lazy: only this conversion needs a scratch folder (tempfile's imports are heavy).
+            import tempfile
+
             scratch = stack.enter_context(
                 tempfile.TemporaryDirectory(prefix=".etm-pack-", dir=dest.parent or None)
             )

@@ -1,12 +1,16 @@
-"""Every reader refuses a FIFO (which would block a plain open) quickly, with exit code 3."""
+"""Every reader refuses a FIFO (which would block a plain open) quickly, with exit code 3; the
+temporary files atomic writes start from are new, private files."""
 
 from __future__ import annotations
 
 import os
+import stat
+from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, hang_guard
 
+from etm_compat import fileio
 from etm_compat.archive import open_archive
 from etm_compat.cli.exit_codes import EXIT_BAD_INPUT
 from etm_compat.cli.main import main
@@ -135,3 +139,37 @@ def test_only_a_regular_file_within_the_limit_is_read_ahead(tmp_path, fifo):
             assert fileio._AHEAD == {} and size == 0
     with pytest.raises(UnreadableError):
         fileio.read_capped(fifo, 1000, what="t")  # and the reader still says why
+
+
+def test_new_temp_file_is_created_exclusively_private_and_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fd, name = fileio.new_temp_file(".", ".a.etm.")
+    os.close(fd)
+    path = Path(name)
+    assert path.is_absolute() and path.parent == tmp_path
+    assert path.name.startswith(".a.etm.") and path.name.endswith(".tmp")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    umask = os.umask(0o022)
+    try:
+        fd, name = fileio.new_temp_file(tmp_path, "r.", ".md", mode=0o666)
+    finally:
+        os.umask(umask)
+    os.close(fd)
+    assert stat.S_IMODE(os.stat(name).st_mode) == 0o644
+
+
+def test_new_temp_file_draws_again_past_a_taken_name_and_never_follows_it(tmp_path, monkeypatch):
+    """A name that exists (a file, or a symlink planted to point elsewhere) is passed over: the
+    file made is always new. When every draw is taken it says so."""
+    outside = tmp_path / "outside"
+    outside.write_text("keep")
+    draws = iter([b"\x00" * 6, b"\x01" * 6])
+    monkeypatch.setattr(fileio.os, "urandom", lambda n: next(draws))
+    (tmp_path / f"t.{'00' * 6}.tmp").symlink_to(outside)
+    fd, name = fileio.new_temp_file(tmp_path, "t.")
+    os.close(fd)
+    assert Path(name).name == f"t.{'01' * 6}.tmp"
+    assert outside.read_text() == "keep"
+    monkeypatch.setattr(fileio.os, "urandom", lambda n: b"\x00" * 6)
+    with pytest.raises(FileExistsError):
+        fileio.new_temp_file(tmp_path, "t.")

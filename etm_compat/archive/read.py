@@ -47,7 +47,7 @@ from etm_compat.errors import (
     UnsupportedVersionError,
     UsageError,
 )
-from etm_compat.fileio import open_regular, output_error
+from etm_compat.fileio import new_temp_file, open_regular, output_error
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
@@ -303,15 +303,12 @@ class EtmArchive:
         temps: list[tuple[Path, Path]] = []
         # Lazy: only hashing members needs a thread pool (and extraction temp files); opening
         # and inspecting never do.
-        import tempfile
         from concurrent.futures import ThreadPoolExecutor
 
         try:
             with ThreadPoolExecutor(max_workers=1) as pool:
                 for info, target in plan:
-                    fd, tmp_name = tempfile.mkstemp(
-                        prefix=f".{target.name}.", suffix=".tmp", dir=root
-                    )
+                    fd, tmp_name = new_temp_file(root, f".{target.name}.")
                     temps.append((Path(tmp_name), target))
                     with os.fdopen(fd, "wb") as out:
                         crc, sha = self._hash(info, pool, out)

@@ -23,7 +23,6 @@ import contextlib
 import copy
 import hashlib
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from etm_compat.archive.zipfmt import (
 )
 from etm_compat.constants import ETM_ALIGN_DEFAULT, ETM_ALIGN_MAPPED, MEMBER_METADATA
 from etm_compat.errors import EtmError, MetadataError, OutputError, UnreadableError, UsageError
-from etm_compat.fileio import FileStamp, check_output, output_error, stamp_of
+from etm_compat.fileio import FileStamp, check_output, new_temp_file, output_error, stamp_of
 
 #: Bytes per read while streaming a member (constant memory whatever the member size).
 CHUNK_BYTES = DIGEST_CHUNK
@@ -130,7 +129,7 @@ class ArchiveDraft:
         #: How many times the members were copied (2: the metadata moved them; see above).
         self.copies = 0
         try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{self.dest.name}.", suffix=".tmp", dir=self.dest.parent)
+            fd, tmp_name = new_temp_file(self.dest.parent, f".{self.dest.name}.")
         except OSError as exc:
             raise output_error(exc, self.dest.parent, "the archive here") from None
         self._fd, self._tmp, self._open = fd, Path(tmp_name), True

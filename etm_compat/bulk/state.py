@@ -21,7 +21,6 @@ import functools
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any, Final
 import etm_compat
 from etm_compat.bulk.task import ArchiveCheck, archive_status
 from etm_compat.errors import EtmError
-from etm_compat.fileio import metadata_path, read_capped
+from etm_compat.fileio import metadata_path, new_temp_file, read_capped
 from etm_compat.findings import Finding
 from etm_compat.jsonlimits import json_nesting
 from etm_compat.legacy.deployment import Adapter, Deployment
@@ -231,7 +230,7 @@ def save_state(
     text = json.dumps(payload, separators=(",", ":"))
     try:
         state.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{state.path.name}.", suffix=".tmp", dir=state.path.parent)
+        fd, tmp = new_temp_file(state.path.parent, f".{state.path.name}.")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(text)

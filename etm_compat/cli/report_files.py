@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Final
 from etm_compat.cli.report_model import ReportLike, as_dict
 from etm_compat.cli.report_text import esc, md_text
 from etm_compat.errors import OutputError, UsageError, escape_json_text
-from etm_compat.fileio import check_output, output_error
+from etm_compat.fileio import check_output, new_temp_file, output_error
 from etm_compat.lazy import lazy_exports
 
 if TYPE_CHECKING:
@@ -112,18 +111,6 @@ def render(report: ReportLike, fmt: str) -> str:
     return to_html(report)
 
 
-def _new_temp(folder: Path, name: str) -> tuple[int, Path]:
-    """A new, empty file beside the target, created with the umask's mode (not mkstemp's 0600)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = folder / f".{name[:40]}.{secrets.token_hex(6)}.tmp"  # short: names have a byte limit
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name beside {name}")
-
-
 def write_text_atomic(
     path: str | os.PathLike[str],
     text: str,
@@ -148,7 +135,9 @@ def write_text_atomic(
     if not folder.is_dir():
         raise OutputError("the output folder does not exist", path=folder)
     try:
-        fd, tmp = _new_temp(folder, target.name)
+        # The umask's mode (not 0600): a report is for reading. Short: names have a byte limit.
+        fd, tmp_name = new_temp_file(folder, f".{target.name[:40]}.", mode=0o666)
+        tmp = Path(tmp_name)
     except OSError as exc:
         raise OutputError(f"cannot write here: {exc.strerror or exc}", path=folder) from exc
     try:

@@ -22,7 +22,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
-from importlib import resources
+from pathlib import Path
 from typing import Any, Final
 
 from etm_compat.cli.report_model import (
@@ -48,7 +48,8 @@ PALETTE: Final = ("#1565c0", "#2e7d32", "#6a1b9a", "#00838f", "#ad1457", "#5d403
 @cache
 def asset(name: str) -> str:
     """A file of the page (``report_page.css``, ``report_page.js``), shipped with this package."""
-    return resources.files("etm_compat.cli").joinpath(name).read_text(encoding="utf-8")
+    # The package's folder, read as one (see etm_compat.prompt.families._DATA).
+    return (Path(__file__).parent / name).read_text(encoding="utf-8")
 
 
 def svg_bar_chart(

@@ -32,7 +32,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
@@ -237,7 +237,8 @@ def build_apps(text: str) -> Mapping[str, DemoApp]:
 @lru_cache(maxsize=1)
 def load_apps() -> Mapping[str, DemoApp]:
     """Every app of the registry (cached; validated on first use)."""
-    return build_apps(resources.files("etm_compat.prompt").joinpath(_DATA).read_text(encoding="utf-8"))
+    # The package's folder, read as one (see etm_compat.prompt.families._DATA).
+    return build_apps((Path(__file__).parent / _DATA).read_text(encoding="utf-8"))
 
 
 def get_app(app_id: str) -> DemoApp:
