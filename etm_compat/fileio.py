@@ -104,6 +104,7 @@ class _ReadAhead:
         self.size, self.mtime_ns = size, mtime_ns
         self._file: BinaryIO | None = f
         self._data: bytes | None = None
+        self._taken = False
         self._thread = threading.Thread(target=self._read, name="etm-read-ahead", daemon=True)
         self._thread.start()
 
@@ -117,9 +118,18 @@ class _ReadAhead:
         self._file = None
 
     def take(self, size: int, mtime_ns: int) -> bytes | None:
-        """The bytes, when they are those of a file of this size and time (else None)."""
+        """The bytes for their reader, once: when they are those of a file of this size and
+        time (else None, and the reader reads the file)."""
+        if self._taken:
+            return None
+        self._taken = True
+        return self.peek(size, mtime_ns)
+
+    def peek(self, size: int, mtime_ns: int) -> bytes | None:
+        """The bytes, taken or not, when they are those of a file of this size and time (else
+        None): for a writer copying the file (kept until the read ahead's block ends)."""
         self._thread.join()
-        data, self._data = self._data, None
+        data = self._data
         if data is None or len(data) != size or (size, mtime_ns) != (self.size, self.mtime_ns):
             return None
         return data
@@ -135,8 +145,9 @@ def read_ahead(path: str | os.PathLike[str], limit: int) -> Iterator[int]:
     most ``limit`` bytes: a :func:`read_capped` of the same file (by device and inode, whatever
     the spelling of its path) takes the bytes instead of reading them, if its size and
     modification time are still those read. Reading releases the GIL, so it overlaps what the
-    caller does meanwhile (importing the modules that will parse the file). Bytes nobody took
-    are dropped on the way out. Anything that cannot be read ahead is left to
+    caller does meanwhile (importing the modules that will parse the file). The first such
+    read takes them (a later one reads the file); a writer copying the file meanwhile may use
+    them too (:func:`read_ahead_bytes`). They are dropped on the way out. Anything that cannot be read ahead is left to
     :func:`read_capped`, which reads it, or reports why not, as usual. Yields how many bytes are
     being read ahead (0 for none).
     """
@@ -161,6 +172,16 @@ def read_ahead(path: str | os.PathLike[str], limit: int) -> Iterator[int]:
     finally:
         if key is not None:
             _AHEAD.pop(key, None)
+
+
+def read_ahead_bytes(fd: int) -> bytes | None:
+    """All of the open file ``fd`` as :func:`read_ahead` read it (whatever its path), when that
+    read is done and the file still has the size and modification time read, whether its
+    reader (:func:`read_capped`) took the bytes already or not: for a writer that copies the
+    file meanwhile (a pack's archive, while the tokenizer is parsed)."""
+    st = os.fstat(fd)
+    ahead = _AHEAD.get((st.st_dev, st.st_ino))
+    return ahead.peek(st.st_size, st.st_mtime_ns) if ahead is not None else None
 
 
 #: A file's identity and state when it was read: (device, inode, size, modification time ns).
@@ -196,7 +217,7 @@ def read_stamped(
             size = st.st_size
             if size > limit:
                 raise too_large(f"{what} is {size} bytes, more than the {limit} bytes accepted", path=path, hint=hint)
-            ahead = _AHEAD.pop((st.st_dev, st.st_ino), None)
+            ahead = _AHEAD.get((st.st_dev, st.st_ino))
             read = ahead.take(size, st.st_mtime_ns) if ahead is not None else None
             if read is not None:
                 return read, stamp_of(st)
@@ -396,6 +417,7 @@ __all__ = [
     "open_regular",
     "output_error",
     "read_ahead",
+    "read_ahead_bytes",
     "read_capped",
     "read_named_input",
     "read_stamped",

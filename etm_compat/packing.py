@@ -33,14 +33,16 @@ from etm_compat.constants import (
     TOKENIZER_MEMBER_BY_FORMAT,
     VERSION,
 )
-from etm_compat.errors import OutputError
+from etm_compat.errors import EtmError, OutputError
 from etm_compat.fileio import metadata_path, metadata_safe, sha256_file
 from etm_compat.findings import Finding
 from etm_compat.formats.program_kinds import read_program_kind
-from etm_compat.formats.ptd import read_ptd
+from etm_compat.formats.ptd import PtdInfo, read_ptd
 from etm_compat.formats.pte import PteInfo, read_pte
+from etm_compat.formats.tokenizer.detect import sniff_tokenizer_format
 from etm_compat.formats.tokenizer.llama2c import convert_llama2c_original
-from etm_compat.legacy.deployment import Adapter
+from etm_compat.formats.tokenizer.model import TokenizerFormat
+from etm_compat.legacy.deployment import Adapter, Deployment
 from etm_compat.legacy.resolve import resolve_source
 from etm_compat.prompt.apps import app_file_names
 from etm_compat.view import DeploymentFiles, DeploymentView, describe, read_files
@@ -64,20 +66,25 @@ def plan_members(files: DeploymentFiles) -> list[MemberSpec]:
     The program, the tokenizer (named by its detected format), ``tokenizer_config.json`` beside
     an HF tokenizer, and each ``.ptd`` as ``weights/<name>.ptd`` with the keys it provides.
     """
-    dep, tok = files.deployment, files.tokenizer
+    return _plan(files.deployment, files.tokenizer.format, files.weights)
+
+
+def _plan(dep: Deployment, tokenizer_format: TokenizerFormat, weights: Sequence[PtdInfo]) -> list[MemberSpec]:
+    """:func:`plan_members` from what it reads of the files: the tokenizer's format, and the
+    weights files (their keys)."""
     assert dep.tokenizer is not None
-    members = [MemberSpec(TOKENIZER_MEMBER_BY_FORMAT[tok.format], dep.tokenizer, "tokenizer")]
+    members = [MemberSpec(TOKENIZER_MEMBER_BY_FORMAT[tokenizer_format], dep.tokenizer, "tokenizer")]
     config = dep.configs.get("tokenizer_config")
-    if tok.format == "hf_json" and config is not None:
+    if tokenizer_format == "hf_json" and config is not None:
         members.append(MemberSpec(MEMBER_TOKENIZER_CONFIG, config, "tokenizer_config"))
-    extras = _plan_extras(files)
+    extras = _plan_extras(dep, tokenizer_format)
     if not dep.parts and not dep.weight_roles and not extras:  # format version 1
         names = weights_member_names(dep.weights)
         members.insert(0, MemberSpec(MEMBER_PROGRAM, dep.program, "program"))
-        for name, ptd_path, ptd in zip(names, dep.weights, files.weights, strict=True):
+        for name, ptd_path, ptd in zip(names, dep.weights, weights, strict=True):
             members.append(MemberSpec(name, ptd_path, "weights", tuple(sorted(ptd.keys))))
         return members
-    return _plan_programs(files) + members + extras
+    return _plan_programs(dep, weights) + members + extras
 
 
 def _load_order(weights: Sequence[Path], roles: Mapping[Path, str]) -> list[Path]:
@@ -86,12 +93,11 @@ def _load_order(weights: Sequence[Path], roles: Mapping[Path, str]) -> list[Path
     return sorted(weights, key=lambda p: (rank.get(roles.get(p, "weights"), 1), p.name))
 
 
-def _plan_programs(files: DeploymentFiles) -> list[MemberSpec]:
+def _plan_programs(dep: Deployment, weights: Sequence[PtdInfo]) -> list[MemberSpec]:
     """The programs (main and parts) and every weights file once, with roles and load orders."""
-    dep = files.deployment
     all_weights = list(dict.fromkeys([*dep.weights, *(w for part in dep.parts for w in part.weights)]))
     names = dict(zip(all_weights, weights_member_names(all_weights), strict=True))
-    known = dict(zip(dep.weights, files.weights, strict=True))
+    known = dict(zip(dep.weights, weights, strict=True))
     members = [
         MemberSpec(
             MEMBER_PROGRAM, dep.program, "program",
@@ -110,11 +116,11 @@ def _plan_programs(files: DeploymentFiles) -> list[MemberSpec]:
     return members
 
 
-def _plan_extras(files: DeploymentFiles) -> list[MemberSpec]:
+def _plan_extras(dep: Deployment, tokenizer_format: TokenizerFormat) -> list[MemberSpec]:
     """Files only a version-2 archive carries: special_tokens_map.json, processor configs."""
-    dep, extras = files.deployment, []
+    extras = []
     special = dep.configs.get("special_tokens_map")
-    if files.tokenizer.format == "hf_json" and special is not None:
+    if tokenizer_format == "hf_json" and special is not None:
         extras.append(MemberSpec(MEMBER_SPECIAL_TOKENS_MAP, special, "tokenizer_config"))
     processor = dep.configs.get("processor_config")
     if processor is not None:
@@ -242,16 +248,39 @@ def pack(
     if dest_path.exists() and not force:
         raise OutputError("output exists", path=dest_path, hint="pass {force} to replace it")
     deployment = resolve_source(source, adapters, tokenizer=tokenizer, ptds=ptds)
-    files = read_files(deployment)
-    with (
-        _archive_members(files, dest_path) as (members, converted_from),
-        ArchiveDraft(dest_path, members, overwrite=force, fsync=fsync) as draft,
-    ):
-        # The members are copied into the archive (in a thread of the draft's) while inference
-        # and the checks work out its metadata.
+    with contextlib.ExitStack() as stack:
+        # The members are copied into the archive (in a thread of the draft's) while the
+        # tokenizer is parsed and inference and the checks work out the metadata: the copy and
+        # its sync to disk are done by the time the metadata is.
+        early = _members_before_reading(deployment)
+        draft = None
+        if early is not None:
+            draft = stack.enter_context(ArchiveDraft(dest_path, early, overwrite=force, fsync=fsync))
+        files = read_files(deployment)
+        members, converted_from = stack.enter_context(_archive_members(files, dest_path))
+        if draft is None or members != early:  # the tokenizer read otherwise than it sniffed
+            if draft is not None:
+                draft.discard()
+            draft = stack.enter_context(ArchiveDraft(dest_path, members, overwrite=force, fsync=fsync))
         view = describe(deployment, family=family, chat_template=chat_template, files=files)
         result = draft.finish(_metadata(view, members, converted_from))
     return PackResult(dest_path, result.size, view.inference.family_id, view.findings, result.metadata)
+
+
+def _members_before_reading(deployment: Deployment) -> list[MemberSpec] | None:
+    """The members :func:`_archive_members` will give once the files are read, from what is
+    known before the tokenizer is parsed: its format as sniffed from its head, and the weights'
+    keys. None where that may differ (a llama2c tokenizer may need converting) or a file cannot
+    be read yet: reading the files says why, in its own order."""
+    assert deployment.tokenizer is not None
+    try:
+        tokenizer_format = sniff_tokenizer_format(deployment.tokenizer)
+        if tokenizer_format == "llama2c":
+            return None
+        members = _plan(deployment, tokenizer_format, [read_ptd(p) for p in deployment.weights])
+    except EtmError:
+        return None
+    return _with_provenance(deployment, members)
 
 
 @contextlib.contextmanager
@@ -277,12 +306,14 @@ def _archive_members(files: DeploymentFiles, dest: Path) -> Iterator[tuple[list[
             members = [
                 dataclasses.replace(m, source=converted) if m.role == "tokenizer" else m for m in members
             ]
-        # Files packed unchanged get their provenance digest from the writer's single pass.
-        index = {path: i for i, path in enumerate(dep.sources)}
-        members = [
-            dataclasses.replace(m, provenance=index[m.source]) if m.source in index else m for m in members
-        ]
-        yield members, converted_from
+        yield _with_provenance(dep, members), converted_from
+
+
+def _with_provenance(dep: Deployment, members: Sequence[MemberSpec]) -> list[MemberSpec]:
+    """Files packed unchanged get their provenance digest from the writer's single pass: each
+    member tied to its source's provenance entry."""
+    index = {path: i for i, path in enumerate(dep.sources)}
+    return [dataclasses.replace(m, provenance=index[m.source]) if m.source in index else m for m in members]
 
 
 def _metadata(view: DeploymentView, members: Sequence[MemberSpec], converted_from: str | None) -> dict[str, Any]:

@@ -83,6 +83,12 @@ def hashed_content(fd: int) -> tuple[bytes, str] | None:
     return _HASHED.get(stamp_of(os.fstat(fd)))
 
 
+def hashed_sha256(stamp: FileStamp) -> str | None:
+    """The sha256 :func:`remember_hashed` kept for the file read at ``stamp``, if any."""
+    known = _HASHED.get(stamp)
+    return known[1] if known is not None else None
+
+
 def read_parsed(
     path: str | os.PathLike[str],
     limit: int,
@@ -138,4 +144,4 @@ def by_stamp(path: str | os.PathLike[str], kind: Hashable, compute: Callable[[],
     return value
 
 
-__all__ = ["by_stamp", "hashed_content", "read_parsed", "remember_hashed"]
+__all__ = ["by_stamp", "hashed_content", "hashed_sha256", "read_parsed", "remember_hashed"]

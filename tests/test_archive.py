@@ -500,3 +500,27 @@ def test_a_background_copy_hands_the_gil_over_often_while_it_runs(tmp_path: Path
             streaming.stream_members = real  # type: ignore[assignment]
     assert seen == [streaming.SWITCH_INTERVAL] * 2
     assert sys.getswitchinterval() == default  # put back once the last copy ended
+
+
+def test_a_member_being_read_ahead_is_written_from_those_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source its reader is reading ahead (pack's tokenizer, before it is parsed) is written
+    from those bytes, hashed beside the copy (counted: it is not streamed from the file), and
+    the archive is the same as without the read ahead."""
+    from etm_compat import fileio
+    from etm_compat.archive import streaming
+
+    plain = pack(tmp_path / "plain.etm")
+    streamed: list[int] = []
+    real = streaming.digest_range
+
+    def counting(fd, offset, size, pool, *, sink=None):  # type: ignore[no-untyped-def]
+        streamed.append(size)
+        return real(fd, offset, size, pool, sink=sink)
+
+    monkeypatch.setattr(streaming, "digest_range", counting)
+    tokenizer = HF / "tokenizer.json"
+    with fileio.read_ahead(tokenizer, 1 << 26):
+        ahead = pack(tmp_path / "ahead.etm")
+        assert fileio.read_capped(tokenizer, 1 << 26, what="t") == tokenizer.read_bytes()  # left for its reader
+    assert ahead.read_bytes() == plain.read_bytes()
+    assert tokenizer.stat().st_size not in streamed and len(streamed) == len(specs()) - 1

@@ -95,8 +95,8 @@ def test_a_file_read_ahead_is_taken_by_the_next_capped_read_of_it(tmp_path):
         os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
         other_spelling = tmp_path / "." / "tokenizer.json"
         assert fileio.read_capped(other_spelling, 1 << 20, what="t") == b'{"a": 1}' * 1000
-        assert fileio._AHEAD == {}
         assert fileio.read_capped(path, 1 << 20, what="t") == b'{"b": 2}' * 1000  # taken once
+    assert fileio._AHEAD == {}
 
 
 def test_bytes_read_ahead_that_nobody_took_are_dropped(tmp_path):
@@ -173,3 +173,23 @@ def test_new_temp_file_draws_again_past_a_taken_name_and_never_follows_it(tmp_pa
     monkeypatch.setattr(fileio.os, "urandom", lambda n: b"\x00" * 6)
     with pytest.raises(FileExistsError):
         fileio.new_temp_file(tmp_path, "t.")
+
+
+def test_bytes_being_read_ahead_are_shown_to_a_writer_and_left_for_their_reader(tmp_path):
+    """A writer copying a file that is being read ahead gets the very bytes its reader takes,
+    before or after it takes them (one object, read once); a file changed since the read ahead
+    gets none."""
+    path = tmp_path / "tokenizer.json"
+    path.write_bytes(b'{"model": {}}' * 1000)
+    with fileio.read_ahead(path, 1 << 20):
+        with open(path, "rb") as f:
+            shown = fileio.read_ahead_bytes(f.fileno())
+        assert shown == path.read_bytes()
+        assert fileio.read_capped(path, 1 << 20, what="t") is shown
+        with open(path, "rb") as f:
+            assert fileio.read_ahead_bytes(f.fileno()) is shown  # taken, still there for a writer
+    assert fileio._AHEAD == {}
+    with fileio.read_ahead(path, 1 << 20):
+        os.utime(path, ns=(1, 1))
+        with open(path, "rb") as f:
+            assert fileio.read_ahead_bytes(f.fileno()) is None

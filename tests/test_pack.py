@@ -257,28 +257,70 @@ def test_converted_tokenizer_keeps_the_original_files_digest(tmp_path, capsys):
     assert member["tokenizer.bin"] != recorded["tokenizer.bin"]
 
 
-def test_pack_copies_the_members_while_it_infers_and_writes_what_pack_view_writes(
-    legacy, tmp_path, capsys, monkeypatch
-):
+def _pack_watching(monkeypatch, source, out, *, sniffed=None):
+    """pack ``source`` to ``out/m.etm``, listing ``out`` when the files start being read and
+    when inference starts; ``sniffed`` replaces the tokenizer format pack sniffs up front."""
+    from etm_compat import packing
+
+    seen: dict[str, list[str]] = {}
+
+    def watching(name, real):
+        def call(*args, **kwargs):
+            seen[name] = sorted(p.name for p in out.iterdir())
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(packing, "read_files", watching("read", packing.read_files))
+    monkeypatch.setattr(packing, "describe", watching("describe", packing.describe))
+    if sniffed is not None:
+        monkeypatch.setattr(packing, "sniff_tokenizer_format", lambda path: sniffed)
+    assert pack(source, out / "m.etm") == EXIT_OK
+    monkeypatch.undo()
+    return seen
+
+
+def _as_pack_view_writes(source, tmp_path):
     from etm_compat import packing
     from etm_compat.adapters import default_adapters
     from etm_compat.legacy.resolve import resolve_source
     from etm_compat.view import describe
 
+    view = describe(resolve_source(source, default_adapters()))
+    packing.pack_view(view, tmp_path / "whole.etm")
+    return (tmp_path / "whole.etm").read_bytes()
+
+
+def test_pack_copies_the_members_while_it_reads_and_infers_and_writes_what_pack_view_writes(
+    legacy, tmp_path, monkeypatch
+):
+    """The archive's temp file exists before the tokenizer is read (its format sniffed, the
+    members known): the copy and its sync run beside the parse and inference. A llama2c
+    tokenizer may need converting: its draft starts once the files are read."""
+    from etm_compat.adapters import default_adapters
+    from etm_compat.formats.tokenizer.detect import sniff_tokenizer_format
+    from etm_compat.legacy.resolve import resolve_source
+
     out = tmp_path / "out"
     out.mkdir()
-    seen: list[list[str]] = []
-    real_describe = packing.describe
+    seen = _pack_watching(monkeypatch, legacy, out)
+    assert len(seen["describe"]) == 1 and seen["describe"][0].startswith(".m.etm.")
+    tokenizer = resolve_source(legacy, default_adapters()).tokenizer
+    assert tokenizer is not None
+    early = sniff_tokenizer_format(tokenizer) != "llama2c"
+    assert seen["read"] == (seen["describe"] if early else [])  # the same draft, kept
+    assert (out / "m.etm").read_bytes() == _as_pack_view_writes(legacy, tmp_path)
+    assert sorted(p.name for p in out.iterdir()) == ["m.etm"]
 
-    def watching(*args, **kwargs):  # the archive's temp file exists before inference starts
-        seen.append(sorted(p.name for p in out.iterdir()))
-        return real_describe(*args, **kwargs)
 
-    monkeypatch.setattr(packing, "describe", watching)
-    assert pack(legacy, out / "m.etm") == EXIT_OK
-    assert len(seen) == 1 and len(seen[0]) == 1 and seen[0][0].startswith(".m.etm.")
-    monkeypatch.undo()
-    view = describe(resolve_source(legacy, default_adapters()))
-    packing.pack_view(view, tmp_path / "whole.etm")
-    assert (out / "m.etm").read_bytes() == (tmp_path / "whole.etm").read_bytes()
+def test_a_tokenizer_read_otherwise_than_sniffed_gets_a_draft_of_its_own(legacy, tmp_path, monkeypatch):
+    """Sniffed as tekken, read as an HF tokenizer.json: the members differ (the tokenizer's name),
+    so the first draft is dropped and another one copies the right members; the archive is
+    still the one pack_view writes, and no temp file is left."""
+    out = tmp_path / "out"
+    out.mkdir()
+    seen = _pack_watching(monkeypatch, legacy, out, sniffed="tekken")
+    assert len(seen["read"]) == 1 and len(seen["describe"]) == 1
+    assert seen["describe"] != seen["read"]  # another temp file: another draft
+    assert (out / "m.etm").read_bytes() == _as_pack_view_writes(legacy, tmp_path)
     assert sorted(p.name for p in out.iterdir()) == ["m.etm"]

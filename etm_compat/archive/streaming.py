@@ -20,6 +20,7 @@ from typing import Final
 
 from etm_compat.archive.zipfmt import crc32, digest_range, pread_into, pwrite_all
 from etm_compat.errors import UnreadableError
+from etm_compat.fileio import read_ahead_bytes
 from etm_compat.remembered import hashed_content
 
 #: What copy_file_range answers where it cannot be used at all.
@@ -29,6 +30,8 @@ _NO_KERNEL_COPY = frozenset({errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPN
 Placement = tuple[Path, int, int]
 #: What a copy gives: (CRC-32, sha256 hex) of the bytes copied.
 Digests = tuple[int, str]
+#: The sha256 of a member copied from bytes its reader hashes (:func:`stream_member`).
+PENDING_SHA256: Final = ""
 
 
 class Stopped(Exception):
@@ -88,7 +91,9 @@ def stream_member(
     this thread's share (a read, a CRC, a kernel copy) takes less than hashing the chunk, so the
     cost is about sha256's alone. The bytes copied are read right after the bytes hashed. A file
     this process read and hashed whole, and that is unchanged since
-    (:func:`~etm_compat.remembered.hashed_content`), is written from those bytes, with their digest.
+    (:func:`~etm_compat.remembered.hashed_content`), is written from those bytes, with their digest;
+    one being read ahead for its reader (:func:`~etm_compat.fileio.read_ahead_bytes`), from the
+    bytes that reader will take.
     """
     try:
         src = open(source, "rb")  # noqa: SIM115 - closed right below
@@ -102,6 +107,13 @@ def stream_member(
             data, sha = known
             pwrite_all(dst_fd, memoryview(data), offset)
             return crc32(data), sha
+        ahead = read_ahead_bytes(src.fileno())
+        if ahead is not None and len(ahead) == expected:
+            # Being read whole for its reader (a tokenizer, before it is described): the bytes
+            # its reader will take are stored. Their sha256 is the one that reader computes
+            # (PENDING_SHA256 until then: see ArchiveDraft.finish).
+            pwrite_all(dst_fd, memoryview(ahead), offset)
+            return crc32(ahead), PENDING_SHA256
         copier = _ChunkCopier(src.fileno(), dst_fd, offset, stop)
         crc, sha, total = digest_range(src.fileno(), 0, expected, pool, sink=copier)
         if total == expected and pread_into(src.fileno(), memoryview(bytearray(1)), expected):

@@ -33,11 +33,18 @@ from etm_compat.archive.metadata import SHA256_PLACEHOLDER, serialize_metadata, 
 from etm_compat.archive.names import Role
 from etm_compat.archive.plan import MemberSpec, fill_metadata, order_specs
 from etm_compat.archive.programs import duplicate_weights
-from etm_compat.archive.streaming import BackgroundStream, Digests, Placement, stream_members
+from etm_compat.archive.streaming import (
+    PENDING_SHA256,
+    BackgroundStream,
+    Digests,
+    Placement,
+    stream_members,
+)
 from etm_compat.archive.zipfmt import (
     DIGEST_CHUNK,
     central_entry,
     crc32,
+    digest_range,
     end_records,
     local_header,
     pwrite_all,
@@ -45,6 +52,7 @@ from etm_compat.archive.zipfmt import (
 from etm_compat.constants import ETM_ALIGN_DEFAULT, ETM_ALIGN_MAPPED, MEMBER_METADATA
 from etm_compat.errors import EtmError, MetadataError, OutputError, UnreadableError, UsageError
 from etm_compat.fileio import FileStamp, check_output, new_temp_file, output_error, stamp_of
+from etm_compat.remembered import hashed_sha256
 
 #: Bytes per read while streaming a member (constant memory whatever the member size).
 CHUNK_BYTES = DIGEST_CHUNK
@@ -187,10 +195,24 @@ class ArchiveDraft:
         stream, self._stream = self._stream, None
         if stream is not None:
             if stream.placements == placements:
-                return stream.result()
+                return self._settled(slots, stream.result())
             stream.stop()
         self.copies += 1
-        return stream_members(placements, self._fd, self._pool)
+        return self._settled(slots, stream_members(placements, self._fd, self._pool))
+
+    def _settled(self, slots: Sequence[_Slot], digests: list[Digests]) -> list[Digests]:
+        """``digests`` with each pending sha256 (a member copied from the bytes its reader read
+        ahead) taken from that reader, who hashed the file at the stamp this draft began with;
+        else (the reader read another state of it, or none) hashed from the copy itself."""
+        settled = []
+        for slot, (crc, sha) in zip(slots[1:], digests, strict=True):
+            if sha == PENDING_SHA256:
+                assert slot.source is not None
+                sha = hashed_sha256(self._stamps[slot.name]) or digest_range(
+                    self._fd, slot.data_offset, slot.size, self._pool
+                )[1]
+            settled.append((crc, sha))
+        return settled
 
     def finish(self, metadata: Mapping[str, Any] | None = None) -> ArchiveWriteResult:
         """Add the metadata (given here, or on creation) and publish the archive at ``dest``."""
