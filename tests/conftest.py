@@ -90,3 +90,19 @@ def _private_cache_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         os.environ.pop("ETM_CACHE_DIR", None)
     else:
         os.environ["ETM_CACHE_DIR"] = saved
+
+
+def count_digest_ranges(monkeypatch: pytest.MonkeyPatch, module: object) -> list[int]:
+    """The sizes ``module``'s ``digest_range`` is asked to read and hash, call by call (work
+    counted: which members a writer streamed or hashed again)."""
+    from etm_compat.archive import zipfmt
+
+    sizes: list[int] = []
+    real = zipfmt.digest_range
+
+    def counting(fd, offset, size, pool, *, sink=None):  # type: ignore[no-untyped-def]
+        sizes.append(size)
+        return real(fd, offset, size, pool, sink=sink)
+
+    monkeypatch.setattr(module, "digest_range", counting)
+    return sizes

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import count_digest_ranges
 
 from etm_compat.archive import (
     MemberSpec,
@@ -506,18 +507,12 @@ def test_a_member_being_read_ahead_is_written_from_those_bytes(tmp_path: Path, m
     """A source its reader is reading ahead (pack's tokenizer, before it is parsed) is written
     from those bytes, hashed beside the copy (counted: it is not streamed from the file), and
     the archive is the same as without the read ahead."""
+
     from etm_compat import fileio
     from etm_compat.archive import streaming
 
     plain = pack(tmp_path / "plain.etm")
-    streamed: list[int] = []
-    real = streaming.digest_range
-
-    def counting(fd, offset, size, pool, *, sink=None):  # type: ignore[no-untyped-def]
-        streamed.append(size)
-        return real(fd, offset, size, pool, sink=sink)
-
-    monkeypatch.setattr(streaming, "digest_range", counting)
+    streamed = count_digest_ranges(monkeypatch, streaming)
     tokenizer = HF / "tokenizer.json"
     with fileio.read_ahead(tokenizer, 1 << 26):
         ahead = pack(tmp_path / "ahead.etm")

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, count_digest_ranges
 
 from etm_compat import fileio, inspection
 from etm_compat.cli.exit_codes import EXIT_OK
@@ -79,21 +79,8 @@ def test_pack_stores_the_tokenizer_it_read_without_reading_or_hashing_it_again(
 
     folder = tmp_path / "dep"
     shutil.copytree(FIXTURES / "legacy" / "hf_style", folder)
-    streamed: list[int] = []
-    real = streaming.digest_range
-
-    def counting(fd, offset, size, pool, *, sink=None):  # type: ignore[no-untyped-def]
-        streamed.append(size)
-        return real(fd, offset, size, pool, sink=sink)
-
-    monkeypatch.setattr(streaming, "digest_range", counting)
-    rehashed: list[int] = []  # a copy from read-ahead bytes hashed again by the writer
-
-    def rehashing(fd, offset, size, pool, *, sink=None):  # type: ignore[no-untyped-def]
-        rehashed.append(size)
-        return real(fd, offset, size, pool, sink=sink)
-
-    monkeypatch.setattr(write, "digest_range", rehashing)
+    streamed = count_digest_ranges(monkeypatch, streaming)
+    rehashed = count_digest_ranges(monkeypatch, write)  # members copied from bytes read ahead, hashed again
     out = tmp_path / "out.etm"
     assert main(["pack", "--json", str(folder), "-o", str(out)]) == EXIT_OK
     tokenizer_size = (folder / "tokenizer.json").stat().st_size
