@@ -147,9 +147,9 @@ def read_ahead(path: str | os.PathLike[str], limit: int) -> Iterator[int]:
     modification time are still those read. Reading releases the GIL, so it overlaps what the
     caller does meanwhile (importing the modules that will parse the file). The first such
     read takes them (a later one reads the file); a writer copying the file meanwhile may use
-    them too (:func:`read_ahead_bytes`). They are dropped on the way out. Anything that cannot be read ahead is left to
-    :func:`read_capped`, which reads it, or reports why not, as usual. Yields how many bytes are
-    being read ahead (0 for none).
+    them too (:func:`read_ahead_bytes`). They are dropped on the way out. Anything that cannot
+    be read ahead is left to :func:`read_capped`, which reads it, or reports why not, as usual.
+    Yields how many bytes are being read ahead (0 for none).
     """
     key = None
     size = 0

@@ -252,11 +252,11 @@ def pack(
         # The members are copied into the archive (in a thread of the draft's) while the
         # tokenizer is parsed and inference and the checks work out the metadata: the copy and
         # its sync to disk are done by the time the metadata is.
-        early = _members_before_reading(deployment)
+        early, weights = _members_before_reading(deployment)
         draft = None
         if early is not None:
             draft = stack.enter_context(ArchiveDraft(dest_path, early, overwrite=force, fsync=fsync))
-        files = read_files(deployment)
+        files = read_files(deployment, weights=weights)
         members, converted_from = stack.enter_context(_archive_members(files, dest_path))
         if draft is None or members != early:  # the tokenizer read otherwise than it sniffed
             if draft is not None:
@@ -267,20 +267,24 @@ def pack(
     return PackResult(dest_path, result.size, view.inference.family_id, view.findings, result.metadata)
 
 
-def _members_before_reading(deployment: Deployment) -> list[MemberSpec] | None:
+def _members_before_reading(
+    deployment: Deployment,
+) -> tuple[list[MemberSpec] | None, list[PtdInfo] | None]:
     """The members :func:`_archive_members` will give once the files are read, from what is
     known before the tokenizer is parsed: its format as sniffed from its head, and the weights'
-    keys. None where that may differ (a llama2c tokenizer may need converting) or a file cannot
-    be read yet: reading the files says why, in its own order."""
+    keys; with the weights files read for it (None: not read). No members where they may differ
+    (a llama2c tokenizer may need converting) or a file cannot be read yet: reading the files
+    says why, in its own order."""
     assert deployment.tokenizer is not None
     try:
         tokenizer_format = sniff_tokenizer_format(deployment.tokenizer)
         if tokenizer_format == "llama2c":
-            return None
-        members = _plan(deployment, tokenizer_format, [read_ptd(p) for p in deployment.weights])
+            return None, None
+        weights = [read_ptd(p) for p in deployment.weights]
+        members = _plan(deployment, tokenizer_format, weights)
     except EtmError:
-        return None
-    return _with_provenance(deployment, members)
+        return None, None
+    return _with_provenance(deployment, members), weights
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ dialect wrote them (``dialects``) and what the ExecuTorch 1.x runner will actual
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
@@ -66,14 +67,18 @@ class DeploymentFiles:
     weights: tuple[PtdInfo, ...]
 
 
-def read_files(deployment: Deployment, *, check_runner: bool = True) -> DeploymentFiles:
+def read_files(
+    deployment: Deployment, *, check_runner: bool = True, weights: Sequence[PtdInfo] | None = None
+) -> DeploymentFiles:
     """Read the program's head, the tokenizer (with the runner check unless ``check_runner`` is
-    false) and the weights files of ``deployment``."""
+    false) and the weights files of ``deployment`` (``weights``: those read already, in order)."""
     pte = read_pte(deployment.program)
     assert deployment.tokenizer is not None
     config = deployment.configs.get("tokenizer_config")
     tok = read_tokenizer(deployment.tokenizer, config_path=config, check_runner=check_runner)
-    return DeploymentFiles(deployment, pte, tok, tuple(read_ptd(p) for p in deployment.weights))
+    if weights is None:
+        weights = [read_ptd(p) for p in deployment.weights]
+    return DeploymentFiles(deployment, pte, tok, tuple(weights))
 
 
 #: The work all renderings of one deployment's template may do together in :func:`describe`:

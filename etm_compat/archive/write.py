@@ -207,7 +207,6 @@ class ArchiveDraft:
         settled = []
         for slot, (crc, sha) in zip(slots[1:], digests, strict=True):
             if sha == PENDING_SHA256:
-                assert slot.source is not None
                 sha = hashed_sha256(self._stamps[slot.name]) or digest_range(
                     self._fd, slot.data_offset, slot.size, self._pool
                 )[1]
